@@ -1,0 +1,230 @@
+"""Settings: the one place app settings are read and validated.
+
+Every setting the code reads is listed in ``SETTING_NAMES`` (infra/ provisions exactly these, and a
+test keeps the two in step). ``load_settings`` reads them once from a mapping (``os.environ`` in the
+function host, a dict in tests) and raises one ``ConfigurationError`` that names every missing or
+malformed setting. Secrets are kept out of ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.errors import ConfigurationError
+
+AppType = Literal["SingleTenant", "MultiTenant", "UserAssignedMSI"]
+
+DEFAULT_SERVICE_URL = "https://smba.trafficmanager.net/teams/"
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
+DEFAULT_QUEUE_NAME = "notifications"
+DEFAULT_TABLE_PREFIX = "teamsnotify"
+
+# Every app setting the code reads. Settings written by the Functions platform itself
+# (IDENTITY_ENDPOINT, WEBSITE_*) are not ours and are not listed.
+SETTING_NAMES: tuple[str, ...] = (
+    "MicrosoftAppId",
+    "MicrosoftAppPassword",
+    "MicrosoftAppTenantId",
+    "MicrosoftAppType",
+    "ManagedIdentityClientId",
+    "TeamsAppId",
+    "ServiceUrl",
+    "AuthorityHost",
+    "GraphEndpoint",
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AzureWebJobsStorage__clientId",
+    "TableStorageConnection",
+    "TableNamePrefix",
+    "ServiceBusConnection",
+    "ServiceBusQueueName",
+    "HttpTimeoutSeconds",
+    "RetryMaxAttempts",
+    "RetryMaxDelaySeconds",
+    "BotOpenIdMetadata",
+)
+
+_TABLE_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,39}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_id: str
+    tenant_id: str
+    teams_app_id: str
+    app_type: AppType = "SingleTenant"
+    app_password: str | None = field(default=None, repr=False)
+    managed_identity_client_id: str | None = None
+    service_url: str = DEFAULT_SERVICE_URL
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+    graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT
+    # Table Storage: a connection string (secret-bearing, kept out of repr) or an identity-based endpoint.
+    table_connection_string: str | None = field(default=None, repr=False)
+    table_service_uri: str | None = None
+    table_client_id: str | None = None
+    table_prefix: str = DEFAULT_TABLE_PREFIX
+    queue_name: str = DEFAULT_QUEUE_NAME
+    http_timeout: float = 10.0
+    retry_max_attempts: int = 4
+    retry_max_delay: float = 30.0
+    bot_openid_metadata: str | None = None
+
+    @property
+    def graph_base(self) -> str:
+        return self.graph_endpoint.rstrip("/") + "/v1.0"
+
+    @property
+    def bot_id(self) -> str:
+        return "28:" + self.app_id
+
+    @property
+    def credential_kind(self) -> Literal["secret", "federated", "msi"]:
+        if self.app_type == "UserAssignedMSI":
+            return "msi"
+        if self.app_password:
+            return "secret"
+        return "federated"
+
+
+def _is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _https_url(value: str) -> bool:
+    return value.startswith("https://") and len(value) > len("https://")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise one ConfigurationError naming all that are wrong."""
+    source = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = source.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    problems: list[str] = []
+    names: list[str] = []
+
+    def problem(name: str, text: str) -> None:
+        names.append(name)
+        problems.append(f"{name} {text}")
+
+    app_id = get("MicrosoftAppId")
+    tenant_id = get("MicrosoftAppTenantId")
+    teams_app_id = get("TeamsAppId")
+    for name, value in (("MicrosoftAppId", app_id), ("MicrosoftAppTenantId", tenant_id), ("TeamsAppId", teams_app_id)):
+        if value is None:
+            problem(name, "is missing")
+        elif not _is_guid(value):
+            problem(name, "must be a GUID")
+
+    app_type_raw = get("MicrosoftAppType") or "SingleTenant"
+    app_type_map: dict[str, AppType] = {t.lower(): t for t in ("SingleTenant", "MultiTenant", "UserAssignedMSI")}
+    app_type = app_type_map.get(app_type_raw.lower())
+    if app_type is None:
+        problem("MicrosoftAppType", "must be SingleTenant, MultiTenant or UserAssignedMSI")
+        app_type = "SingleTenant"
+
+    password = get("MicrosoftAppPassword")
+    mi_client_id = get("ManagedIdentityClientId")
+    if mi_client_id is not None and not _is_guid(mi_client_id):
+        problem("ManagedIdentityClientId", "must be a GUID (the managed identity's client id)")
+    if app_type != "UserAssignedMSI" and password is None and mi_client_id is None:
+        problem(
+            "MicrosoftAppPassword",
+            "is missing: set it (local development) or set ManagedIdentityClientId for the secretless federated credential",
+        )
+
+    urls: dict[str, str] = {}
+    for name, default in (
+        ("ServiceUrl", DEFAULT_SERVICE_URL),
+        ("AuthorityHost", DEFAULT_AUTHORITY_HOST),
+        ("GraphEndpoint", DEFAULT_GRAPH_ENDPOINT),
+    ):
+        value = get(name) or default
+        if not _https_url(value):
+            problem(name, "must be an https:// URL")
+        urls[name] = value
+    service_url = urls["ServiceUrl"]
+    if not service_url.endswith("/"):
+        service_url += "/"
+
+    table_connection = get("TableStorageConnection") or get("AzureWebJobsStorage")
+    table_service_uri = get("AzureWebJobsStorage__tableServiceUri")
+    if table_connection is None and table_service_uri is None:
+        problem(
+            "AzureWebJobsStorage",
+            "is missing: set a storage connection string, TableStorageConnection, "
+            "or AzureWebJobsStorage__tableServiceUri for an identity-based connection",
+        )
+    if table_connection is not None and table_connection.lower() == "usedevelopmentstorage=true":
+        # Azurite's well-known shortcut, expanded so azure-data-tables understands it.
+        table_connection = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+            "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+        )
+
+    table_prefix = get("TableNamePrefix") or DEFAULT_TABLE_PREFIX
+    if not _TABLE_PREFIX_RE.match(table_prefix):
+        problem("TableNamePrefix", "must be 3-40 letters or digits starting with a letter")
+
+    def number(name: str, default: float, low: float, high: float) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            problem(name, f"must be a number between {low:g} and {high:g}")
+            return default
+        if not low <= value <= high:
+            problem(name, f"must be a number between {low:g} and {high:g}")
+            return default
+        return value
+
+    http_timeout = number("HttpTimeoutSeconds", 10.0, 0.1, 120.0)
+    retry_attempts = int(number("RetryMaxAttempts", 4, 1, 10))
+    retry_max_delay = number("RetryMaxDelaySeconds", 30.0, 0.0, 300.0)
+
+    if problems:
+        raise ConfigurationError(
+            "Invalid configuration: " + "; ".join(problems) + ".",
+            code="configuration_error",
+            target=", ".join(names),
+        )
+
+    assert app_id is not None and tenant_id is not None and teams_app_id is not None
+    return Settings(
+        app_id=app_id,
+        tenant_id=tenant_id,
+        teams_app_id=teams_app_id,
+        app_type=app_type,
+        app_password=password,
+        managed_identity_client_id=mi_client_id,
+        service_url=service_url,
+        authority_host=urls["AuthorityHost"].rstrip("/"),
+        graph_endpoint=urls["GraphEndpoint"].rstrip("/"),
+        table_connection_string=table_connection,
+        table_service_uri=table_service_uri,
+        table_client_id=get("AzureWebJobsStorage__clientId"),
+        table_prefix=table_prefix,
+        queue_name=get("ServiceBusQueueName") or DEFAULT_QUEUE_NAME,
+        http_timeout=http_timeout,
+        retry_max_attempts=retry_attempts,
+        retry_max_delay=retry_max_delay,
+        bot_openid_metadata=get("BotOpenIdMetadata"),
+    )
