@@ -1,0 +1,1 @@
+"""The library behind the function app: resolve a Teams user's ChannelAccount on demand and send."""

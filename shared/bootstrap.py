@@ -1,0 +1,95 @@
+"""The one place that wires settings, the HTTP client, tokens, Graph, connector and stores.
+
+Nothing is built at import time. ``get_services()`` builds everything lazily, once per process (and
+event loop), on the first invocation; ``build_services`` is the same wiring for tests, benchmarks and
+the command line, which pass their own settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from shared.connector import ConnectorClient
+from shared.graph import GraphClient
+from shared.http import RetryPolicy, build_http_client
+from shared.notify import Notifier
+from shared.settings import Settings, load_settings
+from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    http: httpx.AsyncClient
+    tokens: Any
+    graph: GraphClient
+    connector: ConnectorClient
+    store: RecipientStore
+    notifier: Notifier
+    tables: Any  # azure.data.tables.aio.TableServiceClient
+
+    def table(self, suffix: str) -> Any:
+        """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
+        return self.tables.get_table_client(self.settings.table_prefix + suffix)
+
+    async def aclose(self) -> None:
+        await self.store.close()
+        await self.tables.close()
+        await self.http.aclose()
+
+
+def table_service(settings: Settings) -> Any:
+    from azure.data.tables.aio import TableServiceClient
+
+    if settings.table_connection_string:
+        return TableServiceClient.from_connection_string(settings.table_connection_string)
+    from azure.identity.aio import ManagedIdentityCredential
+
+    assert settings.table_service_uri is not None
+    credential = ManagedIdentityCredential(client_id=settings.table_client_id)
+    return TableServiceClient(endpoint=settings.table_service_uri, credential=credential)
+
+
+def build_services(settings: Settings, *, store: RecipientStore | None = None) -> Services:
+    from shared.tokens import TokenProvider
+
+    http = build_http_client(settings)
+    policy = RetryPolicy.from_settings(settings)
+    tokens = TokenProvider(settings, http)
+    graph = GraphClient(settings, http, tokens, policy)
+    connector = ConnectorClient(settings, http, tokens, policy)
+    tables = table_service(settings)
+    if store is None:
+        store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
+    notifier = Notifier(settings, graph, connector, store)
+    return Services(settings, http, tokens, graph, connector, store, notifier, tables)
+
+
+_services: Services | None = None
+_services_loop: asyncio.AbstractEventLoop | None = None
+
+
+def get_services(env: Mapping[str, str] | None = None) -> Services:
+    """The process's services, built on first use (raises ConfigurationError naming bad settings)."""
+    global _services, _services_loop
+    loop = asyncio.get_running_loop()
+    if _services is None or _services_loop is not loop:
+        _services = build_services(load_settings(env))
+        _services_loop = loop
+    return _services
+
+
+async def reset_services() -> None:
+    """Close and forget the process's services (tests, configuration reload)."""
+    global _services, _services_loop
+    if _services is not None:
+        current, _services, _services_loop = _services, None, None
+        await current.aclose()

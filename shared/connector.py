@@ -1,0 +1,223 @@
+"""Bot Connector helpers: conversation members, create the 1:1 conversation, send/update/delete.
+
+Error answers are translated per PROTOCOL.md's table: a gone conversation or an uninstalled bot
+raises ``StaleConversationError`` (the pipeline evicts and re-resolves once), a user who blocked the
+bot or a tenant that disabled it is the caller's to know about, 401 names our settings, 429/412/5xx
+gateway errors are retried, 500 ServiceError is not retried blindly.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from shared.botframework import Member, conversation_parameters, parse_member
+from shared.errors import (
+    ConfigurationError,
+    NotifyError,
+    RecipientError,
+    RequestError,
+    StaleConversationError,
+    TransientError,
+    UpstreamError,
+)
+from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
+from shared.settings import Settings
+from shared.tokens import BOT_SCOPE, TokenProvider
+
+logger = logging.getLogger(__name__)
+
+_CONNECTOR_RETRY = DEFAULT_RETRY_STATUSES | {412}
+# Right after an install the chat may not be known to the connector yet.
+_MEMBERS_RETRY = _CONNECTOR_RETRY | {404}
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe=":@")
+
+
+class ConnectorClient:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, tokens: TokenProvider, policy: RetryPolicy
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._tokens = tokens
+        self._policy = policy
+
+    async def chat_member(self, service_url: str, chat_id: str) -> Member:
+        """PROTOCOL step 5: the user's ChannelAccount in the installation's 1:1 chat."""
+        response = await self._call(
+            "GET", service_url, f"v3/conversations/{_segment(chat_id)}/members", retry_statuses=_MEMBERS_RETRY
+        )
+        members = _json(response)
+        if isinstance(members, list):
+            for payload in members:
+                if isinstance(payload, dict) and str(payload.get("id", "")).startswith("29:"):
+                    return parse_member(payload)
+        raise TransientError("The 1:1 chat has no user member yet.", target="connector", retry_after=5.0)
+
+    async def create_conversation(self, service_url: str, account_id: str, tenant_id: str) -> str:
+        """PROTOCOL step 6: the 1:1 conversation id (idempotent per member)."""
+        body = conversation_parameters(self._settings.bot_id, account_id, tenant_id)
+        response = await self._call("POST", service_url, "v3/conversations", json=body, accept=(200, 201))
+        payload = _json(response)
+        conversation_id = payload.get("id") if isinstance(payload, dict) else None
+        if not isinstance(conversation_id, str) or not conversation_id:
+            raise UpstreamError("The connector created a conversation without an id.", target="connector")
+        return conversation_id
+
+    async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any]) -> str | None:
+        """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
+        response = await self._call(
+            "POST",
+            service_url,
+            f"v3/conversations/{_segment(conversation_id)}/activities",
+            content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
+            accept=(200, 201, 202),
+        )
+        return _activity_id(response)
+
+    async def update(self, service_url: str, conversation_id: str, activity_id: str, activity: dict[str, Any]) -> None:
+        body = dict(activity, id=activity_id)
+        await self._call(
+            "PUT",
+            service_url,
+            f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(activity_id)}",
+            json=body,
+            accept=(200, 201, 202),
+        )
+
+    async def delete(self, service_url: str, conversation_id: str, activity_id: str) -> bool:
+        """Delete a sent activity. Returns False when it was already gone (404)."""
+        response = await self._call(
+            "DELETE",
+            service_url,
+            f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(activity_id)}",
+            accept=(200, 202, 204, 404),
+        )
+        return response.status_code != 404
+
+    async def _call(
+        self,
+        method: str,
+        service_url: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        accept: tuple[int, ...] = (200,),
+        retry_statuses: frozenset[int] = _CONNECTOR_RETRY,
+    ) -> httpx.Response:
+        url = service_url + path
+        for attempt in (1, 2):
+            token = await self._tokens.bot_token()
+            headers = {"Authorization": f"Bearer {token}"}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+            response = await request_with_retry(
+                self._client,
+                method,
+                url,
+                policy=self._policy,
+                service="connector",
+                retry_statuses=retry_statuses,
+                headers=headers,
+                json=json,
+                content=content,
+            )
+            if response.status_code in accept:
+                return response
+            if response.status_code == 401 and attempt == 1:
+                self._tokens.forget(self._token_tenant(), BOT_SCOPE)
+                continue
+            raise connector_error(response)
+        raise AssertionError("unreachable")
+
+    def _token_tenant(self) -> str:
+        return "botframework.com" if self._settings.app_type == "MultiTenant" else self._settings.tenant_id
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as err:
+        raise TransientError(
+            f"The connector returned a malformed body (HTTP {response.status_code}).",
+            target="connector",
+            retry_after=5.0,
+        ) from err
+
+
+def _activity_id(response: httpx.Response) -> str | None:
+    if not response.content:
+        return None
+    payload = _json(response)
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return str(value) if value else None
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    if isinstance(error, dict):
+        return str(error.get("code", ""))
+    # (observed) {"errorCode":209,"message":"{\"subCode\":\"MessageWritesBlocked\"...}"}
+    message = str(body.get("message", ""))
+    if "MessageWritesBlocked" in message:
+        return "MessageWritesBlocked"
+    return str(body.get("errorCode", ""))
+
+
+def connector_error(response: httpx.Response) -> NotifyError:
+    status, code = response.status_code, _error_code(response)
+    if status == 404 or code in {"BotNotInConversationRoster", "ForbiddenOperationException"}:
+        return StaleConversationError(
+            f"The conversation is gone ({code or status}).", code="conversation_not_found", target="recipient"
+        )
+    if code in {"ConversationBlockedByUser", "MessageWritesBlocked"}:
+        return RecipientError(
+            "The recipient blocked the bot in Teams.", code="recipient_blocked_bot", target="recipient", http_status=403
+        )
+    if code == "BotDisabledByAdmin":
+        return RecipientError(
+            "The tenant's Teams administrator has blocked this app for the recipient.",
+            code="bot_disabled_by_admin",
+            target="recipient",
+            http_status=403,
+        )
+    if status == 401 or code in {"BotNotRegistered", "Unauthorized"}:
+        return ConfigurationError(
+            "The Bot Connector rejected the bot's token: check MicrosoftAppId, MicrosoftAppType and the Azure Bot "
+            "resource's app id.",
+            code="bot_unauthorized",
+            target="MicrosoftAppId",
+        )
+    if status == 413 or code == "MessageSizeTooBig":
+        return RequestError(
+            "The message is too large for Teams.", code="message_too_large", target="body", http_status=413
+        )
+    if status == 400:
+        return RequestError(
+            f"Teams rejected the message ({code or 'BadArgument'}): check the text and the Adaptive Card.",
+            code="message_rejected",
+            target="card",
+            http_status=422,
+        )
+    if status == 403:
+        return RecipientError(
+            f"Teams refused to deliver to the recipient ({code or 'Forbidden'}).",
+            code="recipient_forbidden",
+            target="recipient",
+            http_status=403,
+        )
+    return UpstreamError(f"The Bot Connector answered {status} ({code or 'no code'}).", target="connector")

@@ -1,0 +1,119 @@
+"""Outbound HTTP: the one shared httpx.AsyncClient and the retry loop every upstream call goes through.
+
+Transient answers (429, listed 5xx, timeouts, connection errors) are retried with bounded exponential
+backoff and full jitter, honouring Retry-After. When attempts run out, or the service asks us to wait
+longer than we are allowed to wait inline, a ``TransientError`` carrying ``retry_after`` is raised so
+the trigger can answer 503 / let Service Bus redeliver. Every other answer is returned to the caller,
+which knows what its status codes mean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from shared.errors import TransientError
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The process-wide client. Trusts SSL_CERT_FILE (httpx's trust_env) for a private CA."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.http_timeout),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=60),
+        follow_redirects=False,
+        headers={"User-Agent": "teams-proactive-notify/1.0"},
+    )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    max_delay: float = 30.0
+    base_delay: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(max_attempts=settings.retry_max_attempts, max_delay=settings.retry_max_delay)
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff for the attempt that just failed (1-based)."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Parse Retry-After: delta-seconds (fractions accepted) or an HTTP date."""
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+async def request_with_retry(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    service: str,
+    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    json: Any = None,
+    content: bytes | None = None,
+) -> httpx.Response:
+    """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs."""
+    attempt = 0
+    while True:
+        attempt += 1
+        wait: float | None
+        try:
+            response = await client.request(method, url, headers=headers, params=params, json=json, content=content)
+        except httpx.TimeoutException as err:
+            reason, wait, status = f"{service} timed out", None, None
+            last_err: BaseException | None = err
+        except httpx.TransportError as err:
+            reason, wait, status = f"{service} could not be reached ({type(err).__name__})", None, None
+            last_err = err
+        else:
+            if response.status_code not in retry_statuses:
+                return response
+            status = response.status_code
+            wait = retry_after_seconds(response.headers)
+            reason = f"{service} answered {status}"
+            last_err = None
+        delay = policy.backoff(attempt) if wait is None else wait
+        if attempt >= policy.max_attempts or delay > policy.max_delay:
+            logger.warning("giving up on %s %s after %d attempt(s): %s", method, service, attempt, reason)
+            error = TransientError(
+                f"{reason}; try again later.",
+                code="upstream_unavailable",
+                target=service,
+                retry_after=max(1.0, delay if wait is not None else policy.backoff(attempt)),
+            )
+            if last_err is not None:
+                raise error from last_err
+            raise error
+        logger.info("retrying %s %s in %.2fs (attempt %d): %s", method, service, delay, attempt, reason)
+        await asyncio.sleep(delay)

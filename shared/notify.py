@@ -1,0 +1,161 @@
+"""The notify pipeline: resolve a recipient's Teams identity on demand and send to them.
+
+Cold path (PROTOCOL.md steps 1-7): app token -> installed app? -> install if missing -> the
+installation's 1:1 chat -> the chat member (ChannelAccount) -> create the conversation -> send.
+Warm path: the memoised entry and a memoised token, so the send is the only HTTP request.
+
+A memoised entry the connector rejects as gone is evicted and resolved again once; a fresh entry
+rejected the same way is not looped on. Concurrent cold sends to one recipient share one resolution
+(single-flight per process; across instances the install's 409 and the idempotent create keep
+duplicate work harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from shared.botframework import message_activity
+from shared.connector import ConnectorClient
+from shared.errors import RecipientError, StaleConversationError, TransientError
+from shared.graph import GraphClient
+from shared.settings import Settings
+from shared.store import CachedRecipient, RecipientStore, recipient_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str | None = None
+    card: dict[str, Any] | None = None
+    summary: str | None = None
+
+    def activity(self) -> dict[str, Any]:
+        return message_activity(self.text, self.card, self.summary)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    recipient: str
+    tenant_id: str
+    activity_id: str | None
+    conversation_id: str
+    service_url: str
+    resolved: bool  # True when this send went through the cold path
+
+
+def recipient_hash(tenant_id: str, recipient: str) -> str:
+    """A short, stable, non-reversible name for a recipient in log lines."""
+    return hashlib.sha256(f"{tenant_id.lower()}|{recipient_key(recipient)}".encode()).hexdigest()[:12]
+
+
+class Notifier:
+    def __init__(
+        self, settings: Settings, graph: GraphClient, connector: ConnectorClient, store: RecipientStore
+    ) -> None:
+        self._settings = settings
+        self._graph = graph
+        self._connector = connector
+        self._store = store
+        self._inflight: dict[tuple[str, str], asyncio.Task[CachedRecipient]] = {}
+
+    @property
+    def store(self) -> RecipientStore:
+        return self._store
+
+    async def send(self, recipient: str, message: Message, tenant_id: str | None = None) -> SendResult:
+        tenant = tenant_id or self._settings.tenant_id
+        activity = message.activity()
+        entry = await self._store.get(tenant, recipient)
+        resolved = False
+        if entry is None:
+            entry = await self.resolve(recipient, tenant)
+            resolved = True
+        try:
+            activity_id = await self._send(entry, tenant, recipient, activity)
+        except StaleConversationError:
+            logger.info("cached conversation is gone for %s; resolving again", recipient_hash(tenant, recipient))
+            await self._store.evict(tenant, recipient)
+            if resolved:
+                raise _still_stale() from None
+            entry = await self.resolve(recipient, tenant)
+            resolved = True
+            try:
+                activity_id = await self._send(entry, tenant, recipient, activity)
+            except StaleConversationError:
+                await self._store.evict(tenant, recipient)
+                raise _still_stale() from None
+        return SendResult(
+            recipient=recipient,
+            tenant_id=tenant,
+            activity_id=activity_id,
+            conversation_id=entry.conversation_id,
+            service_url=entry.service_url,
+            resolved=resolved,
+        )
+
+    async def _send(self, entry: CachedRecipient, tenant: str, recipient: str, activity: dict[str, Any]) -> str | None:
+        try:
+            return await self._connector.send(entry.service_url, entry.conversation_id, activity)
+        except RecipientError as err:
+            if err.code == "recipient_blocked_bot":
+                # PROTOCOL.md: evict, so an unblock later goes through a fresh resolution.
+                await self._store.evict(tenant, recipient)
+            raise
+
+    async def resolve(self, recipient: str, tenant_id: str | None = None) -> CachedRecipient:
+        """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent."""
+        tenant = tenant_id or self._settings.tenant_id
+        key = (tenant.lower(), recipient_key(recipient))
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._resolve(recipient, tenant))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _resolve(self, recipient: str, tenant: str) -> CachedRecipient:
+        rhash = recipient_hash(tenant, recipient)
+        logger.info("resolving recipient %s", rhash)
+        installation = await self._graph.find_installation(tenant, recipient)
+        just_installed = False
+        if installation is None:
+            catalog_id = await self._graph.catalog_app_id(tenant)
+            await self._graph.install(tenant, recipient, catalog_id)
+            just_installed = True
+            installation = await self._graph.find_installation(tenant, recipient)
+            if installation is None:
+                raise TransientError(
+                    "The app was installed but the installation is not visible yet.", target="graph", retry_after=5.0
+                )
+            logger.info("installed the Teams app for recipient %s", rhash)
+        chat_id = await self._graph.installation_chat(
+            tenant, recipient, installation.installation_id, just_installed=just_installed
+        )
+        service_url = self._settings.service_url
+        member = await self._connector.chat_member(service_url, chat_id)
+        conversation_id = await self._connector.create_conversation(service_url, member.account_id, tenant)
+        entry = CachedRecipient(
+            tenant_id=tenant,
+            account_id=member.account_id,
+            conversation_id=conversation_id,
+            service_url=service_url,
+            object_id=member.object_id,
+            upn=member.upn,
+        )
+        await self._store.put(entry, [recipient])
+        logger.info("resolved recipient %s", rhash)
+        return entry
+
+
+def _still_stale() -> TransientError:
+    return TransientError(
+        "Teams rejected the freshly resolved conversation; the app installation may still be propagating.",
+        code="conversation_unavailable",
+        target="recipient",
+        retry_after=30.0,
+    )

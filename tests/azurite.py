@@ -1,0 +1,92 @@
+"""Azurite (the Azure Storage emulator from npm) for the test session: installed if missing, started
+on free loopback ports, stopped after. Each test isolates itself by table-name prefix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (published in Azurite's README; not a secret).
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def azurite_binary() -> str:
+    local = ROOT / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite")
+    if found:
+        return found
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=True)
+    return str(local)
+
+
+class Azurite:
+    def __init__(self) -> None:
+        self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
+        self._dir = tempfile.mkdtemp(prefix="azurite-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        base = "http://127.0.0.1"
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={base}:{self.blob_port}/{ACCOUNT};"
+            f"QueueEndpoint={base}:{self.queue_port}/{ACCOUNT};"
+            f"TableEndpoint={base}:{self.table_port}/{ACCOUNT};"
+        )
+
+    def start(self) -> Azurite:
+        self._proc = subprocess.Popen(
+            [
+                azurite_binary(),
+                "--silent",
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--location",
+                self._dir,
+                "--blobPort",
+                str(self.blob_port),
+                "--queuePort",
+                str(self.queue_port),
+                "--tablePort",
+                str(self.table_port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.table_port), timeout=0.5):
+                    return self
+            except OSError:
+                if self._proc.poll() is not None:
+                    raise RuntimeError("Azurite exited during start-up") from None
+                time.sleep(0.1)
+        raise RuntimeError("Azurite did not start within 60 s")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
+        shutil.rmtree(self._dir, ignore_errors=True)
