@@ -145,7 +145,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if app_type != "UserAssignedMSI" and password is None and mi_client_id is None:
         problem(
             "MicrosoftAppPassword",
-            "is missing: set it (local development) or set ManagedIdentityClientId for the secretless federated credential",
+            "is missing: set it (local development) "
+            "or set ManagedIdentityClientId for the secretless federated credential",
         )
 
     urls: dict[str, str] = {}
