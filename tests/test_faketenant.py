@@ -243,3 +243,101 @@ def test_keep_alive_requests_are_fast(client: httpx.Client, tenant: FakeTenant) 
         assert client.get("/v1.0/users/alice@contoso.com/teamwork/installedApps",
                           headers=auth(token)).status_code == 200
     assert (time.perf_counter() - started) / 50 < 0.015
+
+
+def test_tenant_isolation_and_guest_upn(client: httpx.Client, tenant: FakeTenant) -> None:
+    other = tenant.add_tenant(str(uuid.uuid4()))
+    guest = tenant.add_user("guest_fabrikam.com#EXT#@contoso.onmicrosoft.com", installed=True)
+    tenant.add_user("carol@fabrikam.com", tenant_id=other, installed=True)
+    token_a = get_token(client, tenant, GRAPH_SCOPE)
+    token_b = get_token(client, tenant, GRAPH_SCOPE, authority=other)
+    encoded = "guest_fabrikam.com%23EXT%23@contoso.onmicrosoft.com"
+    listed = client.get(f"/v1.0/users/{encoded}/teamwork/installedApps", headers=auth(token_a))
+    assert listed.status_code == 200 and listed.json()["value"][0]["id"] == tenant.installation_id_for(guest)
+    assert client.get("/v1.0/users/carol@fabrikam.com/teamwork/installedApps",
+                      headers=auth(token_a)).status_code == 404
+    assert client.get("/v1.0/users/carol@fabrikam.com/teamwork/installedApps",
+                      headers=auth(token_b)).status_code == 200
+    assert {e.tenant_id for e in tenant.log if e.route == "graph.installed_apps"} == {tenant.tenant_id, other}
+
+
+def test_msal_secret_and_federated_managed_identity(
+    server: FakeTenantServer, tenant: FakeTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msal = pytest.importorskip("msal")
+    requests = pytest.importorskip("requests")
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override verify=
+    session.verify = server.ca_pem_path
+    app = msal.ConfidentialClientApplication(
+        tenant.app_id, client_credential=tenant.client_secret,
+        authority=f"{server.base_url}/{tenant.tenant_id}", http_client=session, instance_discovery=False,
+    )
+    first = app.acquire_token_for_client(["https://graph.microsoft.com/.default"])
+    assert "access_token" in first, first
+    second = app.acquire_token_for_client(["https://graph.microsoft.com/.default"])
+    assert second["access_token"] == first["access_token"]
+    assert tenant.calls("token") == 1
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", server.base_url + "/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", tenant.identity_header)
+    mi = msal.ManagedIdentityClient(
+        msal.UserAssignedManagedIdentity(client_id=tenant.managed_identity_client_id), http_client=session
+    )
+
+    def assertion() -> str:
+        return str(mi.acquire_token_for_client(resource="api://AzureADTokenExchange")["access_token"])
+
+    fed = msal.ConfidentialClientApplication(
+        tenant.app_id, client_credential={"client_assertion": assertion},
+        authority=f"{server.base_url}/botframework.com", http_client=session, instance_discovery=False,
+    )
+    bot = fed.acquire_token_for_client(["https://api.botframework.com/.default"])
+    assert "access_token" in bot, bot
+    tenant.federated_credential_enabled = False
+    refused = msal.ConfidentialClientApplication(
+        tenant.app_id, client_credential={"client_assertion": assertion},
+        authority=f"{server.base_url}/{tenant.tenant_id}", http_client=session, instance_discovery=False,
+    ).acquire_token_for_client(["https://api.botframework.com/.default"])
+    assert "access_token" not in refused and "AADSTS70021" in refused["error_description"]
+
+
+def test_channel_token_verifies_against_published_jwks(client: httpx.Client, tenant: FakeTenant,
+                                                       server: FakeTenantServer) -> None:
+    import jwt
+
+    meta = client.get("/botframework/v1/.well-known/openidconfiguration").json()
+    assert meta["issuer"] == "https://api.botframework.com"
+    keys = client.get(meta["jwks_uri"].removeprefix(server.base_url)).json()["keys"]
+    assert "msteams" in keys[0]["endorsements"]
+    token = tenant.sign_channel_token(service_url=server.service_url, tid=tenant.tenant_id)
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = jwt.PyJWK({k: v for k, v in next(k for k in keys if k["kid"] == kid).items() if k != "endorsements"})
+    claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=tenant.app_id,
+                        issuer="https://api.botframework.com")
+    assert claims["serviceurl"] == server.service_url and claims["tid"] == tenant.tenant_id
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(tenant.sign_channel_token(audience="someone-else"), key.key, algorithms=["RS256"],
+                   audience=tenant.app_id)
+
+
+def test_control_endpoints(client: httpx.Client, tenant: FakeTenant) -> None:
+    created = client.post("/_fake/users", json={"upn": "dave@contoso.com", "installed": True})
+    assert created.status_code == 201
+    assert client.post("/_fake/settings", json={"chat_ready_after": 3, "rate_limits": True}).status_code == 204
+    assert tenant.chat_ready_after == 3 and tenant.rate_limits is True
+    assert client.post("/_fake/faults", json={"route": "connector.send", "status": 503}).status_code == 204
+    assert client.post("/_fake/faults", json={"route": "bogus", "status": 503}).status_code == 400
+    dave = tenant.find_user("DAVE@contoso.com")
+    assert dave is not None and tenant.is_installed(dave)
+    token = get_token(client, tenant, BOT_SCOPE)
+    cid = tenant.open_conversation(dave)
+    path = f"/teams/v3/conversations/{cid}/activities"
+    assert client.post(path, json={"type": "message", "text": "hi"}, headers=auth(token)).status_code == 503
+    assert client.post(path, json={"type": "message", "text": "hi"}, headers=auth(token)).status_code == 201
+    messages = client.get("/_fake/messages").json()
+    assert [m["activity"]["text"] for m in messages["dave@contoso.com"]] == ["hi"]
+    assert "hi" in client.get("/_fake/").text
+    log = client.get("/_fake/log").json()
+    assert [e["route"] for e in log] == ["token", "connector.send", "connector.send"]
+    assert client.post("/_fake/log/clear").status_code == 204 and tenant.log == []
