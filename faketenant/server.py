@@ -120,9 +120,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         # One write for headers and body (instead of end_headers() + write()).
-        self._headers_buffer.append(b"\r\n")
-        data = b"".join(self._headers_buffer) + resp.body
-        self._headers_buffer = []
+        buffer: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]
+        buffer.append(b"\r\n")
+        data = b"".join(buffer) + resp.body
+        buffer.clear()
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
@@ -222,7 +223,7 @@ class FakeTenantServer:
         self.ca.configure_trust(ctx)
         return ctx
 
-    def start(self) -> FakeTenantServer:
+    def start(self) -> Self:
         """Bind, write the CA PEM, and serve in a daemon thread."""
         if self._server is not None:
             return self
