@@ -209,8 +209,9 @@ def dispatch(tenant: FakeTenant, req: Request) -> Response:
     return handler(tenant, req)
 
 
-def fault_response(route: str, fault_status: int, body: dict[str, Any] | str | None,
-                   retry_after: float | None, malformed: bool) -> Response:
+def fault_response(
+    route: str, fault_status: int, body: dict[str, Any] | str | None, retry_after: float | None, malformed: bool
+) -> Response:
     """The response for an injected fault."""
     headers: dict[str, str] = {}
     if retry_after is not None:
@@ -224,8 +225,11 @@ def fault_response(route: str, fault_status: int, body: dict[str, Any] | str | N
     if route in ("token", "openid", "instance_discovery"):
         return json_response(
             fault_status,
-            {"error": "temporarily_unavailable", "error_description": "AADSTS50196: injected fault",
-             "error_codes": [50196]},
+            {
+                "error": "temporarily_unavailable",
+                "error_description": "AADSTS50196: injected fault",
+                "error_codes": [50196],
+            },
             headers,
         )
     if route.startswith("graph."):
@@ -267,8 +271,13 @@ def _openid(tenant: FakeTenant, req: Request) -> Response:
     seg = req.segments[0]
     tid = _known_authority_tenant(tenant, seg)
     if tid is None:
-        return aad_error(400, "invalid_tenant", 90002, f"Tenant '{seg}' not found. Check to make sure "
-                         "you have the correct tenant ID and are signing into the correct cloud.")
+        return aad_error(
+            400,
+            "invalid_tenant",
+            90002,
+            f"Tenant '{seg}' not found. Check to make sure "
+            "you have the correct tenant ID and are signing into the correct cloud.",
+        )
     return json_response(200, _openid_doc(tenant.base_url or "", seg, tid))
 
 
@@ -325,50 +334,71 @@ def _token(tenant: FakeTenant, req: Request) -> Response:
     seg = req.segments[0]
     tid = _known_authority_tenant(tenant, seg)
     if tid is None:
-        return aad_error(400, "invalid_request", 90002, f"Tenant '{seg}' not found. Check to make sure "
-                         "you have the correct tenant ID and are signing into the correct cloud.")
+        return aad_error(
+            400,
+            "invalid_request",
+            90002,
+            f"Tenant '{seg}' not found. Check to make sure "
+            "you have the correct tenant ID and are signing into the correct cloud.",
+        )
     form = req.form()
     if form.get("grant_type") != "client_credentials":
-        return aad_error(400, "unsupported_grant_type", 70003,
-                         "The app requested an unsupported grant type.")
+        return aad_error(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
     client_id = form.get("client_id", "")
     if client_id.lower() != tenant.app_id.lower():
-        return aad_error(400, "unauthorized_client", 700016,
-                         f"Application with identifier '{client_id}' was not found in the directory "
-                         f"'{seg}'. This can happen if the application has not been installed by the "
-                         "administrator of the tenant or consented to by any user in the tenant.")
+        return aad_error(
+            400,
+            "unauthorized_client",
+            700016,
+            f"Application with identifier '{client_id}' was not found in the directory "
+            f"'{seg}'. This can happen if the application has not been installed by the "
+            "administrator of the tenant or consented to by any user in the tenant.",
+        )
     if tenant.app_disabled:
-        return aad_error(400, "unauthorized_client", 7000112,
-                         f"Application '{client_id}'({tenant.app_display_name}) is disabled.")
+        return aad_error(
+            400, "unauthorized_client", 7000112, f"Application '{client_id}'({tenant.app_display_name}) is disabled."
+        )
     secret = form.get("client_secret")
     assertion = form.get("client_assertion")
     if secret is not None:
         if secret != tenant.client_secret:
-            return aad_error(401, "invalid_client", 7000215,
-                             "Invalid client secret provided. Ensure the secret being sent in the request "
-                             f"is the client secret value, not the client secret ID, for a secret added to "
-                             f"app '{client_id}'.")
+            return aad_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request "
+                f"is the client secret value, not the client secret ID, for a secret added to "
+                f"app '{client_id}'.",
+            )
     elif assertion is not None:
         if form.get("client_assertion_type") != JWT_BEARER:
-            return aad_error(400, "invalid_request", 700023,
-                             "Invalid client_assertion_type; expected " + JWT_BEARER + ".")
+            return aad_error(
+                400, "invalid_request", 700023, "Invalid client_assertion_type; expected " + JWT_BEARER + "."
+            )
         info = tenant.lookup_token(assertion)
         if info is None or info.audience != TOKEN_EXCHANGE_AUDIENCE:
-            return aad_error(401, "invalid_client", 700027,
-                             "Client assertion failed signature validation.")
+            return aad_error(401, "invalid_client", 700027, "Client assertion failed signature validation.")
         if not tenant.federated_credential_enabled:
-            return aad_error(400, "invalid_request", 70021,
-                             "No matching federated identity record found for presented assertion.")
+            return aad_error(
+                400, "invalid_request", 70021, "No matching federated identity record found for presented assertion."
+            )
     else:
-        return aad_error(401, "invalid_client", 7000218,
-                         "The request body must contain the following parameter: 'client_assertion' "
-                         "or 'client_secret'.")
+        return aad_error(
+            401,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )
     audience = _scope_audience(form.get("scope", ""))
     if audience is None:
-        return aad_error(400, "invalid_scope", 1002012,
-                         f"The provided value for scope {form.get('scope', '')} is not valid. Client "
-                         "credential flows must have a scope value with /.default suffixed to the "
-                         "resource identifier (application ID URI).")
+        return aad_error(
+            400,
+            "invalid_scope",
+            1002012,
+            f"The provided value for scope {form.get('scope', '')} is not valid. Client "
+            "credential flows must have a scope value with /.default suffixed to the "
+            "resource identifier (application ID URI).",
+        )
     token, issued = tenant.issue_token(audience, tid)
     lifetime = int(issued.expires_at - time.time() + 0.5)
     resp = json_response(
@@ -388,9 +418,12 @@ def _msi(tenant: FakeTenant, req: Request) -> Response:
     resource = req.query.get("resource", "")
     resource = resource.removesuffix("/.default")
     norm = resource.rstrip("/")
-    audience = {GRAPH_AUDIENCE: GRAPH_AUDIENCE, BOT_AUDIENCE: BOT_AUDIENCE,
-                "api://botframework.com": BOT_AUDIENCE,
-                TOKEN_EXCHANGE_AUDIENCE: TOKEN_EXCHANGE_AUDIENCE}.get(norm)
+    audience = {
+        GRAPH_AUDIENCE: GRAPH_AUDIENCE,
+        BOT_AUDIENCE: BOT_AUDIENCE,
+        "api://botframework.com": BOT_AUDIENCE,
+        TOKEN_EXCHANGE_AUDIENCE: TOKEN_EXCHANGE_AUDIENCE,
+    }.get(norm)
     if audience is None:
         return json_response(500, {"statusCode": 500, "message": f"Unknown resource '{resource}'."})
     token, issued = tenant.issue_token(
@@ -565,7 +598,9 @@ def _conversation_gate(tenant: FakeTenant, user: FakeUser) -> Response | None:
 
 
 def _throttled(wait: float) -> Response:
-    return connector_error(429, "Throttled", "Too many requests.", {"Retry-After": _fmt_seconds(round(wait + 0.0005, 3))})
+    return connector_error(
+        429, "Throttled", "Too many requests.", {"Retry-After": _fmt_seconds(round(wait + 0.0005, 3))}
+    )
 
 
 def _live_conversation(tenant: FakeTenant, cid: str) -> tuple[Conversation, FakeUser] | Response:
@@ -775,8 +810,15 @@ def control(tenant: FakeTenant, req: Request) -> Response:
         if m == "POST" and s == ["settings"]:
             body = req.json()
             with tenant.lock:
-                for key in ("rate_limits", "app_rate_per_second", "chat_ready_after", "app_disabled",
-                            "federated_credential_enabled", "max_activity_bytes", "token_lifetime"):
+                for key in (
+                    "rate_limits",
+                    "app_rate_per_second",
+                    "chat_ready_after",
+                    "app_disabled",
+                    "federated_credential_enabled",
+                    "max_activity_bytes",
+                    "token_lifetime",
+                ):
                     if key in body:
                         setattr(tenant, key, type(getattr(tenant, key))(body[key]))
             return empty(204)

@@ -442,9 +442,7 @@ class FakeTenant:
                 raise KeyError(conversation_id)
             conv.deleted = True
             if conversation_id.startswith("a:"):
-                self._conversation_generation[conv.user_oid] = (
-                    self._conversation_generation.get(conv.user_oid, 0) + 1
-                )
+                self._conversation_generation[conv.user_oid] = self._conversation_generation.get(conv.user_oid, 0) + 1
 
     @property
     def conversations(self) -> dict[str, FakeUser]:

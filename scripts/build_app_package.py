@@ -93,7 +93,7 @@ def render_manifest(template: str, ids: Mapping[str, str]) -> str:
         text = text.replace("${{" + placeholder + "}}", value)
     if "${{" in text:
         start = text.index("${{")
-        raise PackageError(f"manifest.json has an unfilled placeholder: {text[start:start + 40]!r}")
+        raise PackageError(f"manifest.json has an unfilled placeholder: {text[start : start + 40]!r}")
     json.loads(text)  # still valid JSON
     return text
 

@@ -71,11 +71,11 @@ def test_icons() -> None:
     with Image.open(APP_PACKAGE / "outline.png") as outline:
         assert outline.format == "PNG" and outline.size == (32, 32)
         rgba = outline.convert("RGBA")
-        alphas = [a for *_, a in rgba.getdata()]
+        alphas = [a for *_, a in rgba.get_flattened_data()]
         assert min(alphas) == 0, "outline must have a transparent background"
         assert max(alphas) == 255, "outline must have an opaque glyph"
         # Visible pixels are white (the glyph); everything else is transparent.
-        assert all((r, g, b) == (255, 255, 255) for r, g, b, a in rgba.getdata() if a > 0)
+        assert all((r, g, b) == (255, 255, 255) for r, g, b, a in rgba.get_flattened_data() if a > 0)
 
 
 def _names_and_manifest(path: Path) -> tuple[list[str], str]:

@@ -80,15 +80,23 @@ def test_token_secret_checks(client: httpx.Client, tenant: FakeTenant) -> None:
     assert token.count(".") == 2
     bad = client.post(
         f"/{tenant.tenant_id}/oauth2/v2.0/token",
-        data={"grant_type": "client_credentials", "client_id": tenant.app_id,
-              "client_secret": "wrong", "scope": GRAPH_SCOPE},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": tenant.app_id,
+            "client_secret": "wrong",
+            "scope": GRAPH_SCOPE,
+        },
     )
     assert bad.status_code == 401
     assert bad.json()["error"] == "invalid_client" and bad.json()["error_codes"] == [7000215]
     unknown_tenant = client.post(
         f"/{uuid.uuid4()}/oauth2/v2.0/token",
-        data={"grant_type": "client_credentials", "client_id": tenant.app_id,
-              "client_secret": tenant.client_secret, "scope": GRAPH_SCOPE},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": tenant.app_id,
+            "client_secret": tenant.client_secret,
+            "scope": GRAPH_SCOPE,
+        },
     )
     assert unknown_tenant.status_code == 400 and unknown_tenant.json()["error_codes"] == [90002]
     # A forged bearer token is refused by Graph.
@@ -142,8 +150,12 @@ def test_unknown_user_and_missing_role(client: httpx.Client, tenant: FakeTenant)
 
 def test_fault_injection_consumes_count(client: httpx.Client, tenant: FakeTenant) -> None:
     tenant.add_fault("token", 503, count=2, retry_after=0.25)
-    form = {"grant_type": "client_credentials", "client_id": tenant.app_id,
-            "client_secret": tenant.client_secret, "scope": GRAPH_SCOPE}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": tenant.app_id,
+        "client_secret": tenant.client_secret,
+        "scope": GRAPH_SCOPE,
+    }
     statuses = []
     for _ in range(3):
         resp = client.post(f"/{tenant.tenant_id}/oauth2/v2.0/token", data=form)
@@ -165,8 +177,12 @@ def test_fault_injection_consumes_count(client: httpx.Client, tenant: FakeTenant
 def test_send_update_delete_and_errors(client: httpx.Client, tenant: FakeTenant) -> None:
     alice = tenant.add_user("alice@contoso.com", display_name="Alice Smith", installed=True)
     token = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
-    create_body = {"isGroup": False, "bot": {"id": f"28:{tenant.app_id}"},
-                   "members": [{"id": alice.account_id}], "tenantId": tenant.tenant_id}
+    create_body = {
+        "isGroup": False,
+        "bot": {"id": f"28:{tenant.app_id}"},
+        "members": [{"id": alice.account_id}],
+        "tenantId": tenant.tenant_id,
+    }
     created = client.post("/teams/v3/conversations", json=create_body, headers=auth(token))
     assert created.status_code == 201
     cid = created.json()["id"]
@@ -175,12 +191,16 @@ def test_send_update_delete_and_errors(client: httpx.Client, tenant: FakeTenant)
     no_tenant = {k: v for k, v in create_body.items() if k != "tenantId"}
     assert client.post("/teams/v3/conversations", json=no_tenant, headers=auth(token)).status_code == 400
 
-    sent = client.post(f"/teams/v3/conversations/{cid}/activities",
-                       json={"type": "message", "text": "hello"}, headers=auth(token))
+    sent = client.post(
+        f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": "hello"}, headers=auth(token)
+    )
     assert sent.status_code == 201
     aid = sent.json()["id"]
-    upd = client.put(f"/teams/v3/conversations/{cid}/activities/{aid}",
-                     json={"type": "message", "text": "edited"}, headers=auth(token))
+    upd = client.put(
+        f"/teams/v3/conversations/{cid}/activities/{aid}",
+        json={"type": "message", "text": "edited"},
+        headers=auth(token),
+    )
     assert upd.status_code == 200
     [msg] = tenant.messages_for(alice)
     assert msg["activity"]["text"] == "edited" and msg["updated"] == 1
@@ -190,25 +210,29 @@ def test_send_update_delete_and_errors(client: httpx.Client, tenant: FakeTenant)
     assert tenant.messages_for(alice) == []
 
     tenant.block_bot(alice)
-    blocked = client.post(f"/teams/v3/conversations/{cid}/activities",
-                          json={"type": "message", "text": "x"}, headers=auth(token))
+    blocked = client.post(
+        f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": "x"}, headers=auth(token)
+    )
     assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "ConversationBlockedByUser"
     assert "X-Correlating-OperationId" in blocked.headers
     tenant.unblock_bot(alice)
     tenant.uninstall_app(alice)
-    roster = client.post(f"/teams/v3/conversations/{cid}/activities",
-                         json={"type": "message", "text": "x"}, headers=auth(token))
+    roster = client.post(
+        f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": "x"}, headers=auth(token)
+    )
     assert roster.json()["error"]["code"] == "BotNotInConversationRoster"
     tenant.install_app(alice)
     tenant.delete_conversation(cid)
-    stale = client.post(f"/teams/v3/conversations/{cid}/activities",
-                        json={"type": "message", "text": "x"}, headers=auth(token))
+    stale = client.post(
+        f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": "x"}, headers=auth(token)
+    )
     assert stale.status_code == 404 and stale.json()["error"]["code"] == "ConversationNotFound"
     fresh = client.post("/teams/v3/conversations", json=create_body, headers=auth(token)).json()["id"]
     assert fresh != cid
     graph_token = get_token(client, tenant, GRAPH_SCOPE)
-    wrong_aud = client.post(f"/teams/v3/conversations/{fresh}/activities",
-                            json={"type": "message", "text": "x"}, headers=auth(graph_token))
+    wrong_aud = client.post(
+        f"/teams/v3/conversations/{fresh}/activities", json={"type": "message", "text": "x"}, headers=auth(graph_token)
+    )
     assert wrong_aud.status_code == 401
 
 
@@ -219,8 +243,9 @@ def test_rate_limits_give_429_with_retry_after(client: httpx.Client, tenant: Fak
     cid = tenant.open_conversation(alice)
     started = time.monotonic()
     statuses = [
-        client.post(f"/teams/v3/conversations/{cid}/activities",
-                    json={"type": "message", "text": str(i)}, headers=auth(token))
+        client.post(
+            f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": str(i)}, headers=auth(token)
+        )
         for i in range(8)
     ]
     assert [r.status_code for r in statuses] == [201] * 7 + [429]
@@ -229,8 +254,9 @@ def test_rate_limits_give_429_with_retry_after(client: httpx.Client, tenant: Fak
     assert 0 < retry_after <= 1.0
     assert retry_after >= 1.0 - (time.monotonic() - started) - 0.05
     time.sleep(retry_after)
-    again = client.post(f"/teams/v3/conversations/{cid}/activities",
-                        json={"type": "message", "text": "later"}, headers=auth(token))
+    again = client.post(
+        f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": "later"}, headers=auth(token)
+    )
     assert again.status_code == 201
 
 
@@ -240,8 +266,9 @@ def test_keep_alive_requests_are_fast(client: httpx.Client, tenant: FakeTenant) 
     client.get("/v1.0/users/alice@contoso.com/teamwork/installedApps", headers=auth(token))
     started = time.perf_counter()
     for _ in range(50):
-        assert client.get("/v1.0/users/alice@contoso.com/teamwork/installedApps",
-                          headers=auth(token)).status_code == 200
+        assert (
+            client.get("/v1.0/users/alice@contoso.com/teamwork/installedApps", headers=auth(token)).status_code == 200
+        )
     assert (time.perf_counter() - started) / 50 < 0.015
 
 
@@ -254,10 +281,8 @@ def test_tenant_isolation_and_guest_upn(client: httpx.Client, tenant: FakeTenant
     encoded = "guest_fabrikam.com%23EXT%23@contoso.onmicrosoft.com"
     listed = client.get(f"/v1.0/users/{encoded}/teamwork/installedApps", headers=auth(token_a))
     assert listed.status_code == 200 and listed.json()["value"][0]["id"] == tenant.installation_id_for(guest)
-    assert client.get("/v1.0/users/carol@fabrikam.com/teamwork/installedApps",
-                      headers=auth(token_a)).status_code == 404
-    assert client.get("/v1.0/users/carol@fabrikam.com/teamwork/installedApps",
-                      headers=auth(token_b)).status_code == 200
+    assert client.get("/v1.0/users/carol@fabrikam.com/teamwork/installedApps", headers=auth(token_a)).status_code == 404
+    assert client.get("/v1.0/users/carol@fabrikam.com/teamwork/installedApps", headers=auth(token_b)).status_code == 200
     assert {e.tenant_id for e in tenant.log if e.route == "graph.installed_apps"} == {tenant.tenant_id, other}
 
 
@@ -270,8 +295,11 @@ def test_msal_secret_and_federated_managed_identity(
     session.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override verify=
     session.verify = server.ca_pem_path
     app = msal.ConfidentialClientApplication(
-        tenant.app_id, client_credential=tenant.client_secret,
-        authority=f"{server.base_url}/{tenant.tenant_id}", http_client=session, instance_discovery=False,
+        tenant.app_id,
+        client_credential=tenant.client_secret,
+        authority=f"{server.base_url}/{tenant.tenant_id}",
+        http_client=session,
+        instance_discovery=False,
     )
     first = app.acquire_token_for_client(["https://graph.microsoft.com/.default"])
     assert "access_token" in first, first
@@ -289,21 +317,28 @@ def test_msal_secret_and_federated_managed_identity(
         return str(mi.acquire_token_for_client(resource="api://AzureADTokenExchange")["access_token"])
 
     fed = msal.ConfidentialClientApplication(
-        tenant.app_id, client_credential={"client_assertion": assertion},
-        authority=f"{server.base_url}/botframework.com", http_client=session, instance_discovery=False,
+        tenant.app_id,
+        client_credential={"client_assertion": assertion},
+        authority=f"{server.base_url}/botframework.com",
+        http_client=session,
+        instance_discovery=False,
     )
     bot = fed.acquire_token_for_client(["https://api.botframework.com/.default"])
     assert "access_token" in bot, bot
     tenant.federated_credential_enabled = False
     refused = msal.ConfidentialClientApplication(
-        tenant.app_id, client_credential={"client_assertion": assertion},
-        authority=f"{server.base_url}/{tenant.tenant_id}", http_client=session, instance_discovery=False,
+        tenant.app_id,
+        client_credential={"client_assertion": assertion},
+        authority=f"{server.base_url}/{tenant.tenant_id}",
+        http_client=session,
+        instance_discovery=False,
     ).acquire_token_for_client(["https://api.botframework.com/.default"])
     assert "access_token" not in refused and "AADSTS70021" in refused["error_description"]
 
 
-def test_channel_token_verifies_against_published_jwks(client: httpx.Client, tenant: FakeTenant,
-                                                       server: FakeTenantServer) -> None:
+def test_channel_token_verifies_against_published_jwks(
+    client: httpx.Client, tenant: FakeTenant, server: FakeTenantServer
+) -> None:
     import jwt
 
     meta = client.get("/botframework/v1/.well-known/openidconfiguration").json()
@@ -313,12 +348,14 @@ def test_channel_token_verifies_against_published_jwks(client: httpx.Client, ten
     token = tenant.sign_channel_token(service_url=server.service_url, tid=tenant.tenant_id)
     kid = jwt.get_unverified_header(token)["kid"]
     key = jwt.PyJWK({k: v for k, v in next(k for k in keys if k["kid"] == kid).items() if k != "endorsements"})
-    claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=tenant.app_id,
-                        issuer="https://api.botframework.com")
+    claims = jwt.decode(
+        token, key.key, algorithms=["RS256"], audience=tenant.app_id, issuer="https://api.botframework.com"
+    )
     assert claims["serviceurl"] == server.service_url and claims["tid"] == tenant.tenant_id
     with pytest.raises(jwt.InvalidAudienceError):
-        jwt.decode(tenant.sign_channel_token(audience="someone-else"), key.key, algorithms=["RS256"],
-                   audience=tenant.app_id)
+        jwt.decode(
+            tenant.sign_channel_token(audience="someone-else"), key.key, algorithms=["RS256"], audience=tenant.app_id
+        )
 
 
 def test_control_endpoints(client: httpx.Client, tenant: FakeTenant) -> None:

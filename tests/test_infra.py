@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import tree_sitter
 import tree_sitter_bicep
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the tests import the app's shared package from the repo root
-    sys.path.insert(0, str(ROOT))
-
 from shared.settings import SETTING_NAMES
 
+ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_bicep.language()))
