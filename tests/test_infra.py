@@ -149,7 +149,7 @@ def test_module_params_match_module_declarations() -> None:
 # Settings the code reads that a deployment must NOT provision (secrets or local-only switches).
 LOCAL_ONLY = {
     "MicrosoftAppPassword": "client secret: local development only; Azure uses the federated credential",
-    "TableStorageConnection": "dedicated table connection string: local only (Azure uses AzureWebJobsStorage__tableServiceUri)",
+    "TableStorageConnection": "dedicated table connection string: local only (Azure: AzureWebJobsStorage__*)",
     "BotOpenIdMetadata": "override of the Bot Framework OpenID metadata URL: tests/emulator only",
 }
 # Their connection-string form is local only; in Azure they are provisioned identity-based (X__...).
