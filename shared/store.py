@@ -46,7 +46,7 @@ def escape_key(value: str) -> str:
 def unescape_key(value: str) -> str:
     from urllib.parse import unquote
 
-    return unquote(value)
+    return unquote(value, encoding="latin-1")
 
 
 def recipient_key(recipient: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,7 +38,6 @@ def azurite_binary() -> str:
 class Azurite:
     def __init__(self) -> None:
         self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
-        self._dir = tempfile.mkdtemp(prefix="azurite-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,8 +57,6 @@ class Azurite:
                 "--silent",
                 "--inMemoryPersistence",
                 "--skipApiVersionCheck",
-                "--location",
-                self._dir,
                 "--blobPort",
                 str(self.blob_port),
                 "--queuePort",
@@ -66,6 +64,7 @@ class Azurite:
                 "--tablePort",
                 str(self.table_port),
             ],
+            cwd=tempfile.gettempdir(),  # Azurite writes a debug log and extent files into its cwd
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=dict(os.environ),
@@ -83,10 +82,10 @@ class Azurite:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
+            self._proc.send_signal(signal.SIGINT)  # Azurite shuts down cleanly on SIGINT, not SIGTERM
             try:
-                self._proc.wait(10)
+                self._proc.wait(5)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                self._proc.wait()
             self._proc = None
-        shutil.rmtree(self._dir, ignore_errors=True)

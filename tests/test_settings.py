@@ -1,0 +1,68 @@
+"""Settings are read in one place; every missing or malformed one is named."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.settings import load_settings
+
+GOOD = {
+    "MicrosoftAppId": "5e1f2a3b-1111-4222-8333-944455556666",
+    "MicrosoftAppPassword": "secret-value-that-must-not-leak",
+    "MicrosoftAppTenantId": "7a8b9c0d-1111-4222-8333-944455556666",
+    "TeamsAppId": "0f0e0d0c-1111-4222-8333-944455556666",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+
+
+def test_defaults_are_the_public_cloud() -> None:
+    settings = load_settings(GOOD)
+    assert settings.service_url == "https://smba.trafficmanager.net/teams/"
+    assert settings.graph_base == "https://graph.microsoft.com/v1.0"
+    assert settings.authority_host == "https://login.microsoftonline.com"
+    assert settings.app_type == "SingleTenant" and settings.credential_kind == "secret"
+    assert settings.queue_name == "notifications" and settings.bot_id == "28:" + GOOD["MicrosoftAppId"]
+
+
+def test_secret_is_not_in_repr() -> None:
+    assert "secret-value-that-must-not-leak" not in repr(load_settings(GOOD))
+
+
+def test_every_problem_is_named_at_once() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"MicrosoftAppId": "not-a-guid", "ServiceUrl": "http://insecure/", "RetryMaxAttempts": "many"})
+    error = caught.value
+    for name in (
+        "MicrosoftAppId",
+        "MicrosoftAppTenantId",
+        "TeamsAppId",
+        "MicrosoftAppPassword",
+        "ServiceUrl",
+        "AzureWebJobsStorage",
+        "RetryMaxAttempts",
+    ):
+        assert name in error.message and name in (error.target or "")
+    assert error.code == "configuration_error"
+
+
+def test_secretless_federated_credential_needs_no_password() -> None:
+    env = {k: v for k, v in GOOD.items() if k != "MicrosoftAppPassword"}
+    env["ManagedIdentityClientId"] = "9d8c7b6a-1111-4222-8333-944455556666"
+    assert load_settings(env).credential_kind == "federated"
+
+
+def test_identity_based_table_storage() -> None:
+    env = {k: v for k, v in GOOD.items() if k != "AzureWebJobsStorage"}
+    env["AzureWebJobsStorage__tableServiceUri"] = "https://acct.table.core.windows.net"
+    settings = load_settings(env)
+    assert (
+        settings.table_connection_string is None
+        and settings.table_service_uri == env["AzureWebJobsStorage__tableServiceUri"]
+    )
+
+
+def test_service_url_gets_a_trailing_slash_and_bad_prefix_is_named() -> None:
+    assert load_settings({**GOOD, "ServiceUrl": "https://smba.trafficmanager.net/emea"}).service_url.endswith("/emea/")
+    with pytest.raises(ConfigurationError, match="TableNamePrefix"):
+        load_settings({**GOOD, "TableNamePrefix": "1-bad"})
