@@ -258,7 +258,9 @@ async def replay_failure(services: Services, message_id: str) -> ReplayResult:
     record = await services.failures.get(message_id)
     if record is None:
         raise RequestError(
-            f"No kept failure for message id '{message_id}'.", code="failure_not_found", target="messageId",
+            f"No kept failure for message id '{message_id}'.",
+            code="failure_not_found",
+            target="messageId",
             http_status=404,
         )
     if record.body_truncated:

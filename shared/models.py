@@ -127,9 +127,7 @@ class NotifyResponse(BaseModel):
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    code: Annotated[
-        str, Field(title="Error code", description="A stable snake_case code (README.md, Error codes).")
-    ]
+    code: Annotated[str, Field(title="Error code", description="A stable snake_case code (README.md, Error codes).")]
     message: Annotated[str, Field(title="Message", description="What went wrong and what to do about it.")]
     target: Annotated[
         str | None,

@@ -79,7 +79,9 @@ async def test_send_answers_200_with_the_activity_and_conversation(world: World)
 
 async def test_card_with_text_and_summary_reaches_the_user_as_given(world: World) -> None:
     tenant_id = world.tenant.tenant_id
-    response = await post({"recipient": "bob@contoso.com", "text": "hi", "card": CARD, "summary": "Approval", "tenantId": tenant_id})
+    response = await post(
+        {"recipient": "bob@contoso.com", "text": "hi", "card": CARD, "summary": "Approval", "tenantId": tenant_id}
+    )
 
     assert response.status_code == 200, payload(response)
     [delivered] = world.tenant.messages_for(world.user("bob"))
@@ -91,23 +93,114 @@ async def test_card_with_text_and_summary_reaches_the_user_as_given(world: World
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "code", "target"),
     [
-        pytest.param(b'{"recipient": "alice@contoso.com", "text": ', "application/json", 400, "invalid_json", "body", id="malformed-json"),
+        pytest.param(
+            b'{"recipient": "alice@contoso.com", "text": ',
+            "application/json",
+            400,
+            "invalid_json",
+            "body",
+            id="malformed-json",
+        ),
         pytest.param(b"\xff\xfe{}", "application/json", 400, "invalid_json", "body", id="not-utf8"),
         pytest.param(b"", "application/json", 400, "invalid_request", "body", id="empty-body"),
         pytest.param(b"   ", "application/json", 400, "invalid_request", "body", id="blank-body"),
         pytest.param(b"[1, 2]", "application/json", 400, "invalid_request", "body", id="not-an-object"),
-        pytest.param(json.dumps(HELLO).encode(), "text/plain", 415, "unsupported_media_type", "Content-Type", id="wrong-content-type"),
-        pytest.param(json.dumps(HELLO).encode(), "application/x-www-form-urlencoded", 415, "unsupported_media_type", "Content-Type", id="form-content-type"),
-        pytest.param(json.dumps({"recipient": "alice@contoso.com", "text": "x" * MAX_BODY_BYTES}).encode(), "application/json", 413, "message_too_large", "body", id="oversized"),
-        pytest.param(json.dumps({**HELLO, "tenantID": "x"}).encode(), "application/json", 400, "unknown_field", "tenantID", id="unknown-field"),
-        pytest.param(json.dumps({**HELLO, "tenantId": "contoso"}).encode(), "application/json", 400, "invalid_request", "tenantId", id="bad-guid"),
-        pytest.param(json.dumps({"text": "hi"}).encode(), "application/json", 400, "invalid_request", "recipient", id="no-recipient"),
-        pytest.param(json.dumps({"recipient": "  ", "text": "hi"}).encode(), "application/json", 400, "invalid_request", "recipient", id="blank-recipient"),
-        pytest.param(json.dumps({"recipient": 42, "text": "hi"}).encode(), "application/json", 400, "invalid_request", "recipient", id="recipient-not-string"),
-        pytest.param(json.dumps({"recipient": "alice@contoso.com"}).encode(), "application/json", 400, "invalid_request", "text, card", id="no-text-or-card"),
-        pytest.param(json.dumps({"recipient": "alice@contoso.com", "card": {"type": "HeroCard"}}).encode(), "application/json", 400, "invalid_request", "card", id="card-not-adaptive"),
-        pytest.param(json.dumps({"recipient": "alice@contoso.com", "card": "AdaptiveCard"}).encode(), "application/json", 400, "invalid_request", "card", id="card-not-object"),
-        pytest.param(json.dumps({**HELLO, "summary": ""}).encode(), "application/json", 400, "invalid_request", "summary", id="empty-summary"),
+        pytest.param(
+            json.dumps(HELLO).encode(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+            "Content-Type",
+            id="wrong-content-type",
+        ),
+        pytest.param(
+            json.dumps(HELLO).encode(),
+            "application/x-www-form-urlencoded",
+            415,
+            "unsupported_media_type",
+            "Content-Type",
+            id="form-content-type",
+        ),
+        pytest.param(
+            json.dumps({"recipient": "alice@contoso.com", "text": "x" * MAX_BODY_BYTES}).encode(),
+            "application/json",
+            413,
+            "message_too_large",
+            "body",
+            id="oversized",
+        ),
+        pytest.param(
+            json.dumps({**HELLO, "tenantID": "x"}).encode(),
+            "application/json",
+            400,
+            "unknown_field",
+            "tenantID",
+            id="unknown-field",
+        ),
+        pytest.param(
+            json.dumps({**HELLO, "tenantId": "contoso"}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "tenantId",
+            id="bad-guid",
+        ),
+        pytest.param(
+            json.dumps({"text": "hi"}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "recipient",
+            id="no-recipient",
+        ),
+        pytest.param(
+            json.dumps({"recipient": "  ", "text": "hi"}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "recipient",
+            id="blank-recipient",
+        ),
+        pytest.param(
+            json.dumps({"recipient": 42, "text": "hi"}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "recipient",
+            id="recipient-not-string",
+        ),
+        pytest.param(
+            json.dumps({"recipient": "alice@contoso.com"}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "text, card",
+            id="no-text-or-card",
+        ),
+        pytest.param(
+            json.dumps({"recipient": "alice@contoso.com", "card": {"type": "HeroCard"}}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "card",
+            id="card-not-adaptive",
+        ),
+        pytest.param(
+            json.dumps({"recipient": "alice@contoso.com", "card": "AdaptiveCard"}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "card",
+            id="card-not-object",
+        ),
+        pytest.param(
+            json.dumps({**HELLO, "summary": ""}).encode(),
+            "application/json",
+            400,
+            "invalid_request",
+            "summary",
+            id="empty-summary",
+        ),
     ],
 )
 async def test_bad_input_is_a_4xx_naming_the_field_and_sends_nothing(
@@ -187,7 +280,9 @@ def _unknown_tenant(world: World) -> dict[str, Any]:
         pytest.param(_unknown_tenant, 404, "tenant_not_found", "tenantId", id="unknown-tenant"),
         pytest.param(_payload_rejected, 422, "message_rejected", "card", id="teams-rejects-payload"),
         pytest.param(_not_in_catalog, 500, "app_not_in_catalog", "TeamsAppId", id="app-not-in-catalog"),
-        pytest.param(_no_consent, 500, "missing_permission", "TeamsAppInstallation.ReadWriteSelfForUser.All", id="no-consent"),
+        pytest.param(
+            _no_consent, 500, "missing_permission", "TeamsAppInstallation.ReadWriteSelfForUser.All", id="no-consent"
+        ),
         pytest.param(_service_error, 502, "upstream_error", "connector", id="connector-500"),
         pytest.param(_connector_down, 503, "upstream_unavailable", "connector", id="connector-503"),
         pytest.param(_graph_throttled_long, 503, "upstream_unavailable", "graph", id="graph-429-long"),
@@ -307,7 +402,9 @@ async def test_stale_in_flight_marker_is_taken_over(world: World) -> None:
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
 
 
-async def test_live_in_flight_marker_answers_409_and_sends_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_live_in_flight_marker_answers_409_and_sends_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(shared.service, "IN_FLIGHT_WAIT_SECONDS", 0.2)
     await _marker(world, "k-6", lease=600)
 

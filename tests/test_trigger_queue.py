@@ -96,8 +96,10 @@ async def test_transient_failure_raises_then_the_redelivery_sends_once(
 
 
 def _unknown_user(world: World) -> tuple[dict[str, Any] | bytes, str, Callable[[], None]]:
-    return {"recipient": "carol@contoso.com", "text": "hi"}, "recipient_not_found", (
-        lambda: world.tenant.add_user("carol@contoso.com") and None
+    return (
+        {"recipient": "carol@contoso.com", "text": "hi"},
+        "recipient_not_found",
+        (lambda: world.tenant.add_user("carol@contoso.com") and None),
     )
 
 
