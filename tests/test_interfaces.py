@@ -48,7 +48,10 @@ def test_swagger_operation_is_the_notify_function() -> None:
     }
     [body] = [p for p in operation["parameters"] if p["in"] == "body"]
     assert body["schema"] == {"$ref": "#/definitions/NotifyRequest"}
-    assert {p["name"] for p in operation["parameters"] if p["in"] == "header"} == {"Idempotency-Key", "x-correlation-id"}
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "header"} == {
+        "Idempotency-Key",
+        "x-correlation-id",
+    }
     assert operation["responses"]["200"]["schema"] == {"$ref": "#/definitions/NotifyResponse"}
     for status, response in operation["responses"].items():
         if status != "200":
