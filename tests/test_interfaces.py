@@ -13,18 +13,13 @@ import pytest
 from openapi_spec_validator import OpenAPIV2SpecValidator
 from pydantic import BaseModel
 
-from function_app import app
 from shared.idempotency import DEFAULT_LEASE_SECONDS
 from shared.models import ErrorDetail, ErrorResponse, NotifyRequest, NotifyResponse
+from tests.functions import bindings
 
 ROOT = Path(__file__).resolve().parent.parent
 SWAGGER = json.loads((ROOT / "connector" / "apiDefinition.swagger.json").read_text())
 README = (ROOT / "README.md").read_text()
-FUNCTIONS = {f.get_function_name(): f for f in app.get_functions()}
-
-
-def bindings(name: str) -> dict[str, dict[str, Any]]:
-    return {b.get_dict_repr()["type"]: b.get_dict_repr() for b in FUNCTIONS[name].get_bindings()}
 
 
 # --- the Power Automate connector ------------------------------------------------------------------

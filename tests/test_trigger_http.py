@@ -17,13 +17,12 @@ import azure.functions as func
 import pytest
 
 import shared.service
-from function_app import app
 from shared.bootstrap import get_services
 from shared.idempotency import IdempotencyStore
 from shared.models import MAX_BODY_BYTES, ErrorResponse, NotifyRequest, NotifyResponse
 from tests.conftest import CLIENT_SECRET, World
+from tests.functions import user_function
 
-FUNCTIONS = {f.get_function_name(): f for f in app.get_functions()}
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Your **report** is ready"}
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Approve?"}]}
 
@@ -37,7 +36,7 @@ async def post(
     request = func.HttpRequest(
         "POST", "http://localhost/api/notify", headers=all_headers, params={}, route_params={}, body=raw
     )
-    response: func.HttpResponse = await FUNCTIONS["notify"].get_user_function()(request)
+    response: func.HttpResponse = await user_function("notify")(request)
     return response
 
 

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
-from function_app import app
 from shared.bootstrap import get_services, reset_services
 from shared.errors import NotifyError, RequestError, TransientError
 from shared.failures import drop_failure, get_failure, list_failures, replay_failure
 from tests.azurite import KEY
 from tests.conftest import World
+from tests.functions import user_function
 
-FUNCTIONS = {f.get_function_name(): f for f in app.get_functions()}
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Invoice 1001 approved"}
 ENQUEUED = datetime.datetime(2026, 1, 5, 9, 30, tzinfo=datetime.UTC)
 
@@ -42,7 +41,7 @@ def message(body: bytes | dict[str, Any], message_id: str, delivery_count: int =
 
 
 async def deliver(msg: ServiceBusMessage) -> None:
-    await FUNCTIONS["notify_queue"].get_user_function()(msg)
+    await user_function("notify_queue")(msg)
 
 
 async def deliver_until_completed(body: bytes | dict[str, Any], message_id: str, max_deliveries: int = 5) -> int:
