@@ -243,3 +243,19 @@ async def test_configuration_error_raises_so_the_message_is_not_lost(
     with pytest.raises(NotifyError) as raised:
         await deliver(message(HELLO, "m-8"))
     assert raised.value.code == "configuration_error" and raised.value.target == "MicrosoftAppId"
+
+
+async def test_queue_log_lines_carry_the_message_correlation_id(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    msg = ServiceBusMessage(
+        body=json.dumps(HELLO).encode(),
+        message_id="m-9",
+        correlation_id="erp-batch-77",
+        delivery_count=1,
+        application_properties={},
+        user_properties={},
+    )
+    caplog.clear()
+    await deliver(msg)
+
+    ours = [r for r in caplog.records if r.name.startswith("shared.")]
+    assert ours and {getattr(r, "correlation_id", None) for r in ours} == {"erp-batch-77"}
