@@ -25,8 +25,8 @@ param teamsAppId string = ''
 
 @minValue(1)
 @maxValue(1000)
-@description('Upper bound on Function App instances. Together with host.json maxConcurrentCalls it caps the global send rate, which is what keeps the bot under the Teams per-app rate limits. Raise it only together with lower per-instance concurrency.')
-param maximumInstanceCount int = 10
+@description('Upper bound on Function App instances. maximumInstanceCount x sendRatePerSecond is the global send rate, which must stay under the Teams per-app-per-tenant limit (30/s): 4 x 7 = 28. Raise it only together with a lower sendRatePerSecond.')
+param maximumInstanceCount int = 4
 
 @allowed([
   'F0'
@@ -60,6 +60,12 @@ param graphEndpoint string = 'https://graph.microsoft.com'
 param httpTimeoutSeconds string = '10'
 param retryMaxAttempts string = '4'
 param retryMaxDelaySeconds string = '30'
+@description('Sends in flight per instance (app setting MaxConcurrentSends).')
+param maxConcurrentSends string = '8'
+@description('Bot Connector requests per second per tenant per instance (app setting SendRatePerSecond).')
+param sendRatePerSecond string = '7'
+@description('Graph requests per second per tenant per instance, cold resolutions (app setting GraphRatePerSecond).')
+param graphRatePerSecond string = '7'
 
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -163,6 +169,9 @@ module functionApp 'modules/functionapp.bicep' = {
     httpTimeoutSeconds: httpTimeoutSeconds
     retryMaxAttempts: retryMaxAttempts
     retryMaxDelaySeconds: retryMaxDelaySeconds
+    maxConcurrentSends: maxConcurrentSends
+    sendRatePerSecond: sendRatePerSecond
+    graphRatePerSecond: graphRatePerSecond
   }
 }
 

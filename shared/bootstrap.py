@@ -24,6 +24,7 @@ from shared.idempotency import IdempotencyStore
 from shared.notify import Notifier
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
+from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Services:
     store: RecipientStore
     notifier: Notifier
     tables: Any  # azure.data.tables.aio.TableServiceClient
+    throttle: Throttle | None = None
 
     def table(self, suffix: str) -> Any:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
@@ -81,13 +83,18 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     http = build_http_client(settings)
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)
-    graph = GraphClient(settings, http, tokens, policy)
-    connector = ConnectorClient(settings, http, tokens, policy)
+    throttle = Throttle(
+        max_concurrent=settings.max_concurrent_sends,
+        send_rate=settings.send_rate_per_second,
+        graph_rate=settings.graph_rate_per_second,
+    )
+    graph = GraphClient(settings, http, tokens, policy, throttle)
+    connector = ConnectorClient(settings, http, tokens, policy, throttle)
     tables = table_service(settings)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
-    notifier = Notifier(settings, graph, connector, store)
-    return Services(settings, http, tokens, graph, connector, store, notifier, tables)
+    notifier = Notifier(settings, graph, connector, store, throttle)
+    return Services(settings, http, tokens, graph, connector, store, notifier, tables, throttle)
 
 
 _services: Services | None = None

@@ -27,6 +27,7 @@ from shared.errors import (
 )
 from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
 from shared.settings import Settings
+from shared.throttle import Gate, Throttle
 from shared.tokens import BOT_SCOPE, TokenProvider
 
 logger = logging.getLogger(__name__)
@@ -42,17 +43,32 @@ def _segment(value: str) -> str:
 
 class ConnectorClient:
     def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, tokens: TokenProvider, policy: RetryPolicy
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        tokens: TokenProvider,
+        policy: RetryPolicy,
+        throttle: Throttle | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._tokens = tokens
         self._policy = policy
+        self._throttle = throttle
 
-    async def chat_member(self, service_url: str, chat_id: str) -> Member:
+    def _gate(self, tenant_id: str | None, conversation_id: str | None = None) -> Gate | None:
+        if self._throttle is None or tenant_id is None:
+            return None
+        return Gate(self._throttle, "connector", tenant_id, conversation_id)
+
+    async def chat_member(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
         """PROTOCOL step 5: the user's ChannelAccount in the installation's 1:1 chat."""
         response = await self._call(
-            "GET", service_url, f"v3/conversations/{_segment(chat_id)}/members", retry_statuses=_MEMBERS_RETRY
+            "GET",
+            service_url,
+            f"v3/conversations/{_segment(chat_id)}/members",
+            retry_statuses=_MEMBERS_RETRY,
+            gate=self._gate(tenant_id),
         )
         members = _json(response)
         if isinstance(members, list):
@@ -64,14 +80,18 @@ class ConnectorClient:
     async def create_conversation(self, service_url: str, account_id: str, tenant_id: str) -> str:
         """PROTOCOL step 6: the 1:1 conversation id (idempotent per member)."""
         body = conversation_parameters(self._settings.bot_id, account_id, tenant_id)
-        response = await self._call("POST", service_url, "v3/conversations", json=body, accept=(200, 201))
+        response = await self._call(
+            "POST", service_url, "v3/conversations", json=body, accept=(200, 201), gate=self._gate(tenant_id)
+        )
         payload = _json(response)
         conversation_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(conversation_id, str) or not conversation_id:
             raise UpstreamError("The connector created a conversation without an id.", target="connector")
         return conversation_id
 
-    async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any]) -> str | None:
+    async def send(
+        self, service_url: str, conversation_id: str, activity: dict[str, Any], *, tenant_id: str | None = None
+    ) -> str | None:
         """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
         response = await self._call(
             "POST",
@@ -79,10 +99,21 @@ class ConnectorClient:
             f"v3/conversations/{_segment(conversation_id)}/activities",
             content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
             accept=(200, 201, 202),
+            gate=self._gate(tenant_id, conversation_id),
         )
         return _activity_id(response)
 
-    async def update(self, service_url: str, conversation_id: str, activity_id: str, activity: dict[str, Any]) -> None:
+    async def update(
+        self,
+        service_url: str,
+        conversation_id: str,
+        activity_id: str,
+        activity: dict[str, Any],
+        *,
+        tenant_id: str | None = None,
+    ) -> None:
+        """Replace a sent activity in place. A gone activity or conversation raises
+        ``StaleConversationError`` (404)."""
         body = dict(activity, id=activity_id)
         await self._call(
             "PUT",
@@ -90,15 +121,19 @@ class ConnectorClient:
             f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(activity_id)}",
             json=body,
             accept=(200, 201, 202),
+            gate=self._gate(tenant_id, conversation_id),
         )
 
-    async def delete(self, service_url: str, conversation_id: str, activity_id: str) -> bool:
+    async def delete(
+        self, service_url: str, conversation_id: str, activity_id: str, *, tenant_id: str | None = None
+    ) -> bool:
         """Delete a sent activity. Returns False when it was already gone (404)."""
         response = await self._call(
             "DELETE",
             service_url,
             f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(activity_id)}",
             accept=(200, 202, 204, 404),
+            gate=self._gate(tenant_id, conversation_id),
         )
         return response.status_code != 404
 
@@ -112,6 +147,7 @@ class ConnectorClient:
         content: bytes | None = None,
         accept: tuple[int, ...] = (200,),
         retry_statuses: frozenset[int] = _CONNECTOR_RETRY,
+        gate: Gate | None = None,
     ) -> httpx.Response:
         url = service_url + path
         for attempt in (1, 2):
@@ -129,6 +165,7 @@ class ConnectorClient:
                 headers=headers,
                 json=json,
                 content=content,
+                gate=gate,
             )
             if response.status_code in accept:
                 return response

@@ -18,6 +18,7 @@ import httpx
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError, UpstreamError
 from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
 from shared.settings import Settings
+from shared.throttle import Gate, Throttle
 from shared.tokens import GRAPH_SCOPE, TokenProvider
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,18 @@ class Installation:
 
 class GraphClient:
     def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, tokens: TokenProvider, policy: RetryPolicy
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        tokens: TokenProvider,
+        policy: RetryPolicy,
+        throttle: Throttle | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._tokens = tokens
         self._policy = policy
+        self._throttle = throttle
         self._base = settings.graph_base
         self._catalog_ids: dict[str, str] = {}
 
@@ -143,6 +150,7 @@ class GraphClient:
         accept: tuple[int, ...] = (200,),
         retry_statuses: frozenset[int] = _GRAPH_RETRY,
     ) -> httpx.Response:
+        gate = Gate(self._throttle, "graph", tenant_id) if self._throttle is not None else None
         for attempt in (1, 2):
             token = await self._tokens.graph_token(tenant_id)
             response = await request_with_retry(
@@ -155,6 +163,7 @@ class GraphClient:
                 headers={"Authorization": f"Bearer {token}"},
                 params=params,
                 json=json,
+                gate=gate,
             )
             if response.status_code == 401 and attempt == 1:
                 # A token revoked or expired early: ask for a fresh one once.

@@ -16,12 +16,15 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from shared.errors import TransientError
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.throttle import Gate
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +85,18 @@ async def request_with_retry(
     params: Mapping[str, str] | None = None,
     json: Any = None,
     content: bytes | None = None,
+    gate: Gate | None = None,
 ) -> httpx.Response:
-    """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs."""
+    """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs.
+
+    ``gate`` (shared.throttle) is awaited before every attempt and told about every 429, so one
+    throttled request pauses the tenant's other requests in this process too."""
     attempt = 0
     while True:
         attempt += 1
         wait: float | None
+        if gate is not None:
+            await gate.before()
         try:
             response = await client.request(method, url, headers=headers, params=params, json=json, content=content)
         except httpx.TimeoutException as err:
@@ -101,6 +110,8 @@ async def request_with_retry(
                 return response
             status = response.status_code
             wait = retry_after_seconds(response.headers)
+            if status == 429 and gate is not None:
+                gate.throttled(wait if wait is not None else policy.backoff(attempt))
             reason = f"{service} answered {status}"
             last_err = None
         delay = policy.backoff(attempt) if wait is None else wait

@@ -24,6 +24,7 @@ from shared.errors import RecipientError, StaleConversationError, TransientError
 from shared.graph import GraphClient
 from shared.settings import Settings
 from shared.store import CachedRecipient, RecipientStore, recipient_key
+from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,19 @@ def recipient_hash(tenant_id: str, recipient: str) -> str:
 
 class Notifier:
     def __init__(
-        self, settings: Settings, graph: GraphClient, connector: ConnectorClient, store: RecipientStore
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        connector: ConnectorClient,
+        store: RecipientStore,
+        throttle: Throttle | None = None,
     ) -> None:
         self._settings = settings
+        self._throttle = throttle or Throttle(
+            max_concurrent=settings.max_concurrent_sends,
+            send_rate=settings.send_rate_per_second,
+            graph_rate=settings.graph_rate_per_second,
+        )
         self._graph = graph
         self._connector = connector
         self._store = store
@@ -67,7 +78,16 @@ class Notifier:
     def store(self) -> RecipientStore:
         return self._store
 
+    @property
+    def throttle(self) -> Throttle:
+        return self._throttle
+
     async def send(self, recipient: str, message: Message, tenant_id: str | None = None) -> SendResult:
+        """Send within one of the process's concurrency slots (MaxConcurrentSends)."""
+        async with self._throttle.slot():
+            return await self._send_unbounded(recipient, message, tenant_id)
+
+    async def _send_unbounded(self, recipient: str, message: Message, tenant_id: str | None) -> SendResult:
         tenant = tenant_id or self._settings.tenant_id
         activity = message.activity()
         entry = await self._store.get(tenant, recipient)
@@ -100,7 +120,7 @@ class Notifier:
 
     async def _send(self, entry: CachedRecipient, tenant: str, recipient: str, activity: dict[str, Any]) -> str | None:
         try:
-            return await self._connector.send(entry.service_url, entry.conversation_id, activity)
+            return await self._connector.send(entry.service_url, entry.conversation_id, activity, tenant_id=tenant)
         except RecipientError as err:
             if err.code == "recipient_blocked_bot":
                 # PROTOCOL.md: evict, so an unblock later goes through a fresh resolution.
@@ -137,7 +157,7 @@ class Notifier:
             tenant, recipient, installation.installation_id, just_installed=just_installed
         )
         service_url = self._settings.service_url
-        member = await self._connector.chat_member(service_url, chat_id)
+        member = await self._connector.chat_member(service_url, chat_id, tenant_id=tenant)
         conversation_id = await self._connector.create_conversation(service_url, member.account_id, tenant)
         entry = CachedRecipient(
             tenant_id=tenant,

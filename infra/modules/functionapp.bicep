@@ -24,7 +24,7 @@ param serviceBusQueueName string
 @minValue(1)
 @maxValue(1000)
 @description('Upper bound on instances; with host.json maxConcurrentCalls it bounds the global send rate (Teams rate limits).')
-param maximumInstanceCount int = 10
+param maximumInstanceCount int = 4
 @allowed([
   2048
   4096
@@ -41,6 +41,10 @@ param tableNamePrefix string
 param httpTimeoutSeconds string
 param retryMaxAttempts string
 param retryMaxDelaySeconds string
+@description('Per-instance send limits (README, Sending to many recipients): maximumInstanceCount x sendRatePerSecond must stay under the Teams per-app-per-tenant limit (30/s).')
+param maxConcurrentSends string = '8'
+param sendRatePerSecond string = '7'
+param graphRatePerSecond string = '7'
 
 // Every app setting of the Function App. tests/test_infra.py parses the keys of this object and
 // checks them against shared/settings.py SETTING_NAMES.
@@ -74,6 +78,9 @@ var appSettings = {
   HttpTimeoutSeconds: httpTimeoutSeconds
   RetryMaxAttempts: retryMaxAttempts
   RetryMaxDelaySeconds: retryMaxDelaySeconds
+  MaxConcurrentSends: maxConcurrentSends
+  SendRatePerSecond: sendRatePerSecond
+  GraphRatePerSecond: graphRatePerSecond
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

@@ -1,0 +1,154 @@
+"""Staying under Teams' and Graph's rate limits inside one process (PROTOCOL.md, rate limits).
+
+``Throttle`` is built once per process and shared by every send of every trigger:
+
+- a per-instance concurrency bound (``MaxConcurrentSends``): at most that many sends in flight;
+- a per-tenant send rate for Bot Connector calls (``SendRatePerSecond``) and, separately, a
+  per-tenant rate for Graph calls (``GraphRatePerSecond``: the cold path's installed-apps, install
+  and chat requests, which Graph limits to ~30 per second per app per tenant);
+- a per-conversation window (Teams: 7 per 1 s, 8 per 2 s, 60 per 30 s, 1800 per hour per bot and
+  conversation), so repeated sends to one user are spaced rather than throttled;
+- a per-tenant pause: a 429 from either service stops *every* request of that service to that tenant
+  in this process for its Retry-After, not just the one request that got it.
+
+Global limits across instances follow from instances x rate (README, "Sending to many recipients");
+a 429 that still happens is honoured through the pause and the retry loop of shared.http.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+Service = Literal["connector", "graph"]
+
+# Teams' per-bot-per-conversation limits for sends (PROTOCOL.md).
+CONVERSATION_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
+_MAX_TRACKED_CONVERSATIONS = 50_000
+
+
+class SlidingWindow:
+    """At most ``n`` events per ``seconds`` for every (n, seconds) pair; ``acquire`` waits its turn."""
+
+    def __init__(self, limits: tuple[tuple[int, float], ...], clock: Callable[[], float]) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._longest = max(s for _, s in limits)
+        self._hits: collections.deque[float] = collections.deque()
+
+    def _wait(self) -> float:
+        now = self._clock()
+        while self._hits and self._hits[0] <= now - self._longest:
+            self._hits.popleft()
+        wait = 0.0
+        for count, seconds in self._limits:
+            if len(self._hits) >= count:
+                wait = max(wait, self._hits[-count] + seconds - now)
+        return wait
+
+    async def acquire(self) -> None:
+        # Single-threaded asyncio: checking and recording happen without an await in between.
+        while True:
+            wait = self._wait()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self._hits.append(self._clock())
+
+    @property
+    def idle(self) -> bool:
+        return not self._hits or self._hits[-1] <= self._clock() - self._longest
+
+
+class Throttle:
+    def __init__(
+        self,
+        *,
+        max_concurrent: int,
+        send_rate: float,
+        graph_rate: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._concurrency = asyncio.Semaphore(max_concurrent)
+        self._rates: dict[Service, tuple[tuple[int, float], ...]] = {
+            "connector": _rate_window(send_rate),
+            "graph": _rate_window(graph_rate),
+        }
+        self._tenant_windows: dict[tuple[Service, str], SlidingWindow] = {}
+        self._conversation_windows: collections.OrderedDict[str, SlidingWindow] = collections.OrderedDict()
+        self._paused_until: dict[tuple[Service, str], float] = {}
+        self.throttled = 0  # 429s seen by this process (bench and tests read it)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the process's ``MaxConcurrentSends`` send slots, for the duration of one send."""
+        async with self._concurrency:
+            yield
+
+    async def before(self, service: Service, tenant_id: str, conversation_id: str | None = None) -> None:
+        """Wait until a request to ``service`` for ``tenant_id`` (and ``conversation_id``) is allowed."""
+        key = (service, tenant_id.lower())
+        while True:
+            pause = self._paused_until.get(key, 0.0) - self._clock()
+            if pause <= 0:
+                break
+            await asyncio.sleep(pause)
+        if conversation_id is not None:
+            await self._conversation(conversation_id).acquire()
+        window = self._tenant_windows.get(key)
+        if window is None:
+            window = self._tenant_windows[key] = SlidingWindow(self._rates[service], self._clock)
+        await window.acquire()
+
+    def throttled_for(self, service: Service, tenant_id: str, seconds: float) -> None:
+        """A 429 with Retry-After ``seconds``: pause every request of ``service`` to the tenant."""
+        self.throttled += 1
+        key = (service, tenant_id.lower())
+        until = self._clock() + seconds
+        if until > self._paused_until.get(key, 0.0):
+            self._paused_until[key] = until
+            logger.info("%s throttled the tenant: pausing its requests for %.2fs", service, seconds)
+
+    def _conversation(self, conversation_id: str) -> SlidingWindow:
+        window = self._conversation_windows.get(conversation_id)
+        if window is None:
+            window = SlidingWindow(CONVERSATION_LIMITS, self._clock)
+            self._conversation_windows[conversation_id] = window
+            if len(self._conversation_windows) > _MAX_TRACKED_CONVERSATIONS:
+                oldest, candidate = next(iter(self._conversation_windows.items()))
+                if candidate.idle:
+                    del self._conversation_windows[oldest]
+        self._conversation_windows.move_to_end(conversation_id)
+        return window
+
+
+def _rate_window(per_second: float) -> tuple[tuple[int, float], ...]:
+    """``per_second`` as a window: a fractional rate (0.5/s) becomes 1 per 2 s."""
+    if per_second >= 1:
+        return ((int(per_second), 1.0),)
+    return ((1, 1.0 / per_second),)
+
+
+class Gate:
+    """What the retry loop of shared.http needs: wait before each attempt, report a 429."""
+
+    def __init__(
+        self, throttle: Throttle, service: Service, tenant_id: str, conversation_id: str | None = None
+    ) -> None:
+        self._throttle = throttle
+        self._service: Service = service
+        self._tenant = tenant_id
+        self._conversation = conversation_id
+
+    async def before(self) -> None:
+        await self._throttle.before(self._service, self._tenant, self._conversation)
+
+    def throttled(self, retry_after: float) -> None:
+        self._throttle.throttled_for(self._service, self._tenant, retry_after)
