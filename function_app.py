@@ -3,10 +3,19 @@
 Each function parses its input, calls one library function in shared/, and maps the outcome to its
 transport. Nothing is built at import time: shared.bootstrap builds the clients on first use.
 
-| function      | trigger                                          | library call                      |
-| ------------- | ------------------------------------------------ | --------------------------------- |
-| notify        | HTTP POST /api/notify (function key)             | shared.service.handle_notify      |
-| notify_queue  | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | shared.service.handle_queue_message |
+| function            | trigger                                                  | library call (shared.service) |
+| ------------------- | -------------------------------------------------------- | ----------------------------- |
+| notify              | HTTP POST /api/notify (function key)                     | handle_notify                 |
+| notify_queue        | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | handle_queue_message          |
+| notification_status | HTTP GET /api/notifications/{id}                         | handle_status                 |
+| notification_update | HTTP PUT /api/notifications/{id}                         | handle_update                 |
+| notification_recall | HTTP DELETE /api/notifications/{id}                      | handle_recall                 |
+
+notify and notify_queue also have a Service Bus OUTPUT binding to the same queue: a notification to
+more recipients than are sent inline is spread as one message per recipient. The Python worker's
+Service Bus output accepts only a str/bytes body (no message id, no list), so the bodies are set as
+one JSON array, which the host writes as one message per element; each element carries its
+deterministic ``deliveryId``, the idempotency key of that recipient's send.
 """
 
 from __future__ import annotations
@@ -15,36 +24,62 @@ import json
 
 import azure.functions as func
 
-from shared.service import QueueDelivery, handle_notify, handle_queue_message
+from shared.service import (
+    Outcome,
+    QueueDelivery,
+    handle_notify,
+    handle_queue_message,
+    handle_recall,
+    handle_status,
+    handle_update,
+)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
-@app.function_name("notify")
-@app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-async def notify(req: func.HttpRequest) -> func.HttpResponse:
-    outcome = await handle_notify(
-        req.get_body(),
-        content_type=req.headers.get("content-type"),
-        idempotency_key=req.headers.get("idempotency-key"),
-        correlation_id=req.headers.get("x-correlation-id") or req.headers.get("x-ms-client-tracking-id"),
-    )
+def _response(outcome: Outcome) -> func.HttpResponse:
     headers = {"x-correlation-id": outcome.correlation_id or ""}
     if outcome.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(outcome.retry_after)))
     if outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
+    if outcome.location is not None:
+        headers["Location"] = outcome.location
     return func.HttpResponse(
         json.dumps(outcome.body), status_code=outcome.status, headers=headers, mimetype="application/json"
     )
 
 
+def _correlation_id(req: func.HttpRequest) -> str | None:
+    return req.headers.get("x-correlation-id") or req.headers.get("x-ms-client-tracking-id")
+
+
+def _emit(out: func.Out[str], messages: tuple[str, ...]) -> None:
+    if messages:
+        out.set("[" + ",".join(messages) + "]")
+
+
+@app.function_name("notify")
+@app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
+async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
+    outcome = await handle_notify(
+        req.get_body(),
+        content_type=req.headers.get("content-type"),
+        idempotency_key=req.headers.get("idempotency-key"),
+        correlation_id=_correlation_id(req),
+    )
+    _emit(fanout, outcome.messages)
+    return _response(outcome)
+
+
 @app.function_name("notify_queue")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
-async def notify_queue(msg: func.ServiceBusMessage) -> None:
+@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
+async def notify_queue(msg: func.ServiceBusMessage, fanout: func.Out[str]) -> None:
     # Returning completes the message (host.json autoCompleteMessages); raising abandons it, so
     # Service Bus redelivers it and dead-letters it after the queue's maxDeliveryCount.
-    await handle_queue_message(
+    outcome = await handle_queue_message(
         QueueDelivery(
             body=msg.get_body(),
             message_id=msg.message_id,
@@ -53,3 +88,38 @@ async def notify_queue(msg: func.ServiceBusMessage) -> None:
             correlation_id=msg.correlation_id,
         )
     )
+    _emit(fanout, outcome.messages)
+
+
+@app.function_name("notification_status")
+@app.route(route="notifications/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def notification_status(req: func.HttpRequest) -> func.HttpResponse:
+    outcome = await handle_status(
+        req.route_params["id"],
+        top=req.params.get("top"),
+        continuation_token=req.params.get("continuationToken"),
+        correlation_id=_correlation_id(req),
+    )
+    return _response(outcome)
+
+
+@app.function_name("notification_update")
+@app.route(route="notifications/{id}", methods=["PUT"], auth_level=func.AuthLevel.FUNCTION)
+async def notification_update(req: func.HttpRequest) -> func.HttpResponse:
+    outcome = await handle_update(
+        req.route_params["id"],
+        req.get_body(),
+        content_type=req.headers.get("content-type"),
+        recipient=req.params.get("recipient"),
+        correlation_id=_correlation_id(req),
+    )
+    return _response(outcome)
+
+
+@app.function_name("notification_recall")
+@app.route(route="notifications/{id}", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
+async def notification_recall(req: func.HttpRequest) -> func.HttpResponse:
+    outcome = await handle_recall(
+        req.route_params["id"], recipient=req.params.get("recipient"), correlation_id=_correlation_id(req)
+    )
+    return _response(outcome)

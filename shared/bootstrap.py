@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -25,6 +25,9 @@ from shared.notify import Notifier
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.throttle import Throttle
+
+if TYPE_CHECKING:
+    from shared.notifications import NotificationStore
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,13 @@ class Services:
         return IdempotencyStore(self.table("requests"))
 
     @functools.cached_property
+    def notifications(self) -> NotificationStore:
+        """Notifications and their per-recipient deliveries: {TableNamePrefix}notifications, ...deliveries."""
+        from shared.notifications import NotificationStore
+
+        return NotificationStore(self.table("notifications"), self.table("deliveries"))
+
+    @functools.cached_property
     def failures(self) -> FailureStore:
         """Queue messages that failed permanently: {TableNamePrefix}failures."""
         return FailureStore(self.table("failures"))
@@ -61,6 +71,8 @@ class Services:
             await self.requests.close()
         if "failures" in self.__dict__:
             await self.failures.close()
+        if "notifications" in self.__dict__:
+            await self.notifications.close()
         await self.tables.close()
         await self.http.aclose()
 

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Source = Literal["http", "queue"]
+# "delivery": one recipient of a notification, keyed by its deterministic delivery id.
+Source = Literal["http", "queue", "delivery"]
 # Twice host.json's functionTimeout (5 min): an attempt still running past it is dead.
 DEFAULT_LEASE_SECONDS = 600.0
 MAX_KEY_LENGTH = 200

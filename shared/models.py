@@ -17,31 +17,53 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from shared.errors import RequestError
 
 # Teams rejects messages above ~28 KB (MessageSizeTooBig); refuse them before any upstream call.
 MAX_BODY_BYTES = 28 * 1024
+# Fan-out (README, "Sending to many recipients"): up to MAX_RECIPIENTS per request; up to
+# SYNC_RECIPIENTS are sent while the caller waits (200), more are queued (202 + Location).
+MAX_RECIPIENTS = 10_000
+SYNC_RECIPIENTS = 20
+# A request naming 10,000 recipients is larger than one message: the raw body may be this large,
+# the message itself (text, card, summary) still at most MAX_BODY_BYTES.
+MAX_REQUEST_BYTES = MAX_BODY_BYTES + MAX_RECIPIENTS * 330
 GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_FIELD_NAME_IN_MESSAGE = 64
 
 
+Recipient = Annotated[str, Field(min_length=1, max_length=320)]
+
+
 class NotifyRequest(BaseModel):
-    """The body of ``POST /api/notify`` and of a Service Bus message: text and/or card to one user."""
+    """The body of ``POST /api/notify`` and of a Service Bus message: text and/or card to one user
+    (``recipient``) or to many (``recipients``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
     recipient: Annotated[
-        str,
+        str | None,
         Field(
             min_length=1,
             max_length=320,
             title="Recipient",
-            description="The user to message: their UPN (user@contoso.com) or Entra object id.",
+            description="The user to message: their UPN (user@contoso.com) or Entra object id. Give recipient or "
+            "recipients.",
         ),
-    ]
+    ] = None
+    recipients: Annotated[
+        list[Recipient] | None,
+        Field(
+            min_length=1,
+            max_length=MAX_RECIPIENTS,
+            title="Recipients",
+            description="Several users to message (UPNs and/or Entra object ids, up to 10,000). Up to 20 are sent "
+            "at once (200); more are queued (202 with a Location to poll).",
+        ),
+    ] = None
     tenant_id: Annotated[
         str | None,
         Field(
@@ -78,11 +100,13 @@ class NotifyRequest(BaseModel):
 
     @field_validator("recipient")
     @classmethod
-    def _recipient_is_a_name(cls, value: str) -> str:
-        stripped = value.strip()
-        if not stripped or _CONTROL_CHARS.search(stripped):
-            raise ValueError("must be a UPN or an Entra object id")
-        return stripped
+    def _recipient_is_a_name(cls, value: str | None) -> str | None:
+        return None if value is None else _a_name(value)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_are_names(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_a_name(v) for v in value]
 
     @field_validator("card")
     @classmethod
@@ -93,14 +117,38 @@ class NotifyRequest(BaseModel):
 
     @model_validator(mode="after")
     def _text_or_card(self) -> NotifyRequest:
+        if (self.recipient is None) == (self.recipients is None):
+            raise PydanticCustomError("recipient_count", "give recipient or recipients (exactly one of the two)")
         if self.text is None and self.card is None:
             raise ValueError("give text, card, or both")
         return self
 
     def fingerprint(self) -> str:
         """A digest of what is sent to whom: a repeated idempotency key must carry the same request."""
-        canonical = json.dumps(self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"))
+        content = self.model_dump(by_alias=True)
+        if content["recipients"] is None:
+            del content["recipients"]  # single-recipient fingerprints stay what they were before fan-out
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def recipient_list(self) -> list[str]:
+        """Every recipient once (the first spelling of each, case-insensitively), in request order."""
+        seen: dict[str, str] = {}
+        for name in [self.recipient] if self.recipient is not None else list(self.recipients or []):
+            seen.setdefault(name.lower(), name)
+        return list(seen.values())
+
+    def content_bytes(self) -> int:
+        """The size of what is sent (text, card, summary), which Teams limits."""
+        content = {"text": self.text, "card": self.card, "summary": self.summary}
+        return len(json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _a_name(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or _CONTROL_CHARS.search(stripped):
+        raise ValueError("must be a UPN or an Entra object id")
+    return stripped
 
 
 class NotifyResponse(BaseModel):
@@ -122,6 +170,14 @@ class NotifyResponse(BaseModel):
         Field(alias="conversationId", title="Conversation id", description="The 1:1 conversation the message went to."),
     ]
     recipient: Annotated[str, Field(title="Recipient", description="The recipient as given in the request.")]
+    notification_id: Annotated[
+        str | None,
+        Field(
+            alias="notificationId",
+            title="Notification id",
+            description="The id to get the status of, update or recall this message (/api/notifications/{id}).",
+        ),
+    ] = None
 
 
 class ErrorDetail(BaseModel):
@@ -146,6 +202,17 @@ class ErrorResponse(BaseModel):
 def parse_notify_request(body: bytes, content_type: str | None = None) -> NotifyRequest:
     """Validate a raw request body. Raises ``RequestError`` naming the field at fault (never echoing
     the body). ``content_type`` is checked when given (HTTP); the queue passes None."""
+    payload = _json_object(body, content_type)
+    try:
+        request = NotifyRequest.model_validate(payload)
+    except ValidationError as err:
+        raise _validation_error(err.errors(include_url=False, include_input=False)) from None
+    if request.content_bytes() > MAX_BODY_BYTES:
+        raise _too_large(request.content_bytes())
+    return request
+
+
+def _json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     if content_type is not None and content_type.strip():
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
@@ -155,13 +222,8 @@ def parse_notify_request(body: bytes, content_type: str | None = None) -> Notify
                 target="Content-Type",
                 http_status=415,
             )
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(
-            f"The request body is {len(body)} bytes; Teams accepts messages up to about {MAX_BODY_BYTES} bytes.",
-            code="message_too_large",
-            target="body",
-            http_status=413,
-        )
+    if len(body) > MAX_REQUEST_BYTES or (len(body) > MAX_BODY_BYTES and b'"recipients"' not in body):
+        raise _too_large(len(body))
     if not body.strip():
         raise RequestError("The request body is empty: send a JSON object.", code="invalid_request", target="body")
     try:
@@ -173,10 +235,16 @@ def parse_notify_request(body: bytes, content_type: str | None = None) -> Notify
         ) from None
     if not isinstance(payload, dict):
         raise RequestError("The request body must be a JSON object.", code="invalid_request", target="body")
-    try:
-        return NotifyRequest.model_validate(payload)
-    except ValidationError as err:
-        raise _validation_error(err.errors(include_url=False, include_input=False)) from None
+    return payload
+
+
+def _too_large(size: int) -> RequestError:
+    return RequestError(
+        f"The message is {size} bytes; Teams accepts messages up to about {MAX_BODY_BYTES} bytes.",
+        code="message_too_large",
+        target="body",
+        http_status=413,
+    )
 
 
 def _field_name(error: ErrorDetails) -> str:
@@ -187,30 +255,189 @@ def _field_name(error: ErrorDetails) -> str:
     return name
 
 
-def _describe(error: ErrorDetails) -> str:
+def _describe(error: ErrorDetails, model: type[BaseModel] = NotifyRequest) -> str:
     field, kind = _field_name(error), error["type"]
     if kind == "missing":
         return f"{field} is required"
     if kind == "extra_forbidden":
-        allowed = ", ".join(f.alias or name for name, f in NotifyRequest.model_fields.items())
+        allowed = ", ".join(f.alias or name for name, f in model.model_fields.items())
         return f"unknown field '{field}' (allowed: {allowed})"
     if field == "tenantId" and kind in {"string_pattern_mismatch", "string_type"}:
         return "tenantId must be a GUID"
+    if kind == "recipient_count":
+        return str(error["msg"])
     if kind == "value_error":
         reason = str(error["msg"]).removeprefix("Value error, ")
         return f"{field} {reason}" if error["loc"] else reason
     return f"{field}: {error['msg']}"
 
 
-def _validation_error(errors: list[ErrorDetails]) -> RequestError:
+def _validation_error(errors: list[ErrorDetails], model: type[BaseModel] = NotifyRequest) -> RequestError:
     first = errors[0]
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
         first = unknown[0]
-    messages = "; ".join(_describe(e) for e in ([first] + [e for e in errors if e is not first]))
+    messages = "; ".join(_describe(e, model) for e in ([first] + [e for e in errors if e is not first]))
     code = "unknown_field" if first["type"] == "extra_forbidden" else "invalid_request"
     target = _field_name(first) if first["loc"] else "body"
-    # Errors on the model itself (text or card missing) point at the fields to add.
-    if not first["loc"]:
+    # Errors on the model itself point at the fields to add.
+    if first["type"] == "recipient_count":
+        target = "recipient"
+    elif not first["loc"]:
         target = "text, card"
     return RequestError(f"Invalid request: {messages}.", code=code, target=target)
+
+
+# --- notifications: status, update, recall (README, "Sending to many recipients", "Updating and
+# recalling a message") -----------------------------------------------------------------------------
+
+DeliveryState = Literal["pending", "sent", "failed", "recalled"]
+ChangeOutcome = Literal["updated", "recalled", "not_sent", "failed"]
+
+
+class DeliveryResult(BaseModel):
+    """One recipient of a notification and what happened to their message."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    recipient: Annotated[str, Field(title="Recipient", description="The recipient as given in the request.")]
+    state: Annotated[
+        DeliveryState,
+        Field(
+            title="State",
+            description="pending (queued or being retried), sent, failed (permanently: see error), or recalled.",
+        ),
+    ]
+    activity_id: Annotated[
+        str | None,
+        Field(alias="activityId", title="Activity id", description="The id of the sent message, once sent."),
+    ] = None
+    error: Annotated[
+        ErrorDetail | None,
+        Field(title="Error", description="Why the message was not sent (failed), or the last transient error."),
+    ] = None
+
+
+class DeliveryCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pending: Annotated[int, Field(title="Pending", description="Recipients not sent yet.")] = 0
+    sent: Annotated[int, Field(title="Sent", description="Recipients the message was sent to.")] = 0
+    failed: Annotated[int, Field(title="Failed", description="Recipients that cannot be sent to (see errors).")] = 0
+    recalled: Annotated[int, Field(title="Recalled", description="Recipients whose message was recalled.")] = 0
+
+
+class NotificationStatus(BaseModel):
+    """``GET /api/notifications/{id}``, and the answer of ``POST /api/notify`` with ``recipients``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    notification_id: Annotated[
+        str, Field(alias="notificationId", title="Notification id", description="The id of this notification.")
+    ]
+    finished: Annotated[
+        bool,
+        Field(title="Finished", description="True when every recipient is sent, failed permanently, or recalled."),
+    ]
+    total: Annotated[int, Field(title="Total", description="The number of distinct recipients.")]
+    counts: Annotated[DeliveryCounts, Field(title="Counts", description="Recipients by state.")]
+    recipients: Annotated[
+        list[DeliveryResult],
+        Field(title="Recipients", description="One page of recipients and their state (see continuationToken)."),
+    ]
+    continuation_token: Annotated[
+        str | None,
+        Field(
+            alias="continuationToken",
+            title="Continuation token",
+            description="Pass as ?continuationToken= to get the next page; null on the last page.",
+        ),
+    ] = None
+
+
+class UpdateRequest(BaseModel):
+    """The body of ``PUT /api/notifications/{id}``: the new content of the sent message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: Annotated[str | None, Field(min_length=1, title="Text", description="The new message text (Markdown).")] = (
+        None
+    )
+    card: Annotated[
+        dict[str, Any] | None,
+        Field(title="Adaptive Card", description="The new Adaptive Card JSON object. Give text, card, or both."),
+    ] = None
+    summary: Annotated[
+        str | None, Field(min_length=1, max_length=1024, title="Summary", description="Optional preview text.")
+    ] = None
+
+    @field_validator("card")
+    @classmethod
+    def _card_is_adaptive(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "AdaptiveCard":
+            raise ValueError('must be an Adaptive Card object with "type": "AdaptiveCard"')
+        return value
+
+    @model_validator(mode="after")
+    def _text_or_card(self) -> UpdateRequest:
+        if self.text is None and self.card is None:
+            raise ValueError("give text, card, or both")
+        return self
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ChangeResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: Annotated[str, Field(title="Recipient", description="The recipient as given in the request.")]
+    outcome: Annotated[
+        ChangeOutcome,
+        Field(
+            title="Outcome",
+            description="updated, recalled (also when it already was), not_sent (nothing to change), or failed "
+            "(see error).",
+        ),
+    ]
+    error: Annotated[
+        ErrorDetail | None, Field(title="Error", description="Why the change failed for this recipient.")
+    ] = None
+
+
+class ChangeResponse(BaseModel):
+    """The answer of ``PUT`` and ``DELETE /api/notifications/{id}``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    notification_id: Annotated[
+        str, Field(alias="notificationId", title="Notification id", description="The id of the notification.")
+    ]
+    results: Annotated[list[ChangeResult], Field(title="Results", description="One result per recipient.")]
+
+
+class FanOutItem(BaseModel):
+    """The body of one queued per-recipient send of a large notification (written by the app itself).
+
+    The Functions Service Bus output binding of a Python app sets only the message body, not its
+    message id, so the deterministic ``deliveryId`` travels in the body and is the idempotency key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    delivery_id: Annotated[str, Field(alias="deliveryId", min_length=1, max_length=200)]
+    notification_id: Annotated[str, Field(alias="notificationId", min_length=1, max_length=200)]
+    recipient: Recipient
+
+
+def parse_update_request(body: bytes, content_type: str | None = None) -> UpdateRequest:
+    """Validate the body of ``PUT /api/notifications/{id}`` (same conventions as a send)."""
+    payload = _json_object(body, content_type)
+    try:
+        request = UpdateRequest.model_validate(payload)
+    except ValidationError as err:
+        raise _validation_error(err.errors(include_url=False, include_input=False), UpdateRequest) from None
+    size = len(json.dumps(request.model_dump(), separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_BODY_BYTES:
+        raise _too_large(size)
+    return request

@@ -16,14 +16,23 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from shared.bootstrap import Services, get_services
-from shared.errors import NotifyError, RequestInProgressError, TransientError
+from shared.errors import NotifyError, RequestError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source, check_key
 from shared.logcontext import accept_correlation_id, correlation
-from shared.models import NotifyRequest, NotifyResponse, parse_notify_request
+from shared.models import FanOutItem, NotifyRequest, NotifyResponse, parse_notify_request, parse_update_request
+from shared.notifications import (
+    get_status,
+    handle_fan_out_item,
+    new_notification_id,
+    recall_notification,
+    record_single,
+    start_notification,
+    update_notification,
+)
 from shared.notify import Message, recipient_hash
 
 logger = logging.getLogger(__name__)
@@ -32,7 +41,7 @@ IN_FLIGHT_WAIT_SECONDS = 5.0
 # Retry-After for a repeat that found the first attempt still sending: a send takes seconds.
 IN_FLIGHT_RETRY_AFTER = 2.0
 
-QueueResult = Literal["sent", "duplicate", "kept"]
+QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class Outcome:
     retry_after: float | None = None
     replayed: bool = False  # the recorded result of an earlier attempt, nothing sent now
     correlation_id: str | None = None
+    location: str | None = None  # 202: where to poll the notification's status
+    # Fan-out: bodies of the per-recipient Service Bus messages the trigger's output binding writes.
+    messages: tuple[str, ...] = ()
+    service_url: str | None = None  # of a fresh send (not part of the body); None when replayed
 
     @property
     def sent(self) -> bool:
@@ -66,14 +79,17 @@ async def deliver(
     key: str | None,
     record_failures: bool,
     wait_seconds: float = 0.0,
+    notification_id: str | None = None,
+    fingerprint: str | None = None,
 ) -> Outcome:
     """Send ``request`` at most once per ``key``. Returns the outcome of a send or of a permanent
     failure; raises ``TransientError`` (the key released) when a retry may succeed, and
-    ``RequestInProgressError`` when another attempt holds the key."""
+    ``RequestInProgressError`` when another attempt holds the key. ``fingerprint`` overrides the
+    request's own (a fan-out delivery is identified by its key, whatever the content)."""
     if key is None:
-        return await _send(services, request)
+        return await _send(services, request, notification_id)
     tenant = request.tenant_id or services.settings.tenant_id
-    fingerprint = request.fingerprint()
+    fingerprint = fingerprint or request.fingerprint()
     claim = await services.requests.claim(source, tenant, key, fingerprint)
     if isinstance(claim, InFlight) and wait_seconds > 0:
         recorded = await services.requests.wait(source, tenant, key, wait_seconds)
@@ -88,7 +104,7 @@ async def deliver(
             retry_after=IN_FLIGHT_RETRY_AFTER,
         )
     try:
-        outcome = await _send(services, request)
+        outcome = await _send(services, request, notification_id)
     except BaseException:
         # Transient trouble, cancellation (function timeout) or a bug: free the key for a retry.
         await _release(services, claim)
@@ -111,8 +127,9 @@ async def _release(services: Services, claim: Claimed) -> None:
         logger.error("could not release an idempotency key (%s); it frees itself when its lease ends", err.code)
 
 
-async def _send(services: Services, request: NotifyRequest) -> Outcome:
+async def _send(services: Services, request: NotifyRequest, notification_id: str | None = None) -> Outcome:
     """One send through the pipeline. Permanent failures become an Outcome; transient ones raise."""
+    assert request.recipient is not None, "a send goes to one recipient"
     rhash = recipient_hash(request.tenant_id or services.settings.tenant_id, request.recipient)
     message = Message(text=request.text, card=request.card, summary=request.summary)
     try:
@@ -129,8 +146,11 @@ async def _send(services: Services, request: NotifyRequest) -> Outcome:
         activity_id=result.activity_id,
         conversation_id=result.conversation_id,
         recipient=request.recipient,
+        notification_id=notification_id,
     )
-    return Outcome(200, response.model_dump(by_alias=True))
+    body = response.model_dump(by_alias=True, exclude_none=True)
+    body.setdefault("activityId", None)
+    return Outcome(200, body, service_url=result.service_url)
 
 
 async def handle_notify(
@@ -148,14 +168,20 @@ async def handle_notify(
             request = parse_notify_request(body, content_type)
             key = check_key(idempotency_key) if idempotency_key is not None else None
             services = get_services()
-            outcome = await deliver(
-                services,
-                request,
-                source="http",
-                key=key,
-                record_failures=True,
-                wait_seconds=IN_FLIGHT_WAIT_SECONDS,
-            )
+            notification_id = key or new_notification_id()
+            if request.recipients is not None:
+                outcome = await start_notification(services, request, notification_id)
+            else:
+                outcome = await deliver(
+                    services,
+                    request,
+                    source="http",
+                    key=key,
+                    record_failures=True,
+                    wait_seconds=IN_FLIGHT_WAIT_SECONDS,
+                    notification_id=notification_id,
+                )
+                await record_single(services, request, notification_id, outcome)
         except NotifyError as err:
             log = logger.warning if err.http_status >= 500 else logger.info
             log("notify request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
@@ -165,7 +191,7 @@ async def handle_notify(
             outcome = Outcome(
                 500, {"error": {"code": "internal_error", "message": "Unexpected error; it has been logged."}}
             )
-        return Outcome(outcome.status, outcome.body, outcome.retry_after, outcome.replayed, cid)
+        return replace(outcome, correlation_id=cid)
 
 
 @dataclass(frozen=True)
@@ -179,8 +205,17 @@ class QueueDelivery:
     correlation_id: str | None = None
 
 
-async def handle_queue_message(delivery: QueueDelivery) -> QueueResult:
-    """One Service Bus message: sent, a duplicate of a message already sent, or kept as a failure.
+@dataclass(frozen=True)
+class QueueOutcome:
+    result: QueueResult
+    # Fan-out: per-recipient message bodies for the trigger's Service Bus output binding.
+    messages: tuple[str, ...] = ()
+
+
+async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
+    """One Service Bus message: sent, a duplicate of a message already sent, kept as a failure, one
+    recipient of a fanned-out notification (``delivered``), or a many-recipient request (``fanned_out``:
+    up to 20 sent here, more returned as per-recipient messages).
 
     Raises (so Service Bus redelivers, and dead-letters after maxDeliveryCount) on transient trouble,
     while another delivery of the same message is in flight, and when the failure cannot be kept.
@@ -190,8 +225,21 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueResult:
         services = get_services()  # a configuration error raises: nowhere to keep the message
         try:
             key = check_key(delivery.message_id, target="messageId")
+            item = _fan_out_item(delivery.body)
+            if item is not None:
+                row = await handle_fan_out_item(services, item)
+                logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
+                return QueueOutcome("delivered")
             request = parse_notify_request(delivery.body)
-            outcome = await deliver(services, request, source="queue", key=key, record_failures=False)
+            if request.recipients is not None:
+                fanned = await start_notification(services, request, key)
+                if fanned.retry_after is not None:
+                    raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
+                return QueueOutcome("fanned_out", fanned.messages)
+            outcome = await deliver(
+                services, request, source="queue", key=key, record_failures=False, notification_id=key
+            )
+            await record_single(services, request, key, outcome)
         except TransientError as err:
             logger.warning(
                 "queue message %s not sent (%s); delivery %s will be retried",
@@ -204,7 +252,7 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueResult:
             outcome = error_outcome(err)
         if outcome.sent:
             logger.info("queue message %s %s", delivery.message_id, "was already sent" if outcome.replayed else "sent")
-            return "duplicate" if outcome.replayed else "sent"
+            return QueueOutcome("duplicate" if outcome.replayed else "sent")
         error = outcome.body.get("error")
         record = await services.failures.keep(
             message_id=delivery.message_id,
@@ -218,4 +266,91 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueResult:
         logger.warning(
             "queue message %s failed permanently (%s); kept for an operator to replay", record.message_id, record.code
         )
-        return "kept"
+        return QueueOutcome("kept")
+
+
+def _fan_out_item(body: bytes) -> FanOutItem | None:
+    """A per-recipient fan-out message (it carries ``deliveryId``), or None for a send request."""
+    if b'"deliveryId"' not in body:
+        return None
+    try:
+        return FanOutItem.model_validate_json(body)
+    except ValueError:
+        return None  # not ours after all: validated (and reported) as a send request
+
+
+# --- /api/notifications/{id} -------------------------------------------------------------------------
+
+
+async def _answer(correlation_id: str | None, work: Any) -> Outcome:
+    cid = accept_correlation_id(correlation_id)
+    with correlation(cid):
+        try:
+            outcome: Outcome = await work(get_services())
+        except NotifyError as err:
+            log = logger.warning if err.http_status >= 500 else logger.info
+            log("notification request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
+            outcome = error_outcome(err)
+        except Exception:
+            logger.exception("notification request failed unexpectedly")
+            outcome = Outcome(
+                500, {"error": {"code": "internal_error", "message": "Unexpected error; it has been logged."}}
+            )
+        return replace(outcome, correlation_id=cid)
+
+
+def _int_param(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RequestError(f"{name} must be an integer.", code="invalid_request", target=name) from None
+
+
+async def handle_status(
+    notification_id: str,
+    *,
+    top: str | None = None,
+    continuation_token: str | None = None,
+    correlation_id: str | None = None,
+) -> Outcome:
+    """``GET /api/notifications/{id}``: counts by state and one page of recipients."""
+
+    async def work(services: Services) -> Outcome:
+        status = await get_status(
+            services, notification_id, top=_int_param(top, "top"), token=continuation_token or None
+        )
+        return Outcome(200, status.model_dump(by_alias=True))
+
+    return await _answer(correlation_id, work)
+
+
+async def handle_update(
+    notification_id: str,
+    body: bytes,
+    *,
+    content_type: str | None,
+    recipient: str | None = None,
+    correlation_id: str | None = None,
+) -> Outcome:
+    """``PUT /api/notifications/{id}[?recipient=]``: update the sent message in place."""
+
+    async def work(services: Services) -> Outcome:
+        update = parse_update_request(body, content_type)
+        response, retry_after = await update_notification(services, notification_id, update, recipient or None)
+        return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
+
+    return await _answer(correlation_id, work)
+
+
+async def handle_recall(
+    notification_id: str, *, recipient: str | None = None, correlation_id: str | None = None
+) -> Outcome:
+    """``DELETE /api/notifications/{id}[?recipient=]``: recall (delete) the sent message."""
+
+    async def work(services: Services) -> Outcome:
+        response, retry_after = await recall_notification(services, notification_id, recipient or None)
+        return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
+
+    return await _answer(correlation_id, work)

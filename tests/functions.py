@@ -8,8 +8,10 @@ every test module gets them from here.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
+import azure.functions as func
 from azure.functions.decorators.core import Binding
 from azure.functions.decorators.function_app import Function
 
@@ -30,3 +32,25 @@ def bindings(name: str) -> dict[str, dict[str, Any]]:
     """A function's bindings by type ("httpTrigger", "serviceBusTrigger", ...), as the host sees them."""
     found: list[Binding] = functions()[name].get_bindings()
     return {b.get_dict_repr()["type"]: b.get_dict_repr() for b in found}
+
+
+class OutputMessages(func.Out[str]):
+    """A Service Bus output binding as the host provides it: what the function sets becomes messages
+    (a JSON array is written as one message per element, as the Functions host does)."""
+
+    def __init__(self) -> None:
+        self._value: str | None = None
+
+    def set(self, val: str) -> None:
+        self._value = val
+
+    def get(self) -> str:
+        return self._value or ""
+
+    @property
+    def messages(self) -> list[bytes]:
+        if self._value is None:
+            return []
+        parsed = json.loads(self._value)
+        items = parsed if isinstance(parsed, list) else [parsed]
+        return [json.dumps(item).encode() for item in items]

@@ -21,7 +21,7 @@ from shared.bootstrap import get_services
 from shared.idempotency import IdempotencyStore
 from shared.models import MAX_BODY_BYTES, ErrorResponse, NotifyRequest, NotifyResponse
 from tests.conftest import CLIENT_SECRET, World
-from tests.functions import user_function
+from tests.functions import OutputMessages, user_function
 
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Your **report** is ready"}
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Approve?"}]}
@@ -36,7 +36,7 @@ async def post(
     request = func.HttpRequest(
         "POST", "http://localhost/api/notify", headers=all_headers, params={}, route_params={}, body=raw
     )
-    response: func.HttpResponse = await user_function("notify")(request)
+    response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
     return response
 
 
@@ -72,7 +72,9 @@ async def test_send_answers_200_with_the_activity_and_conversation(world: World)
         "activityId": delivered["id"],
         "conversationId": world.tenant.conversation_id_for(world.user("alice")),
         "recipient": "alice@contoso.com",
+        "notificationId": body["notificationId"],
     }
+    assert body["notificationId"]
     assert response.mimetype == "application/json"
 
 

@@ -21,7 +21,7 @@ from shared.errors import NotifyError, RequestError, TransientError
 from shared.failures import drop_failure, get_failure, list_failures, replay_failure
 from tests.azurite import KEY
 from tests.conftest import World
-from tests.functions import user_function
+from tests.functions import OutputMessages, user_function
 
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Invoice 1001 approved"}
 ENQUEUED = datetime.datetime(2026, 1, 5, 9, 30, tzinfo=datetime.UTC)
@@ -41,7 +41,7 @@ def message(body: bytes | dict[str, Any], message_id: str, delivery_count: int =
 
 
 async def deliver(msg: ServiceBusMessage) -> None:
-    await user_function("notify_queue")(msg)
+    await user_function("notify_queue")(msg, OutputMessages())
 
 
 async def deliver_until_completed(body: bytes | dict[str, Any], message_id: str, max_deliveries: int = 5) -> int:

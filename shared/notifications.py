@@ -1,0 +1,694 @@
+"""Notifications: what was sent to whom, and the life of a sent message (status, update, recall).
+
+Every send has a notification id (the Idempotency-Key, or the Service Bus message id, when given;
+otherwise generated). Two tables in Table Storage:
+
+- ``{TableNamePrefix}notifications``: one row per notification that names several recipients
+  (PartitionKey = escaped id, RowKey = ``notification``): tenant, recipient count, the content (so
+  a queued per-recipient send carries only ids), the request fingerprint.
+- ``{TableNamePrefix}deliveries``: one row per recipient of every notification (PartitionKey =
+  escaped notification id, RowKey = escaped lower-cased recipient): state (pending, sent, failed,
+  recalled), conversation id, service URL, activity id, error code and message, times.
+
+A recipient's send is exactly-once through shared.service.deliver, keyed by a deterministic
+``deliveryId`` = hash(notification id, recipient), so a retried request or a redelivered message
+never sends twice. Large notifications are fanned out as one Service Bus message per recipient
+(``FanOutItem``; the output binding sets only bodies, so the delivery id travels in the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from shared.errors import NotifyError, RecipientError, RequestError, StaleConversationError, TransientError
+from shared.models import (
+    SYNC_RECIPIENTS,
+    ChangeOutcome,
+    ChangeResponse,
+    ChangeResult,
+    DeliveryCounts,
+    DeliveryResult,
+    DeliveryState,
+    ErrorDetail,
+    FanOutItem,
+    NotificationStatus,
+    NotifyRequest,
+    UpdateRequest,
+)
+from shared.notify import Message, recipient_hash
+from shared.store import create_table_if_missing, escape_key, translate_storage_errors
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+    from shared.bootstrap import Services
+    from shared.service import Outcome
+
+logger = logging.getLogger(__name__)
+
+HEADER_ROW = "notification"
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+_TRANSACTION = 100  # Table Storage's limit of operations per batch
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def new_notification_id() -> str:
+    return str(uuid.uuid4())
+
+
+def delivery_id(notification_id: str, recipient: str) -> str:
+    """The idempotency key of one recipient's send: the same for every retry and redelivery."""
+    digest = hashlib.sha256(f"{notification_id}\n{recipient.strip().lower()}".encode()).hexdigest()
+    return "d-" + digest[:40]
+
+
+def status_location(notification_id: str) -> str:
+    return "/api/notifications/" + quote(notification_id, safe="")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    notification_id: str
+    recipient: str
+    tenant_id: str
+    state: DeliveryState
+    activity_id: str | None = None
+    conversation_id: str | None = None
+    service_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    content_fingerprint: str | None = None  # of the last update applied
+    etag: str | None = None
+
+    def result(self) -> DeliveryResult:
+        error = ErrorDetail(code=self.error_code, message=self.error_message or "") if self.error_code else None
+        return DeliveryResult(recipient=self.recipient, state=self.state, activity_id=self.activity_id, error=error)
+
+
+@dataclass(frozen=True)
+class Header:
+    notification_id: str
+    tenant_id: str
+    total: int
+    fingerprint: str
+    content: NotifyRequest  # text, card, summary (recipient fields unset)
+
+
+class NotificationStore:
+    def __init__(self, headers: TableClient, deliveries: TableClient) -> None:
+        self._headers = headers
+        self._deliveries = deliveries
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def _ensure_tables(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                await create_table_if_missing(self._headers)
+                await create_table_if_missing(self._deliveries)
+                self._ready = True
+
+    async def create_header(self, header: Header) -> Header:
+        """Insert the header, or return the one already there (a retried request)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        await self._ensure_tables()
+        entity = {
+            "PartitionKey": escape_key(header.notification_id),
+            "RowKey": HEADER_ROW,
+            "NotificationId": header.notification_id,
+            "TenantId": header.tenant_id,
+            "Total": header.total,
+            "Fingerprint": header.fingerprint,
+            "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
+            "CreatedAt": _now(),
+        }
+        try:
+            with translate_storage_errors():
+                await self._headers.create_entity(entity)
+            return header
+        except ResourceExistsError:
+            existing = await self.get_header(header.notification_id)
+            if existing is None:  # deleted in between: vanishingly rare, let the caller retry
+                raise TransientError(
+                    "The notification record is contended.", target="storage", retry_after=1.0
+                ) from None
+            return existing
+
+    async def get_header(self, notification_id: str) -> Header | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self._ensure_tables()
+        try:
+            with translate_storage_errors():
+                entity = await self._headers.get_entity(escape_key(notification_id), HEADER_ROW)
+        except ResourceNotFoundError:
+            return None
+        return Header(
+            notification_id=str(entity["NotificationId"]),
+            tenant_id=str(entity["TenantId"]),
+            total=int(entity["Total"]),
+            fingerprint=str(entity["Fingerprint"]),
+            content=NotifyRequest.model_construct(**_content_fields(json.loads(str(entity["Content"])))),
+        )
+
+    async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
+        """Later sends of a notification still fanning out use the updated content."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        content = update.model_dump_json(exclude_none=True)
+        try:
+            with translate_storage_errors():
+                await self._headers.update_entity(
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "Content": content},
+                    mode=UpdateMode.MERGE,
+                )
+        except ResourceNotFoundError:
+            pass  # a single-recipient notification has no header
+
+    async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]:
+        """Make sure every recipient has a row (new ones pending); returns all rows, in request order."""
+        await self._ensure_tables()
+        existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
+        missing = [r for r in recipients if recipient_row(r) not in existing]
+        partition = escape_key(notification_id)
+        now = _now()
+        with translate_storage_errors():
+            for start in range(0, len(missing), _TRANSACTION):
+                chunk = missing[start : start + _TRANSACTION]
+                operations: list[Any] = [
+                    (
+                        "upsert",
+                        {
+                            "PartitionKey": partition,
+                            "RowKey": recipient_row(r),
+                            "NotificationId": notification_id,
+                            "Recipient": r,
+                            "TenantId": tenant_id,
+                            "State": "pending",
+                            "CreatedAt": now,
+                            "UpdatedAt": now,
+                        },
+                    )
+                    for r in chunk
+                ]
+                await self._deliveries.submit_transaction(operations)
+        for r in missing:
+            existing[recipient_row(r)] = Delivery(notification_id, r, tenant_id, "pending")
+        return [existing[recipient_row(r)] for r in recipients]
+
+    async def get(self, notification_id: str, recipient: str) -> Delivery | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self._ensure_tables()
+        try:
+            with translate_storage_errors():
+                entity = await self._deliveries.get_entity(escape_key(notification_id), recipient_row(recipient))
+        except ResourceNotFoundError:
+            return None
+        return _delivery(entity)
+
+    async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
+        """Write a recipient's row. With ``if_match`` the write happens only if the row is unchanged
+        since it was read (False when it changed: another attempt or a recall got there first)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        await self._ensure_tables()
+        entity = _entity(delivery)
+        try:
+            with translate_storage_errors():
+                if if_match is None:
+                    await self._deliveries.upsert_entity(entity, mode=UpdateMode.MERGE)
+                else:
+                    await self._deliveries.update_entity(
+                        entity, mode=UpdateMode.MERGE, etag=if_match, match_condition=MatchConditions.IfNotModified
+                    )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    async def all(self, notification_id: str) -> list[Delivery]:
+        await self._ensure_tables()
+        rows: list[Delivery] = []
+        with translate_storage_errors():
+            async for entity in self._deliveries.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}
+            ):
+                rows.append(_delivery(entity))
+        return rows
+
+    async def counts(self, notification_id: str) -> DeliveryCounts:
+        await self._ensure_tables()
+        counts: dict[str, int] = {}
+        with translate_storage_errors():
+            async for entity in self._deliveries.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}, select=["State"]
+            ):
+                state = str(entity["State"])
+                counts[state] = counts.get(state, 0) + 1
+        return DeliveryCounts(**counts)
+
+    async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
+        await self._ensure_tables()
+        continuation = _decode_token(token) if token else None
+        rows: list[Delivery] = []
+        next_token: str | None = None
+        with translate_storage_errors():
+            pages = self._deliveries.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}, results_per_page=top
+            ).by_page(continuation_token=continuation)
+            async for page in pages:
+                async for entity in page:
+                    rows.append(_delivery(entity))
+                raw = getattr(pages, "continuation_token", None)
+                next_token = _encode_token(raw) if raw else None
+                break
+        return rows, next_token
+
+    async def close(self) -> None:
+        await self._headers.close()
+        await self._deliveries.close()
+
+
+def recipient_row(recipient: str) -> str:
+    return escape_key(recipient.strip().lower())
+
+
+def _content_fields(content: dict[str, Any]) -> dict[str, Any]:
+    return {"text": content.get("text"), "card": content.get("card"), "summary": content.get("summary")}
+
+
+def _entity(d: Delivery) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": escape_key(d.notification_id),
+        "RowKey": recipient_row(d.recipient),
+        "NotificationId": d.notification_id,
+        "Recipient": d.recipient,
+        "TenantId": d.tenant_id,
+        "State": d.state,
+        "ActivityId": d.activity_id or "",
+        "ConversationId": d.conversation_id or "",
+        "ServiceUrl": d.service_url or "",
+        "ErrorCode": d.error_code or "",
+        "ErrorMessage": d.error_message or "",
+        "ContentFingerprint": d.content_fingerprint or "",
+        "UpdatedAt": _now(),
+    }
+    return entity
+
+
+def _delivery(entity: Any) -> Delivery:
+    def text(name: str) -> str | None:
+        value = entity.get(name)
+        return str(value) if value else None
+
+    state = str(entity.get("State", "pending"))
+    return Delivery(
+        notification_id=str(entity["NotificationId"]),
+        recipient=str(entity["Recipient"]),
+        tenant_id=str(entity["TenantId"]),
+        state=state if state in ("pending", "sent", "failed", "recalled") else "pending",  # type: ignore[arg-type]
+        activity_id=text("ActivityId"),
+        conversation_id=text("ConversationId"),
+        service_url=text("ServiceUrl"),
+        error_code=text("ErrorCode"),
+        error_message=text("ErrorMessage"),
+        content_fingerprint=text("ContentFingerprint"),
+        etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else None,
+    )
+
+
+def _encode_token(raw: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(
+            "continuationToken is not one this API returned.",
+            code="invalid_continuation_token",
+            target="continuationToken",
+        ) from err
+
+
+# --- sending ------------------------------------------------------------------------------------------
+
+
+async def send_to_recipient(
+    services: Services, header: Header, recipient: str, *, key_source: str = "delivery"
+) -> Delivery:
+    """One recipient of a notification, exactly once: skipped when already final (sent, failed,
+    recalled), else sent through ``deliver`` keyed by the delivery id and recorded. A transient
+    failure is recorded on the row (still pending) and raised."""
+    from shared.service import deliver
+
+    store = services.notifications
+    row = await store.get(header.notification_id, recipient)
+    if row is not None and row.state != "pending":
+        return row
+    request = NotifyRequest.model_validate(
+        {
+            "recipient": recipient,
+            "tenantId": header.tenant_id,
+            **{k: v for k, v in _content_fields(header.content.model_dump()).items() if v is not None},
+        }
+    )
+    key = delivery_id(header.notification_id, recipient)
+    pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
+    try:
+        outcome = await deliver(services, request, source="delivery", key=key, record_failures=True, fingerprint=key)
+    except TransientError as err:
+        await store.record(replace(pending, error_code=err.code, error_message=err.message), if_match=pending.etag)
+        raise
+    delivery = delivery_from_outcome(services, pending, outcome)
+    if not await store.record(delivery, if_match=pending.etag):
+        # The row changed while we sent: a recall of the whole notification marked it. Honour it.
+        current = await store.get(header.notification_id, recipient)
+        if current is not None and current.state == "recalled" and delivery.activity_id:
+            await _delete_activity(services, delivery)
+            return current
+        await store.record(delivery)
+    return delivery
+
+
+def delivery_from_outcome(services: Services, pending: Delivery, outcome: Outcome) -> Delivery:
+    if outcome.sent:
+        activity = outcome.body.get("activityId")
+        conversation = outcome.body.get("conversationId")
+        return replace(
+            pending,
+            state="sent",
+            activity_id=str(activity) if activity else None,
+            conversation_id=str(conversation) if conversation else None,
+            service_url=outcome.service_url or services.settings.service_url,
+            error_code=None,
+            error_message=None,
+        )
+    error = outcome.body.get("error")
+    error = error if isinstance(error, dict) else {}
+    return replace(
+        pending,
+        state="failed",
+        error_code=str(error.get("code", "notify_error")),
+        error_message=str(error.get("message", "")),
+    )
+
+
+async def start_notification(services: Services, request: NotifyRequest, notification_id: str) -> Outcome:
+    """A request naming ``recipients``: up to SYNC_RECIPIENTS are sent now (200 with one result each);
+    more are recorded as pending and returned as fan-out messages (202 + Location)."""
+    from shared.service import Outcome
+
+    recipients = request.recipient_list()
+    tenant = request.tenant_id or services.settings.tenant_id
+    content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
+    header = await services.notifications.create_header(
+        Header(notification_id, tenant, len(recipients), request.fingerprint(), content)
+    )
+    if header.fingerprint != request.fingerprint():
+        raise RequestError(
+            "This idempotency key was already used for a different request: use a new key for a new message.",
+            code="idempotency_key_reused",
+            target="Idempotency-Key",
+            http_status=422,
+        )
+    if len(recipients) <= SYNC_RECIPIENTS:
+        results = await asyncio.gather(
+            *(send_to_recipient(services, header, r) for r in recipients), return_exceptions=True
+        )
+        rows: list[Delivery] = []
+        for recipient, result in zip(recipients, results, strict=True):
+            if isinstance(result, Delivery):
+                rows.append(result)
+            elif isinstance(result, NotifyError):
+                rows.append(
+                    Delivery(
+                        notification_id,
+                        recipient,
+                        tenant,
+                        "pending",
+                        error_code=result.code,
+                        error_message=result.message,
+                    )
+                )
+            else:
+                raise result
+        status = _status(notification_id, len(recipients), rows, rows, None)
+        retry_after = 5.0 if any(r.state == "pending" for r in rows) else None
+        return Outcome(200, status.model_dump(by_alias=True), retry_after=retry_after)
+    rows = await services.notifications.add_pending(notification_id, tenant, recipients)
+    messages = tuple(
+        FanOutItem(
+            delivery_id=delivery_id(notification_id, r.recipient),
+            notification_id=notification_id,
+            recipient=r.recipient,
+        ).model_dump_json(by_alias=True)
+        for r in rows
+        if r.state == "pending"
+    )
+    logger.info("notification queued for %d recipients (%d messages)", len(rows), len(messages))
+    status = _status(notification_id, len(recipients), rows, [], None)
+    return Outcome(202, status.model_dump(by_alias=True), location=status_location(notification_id), messages=messages)
+
+
+async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
+    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered."""
+    if item.delivery_id != delivery_id(item.notification_id, item.recipient):
+        raise RequestError(
+            "deliveryId does not match notificationId and recipient.", code="invalid_request", target="deliveryId"
+        )
+    header = await services.notifications.get_header(item.notification_id)
+    if header is None:
+        raise RequestError(
+            f"Notification '{item.notification_id}' does not exist.",
+            code="notification_not_found",
+            target="notificationId",
+            http_status=404,
+        )
+    return await send_to_recipient(services, header, item.recipient)
+
+
+async def record_single(services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome) -> None:
+    """The delivery row of a single-recipient send (status, update and recall work on it too)."""
+    if request.recipient is None:
+        return
+    tenant = request.tenant_id or services.settings.tenant_id
+    pending = Delivery(notification_id, request.recipient, tenant, "pending")
+    if outcome.replayed:
+        existing = await services.notifications.get(notification_id, request.recipient)
+        if existing is not None:
+            return
+    await services.notifications.record(delivery_from_outcome(services, pending, outcome))
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+
+async def get_status(
+    services: Services, notification_id: str, *, top: int | None, token: str | None
+) -> NotificationStatus:
+    size = DEFAULT_PAGE if top is None else top
+    if not 1 <= size <= MAX_PAGE:
+        raise RequestError(f"top must be between 1 and {MAX_PAGE}.", code="invalid_request", target="top")
+    store = services.notifications
+    header = await store.get_header(notification_id)
+    counts = await store.counts(notification_id)
+    total = header.total if header is not None else sum(counts.model_dump().values())
+    if total == 0:
+        raise _not_found(notification_id)
+    rows, next_token = await store.page(notification_id, size, token)
+    return _status(notification_id, total, None, rows, next_token, counts)
+
+
+def _status(
+    notification_id: str,
+    total: int,
+    all_rows: list[Delivery] | None,
+    page: list[Delivery],
+    token: str | None,
+    counts: DeliveryCounts | None = None,
+) -> NotificationStatus:
+    if counts is None:
+        tally: dict[str, int] = {}
+        for row in all_rows or []:
+            tally[row.state] = tally.get(row.state, 0) + 1
+        counts = DeliveryCounts(**tally)
+    known = counts.sent + counts.failed + counts.recalled + counts.pending
+    pending = counts.pending + max(0, total - known)
+    return NotificationStatus(
+        notification_id=notification_id,
+        finished=pending == 0,
+        total=total,
+        counts=counts.model_copy(update={"pending": pending}),
+        recipients=[r.result() for r in page],
+        continuation_token=token,
+    )
+
+
+def _not_found(notification_id: str) -> RequestError:
+    return RequestError(
+        f"No notification has the id '{notification_id}'.", code="notification_not_found", target="id", http_status=404
+    )
+
+
+# --- update and recall ----------------------------------------------------------------------------------
+
+
+async def _targets(services: Services, notification_id: str, recipient: str | None) -> list[Delivery]:
+    store = services.notifications
+    if recipient is not None:
+        row = await store.get(notification_id, recipient)
+        if row is None:
+            if not await store.all(notification_id):
+                raise _not_found(notification_id)
+            raise RequestError(
+                "That recipient is not part of this notification.",
+                code="recipient_not_in_notification",
+                target="recipient",
+                http_status=404,
+            )
+        return [row]
+    rows = await store.all(notification_id)
+    if not rows:
+        raise _not_found(notification_id)
+    return rows
+
+
+async def update_notification(
+    services: Services, notification_id: str, update: UpdateRequest, recipient: str | None = None
+) -> tuple[ChangeResponse, float | None]:
+    """Replace the sent message in place for one or every recipient. Idempotent: a recipient whose
+    message already shows this content is not called again. Returns the per-recipient results and a
+    Retry-After when some failed transiently (repeat the same request)."""
+    rows = await _targets(services, notification_id, recipient)
+    if recipient is None:
+        await services.notifications.set_content(notification_id, update)
+    fingerprint = update.fingerprint()
+    activity = Message(text=update.text, card=update.card, summary=update.summary).activity()
+
+    async def one(row: Delivery) -> ChangeResult:
+        if row.state == "recalled":
+            return ChangeResult(recipient=row.recipient, outcome="recalled")
+        if row.state != "sent" or not row.activity_id or not row.conversation_id:
+            return ChangeResult(recipient=row.recipient, outcome="not_sent")
+        if row.content_fingerprint == fingerprint:
+            return ChangeResult(recipient=row.recipient, outcome="updated")
+        try:
+            async with services.notifier.throttle.slot():
+                await services.connector.update(
+                    row.service_url or services.settings.service_url,
+                    row.conversation_id,
+                    row.activity_id,
+                    activity,
+                    tenant_id=row.tenant_id,
+                )
+        except StaleConversationError:
+            # The message (or the conversation) is gone: it was deleted.
+            await services.notifications.record(replace(row, state="recalled"))
+            return ChangeResult(recipient=row.recipient, outcome="recalled")
+        except NotifyError as err:
+            return _failed(row, err)
+        await services.notifications.record(replace(row, content_fingerprint=fingerprint))
+        return ChangeResult(recipient=row.recipient, outcome="updated")
+
+    return await _apply(notification_id, rows, one)
+
+
+async def recall_notification(
+    services: Services, notification_id: str, recipient: str | None = None
+) -> tuple[ChangeResponse, float | None]:
+    """Delete the sent message for one or every recipient; recipients still pending are marked
+    recalled so they are never sent. Idempotent: a second recall calls nothing and succeeds."""
+    rows = await _targets(services, notification_id, recipient)
+
+    async def one(row: Delivery) -> ChangeResult:
+        if row.state == "recalled":
+            return ChangeResult(recipient=row.recipient, outcome="recalled")
+        if row.state == "pending":
+            if await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+                return ChangeResult(recipient=row.recipient, outcome="recalled")
+            current = await services.notifications.get(notification_id, row.recipient)
+            if current is None or current.state != "sent":
+                return ChangeResult(recipient=row.recipient, outcome="not_sent")
+            row = current
+        if row.state != "sent" or not row.activity_id or not row.conversation_id:
+            return ChangeResult(recipient=row.recipient, outcome="not_sent")
+        try:
+            await _delete_activity(services, row)
+        except NotifyError as err:
+            return _failed(row, err)
+        await services.notifications.record(replace(row, state="recalled"))
+        return ChangeResult(recipient=row.recipient, outcome="recalled")
+
+    return await _apply(notification_id, rows, one)
+
+
+async def _delete_activity(services: Services, row: Delivery) -> None:
+    assert row.activity_id is not None and row.conversation_id is not None
+    async with services.notifier.throttle.slot():
+        try:
+            await services.connector.delete(
+                row.service_url or services.settings.service_url,
+                row.conversation_id,
+                row.activity_id,
+                tenant_id=row.tenant_id,
+            )
+        except StaleConversationError:
+            pass  # the conversation is gone, and the message with it
+
+
+def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
+    log = logger.info if isinstance(err, RecipientError) else logger.warning
+    log("change for %s failed: %s", recipient_hash(row.tenant_id, row.recipient), err.code)
+    return ChangeResult(
+        recipient=row.recipient,
+        outcome="failed",
+        error=ErrorDetail(code=err.code, message=err.message, target=err.target),
+    )
+
+
+async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[ChangeResponse, float | None]:
+    results: list[ChangeResult] = list(await asyncio.gather(*(one(r) for r in rows)))
+    transient = [r for r in results if r.error is not None and r.error.code in _TRANSIENT_CODES]
+    retry_after = 5.0 if transient else None
+    return ChangeResponse(notification_id=notification_id, results=results), retry_after
+
+
+_TRANSIENT_CODES = frozenset({"upstream_unavailable", "request_in_progress", "conversation_unavailable"})
+
+__all__ = [
+    "ChangeOutcome",
+    "Delivery",
+    "Header",
+    "NotificationStore",
+    "delivery_id",
+    "get_status",
+    "handle_fan_out_item",
+    "new_notification_id",
+    "recall_notification",
+    "record_single",
+    "send_to_recipient",
+    "start_notification",
+    "update_notification",
+]
