@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from faketenant import FakeTenant, FakeTenantServer, FakeUser
 
+from faketenant import FakeTenant, FakeTenantServer, FakeUser
 from shared.bootstrap import Services, build_services, reset_services
 from shared.settings import Settings, load_settings
 from tests.azurite import Azurite
