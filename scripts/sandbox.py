@@ -164,9 +164,7 @@ class AzuriteProcess:
         self.proc = None
 
 
-def write_settings(
-    state: Path, identity: dict[str, Any], server: FakeTenantServer, storage: str
-) -> Path:
+def write_settings(state: Path, identity: dict[str, Any], server: FakeTenantServer, storage: str) -> Path:
     ca = str(Path(server.ca_pem_path).resolve())
     values = {
         "FUNCTIONS_WORKER_RUNTIME": "python",

@@ -60,7 +60,7 @@ class SettingsSource:
             raise UsageError(f"settings file {path} is not valid JSON: {err}") from err
         values = document.get("Values") if isinstance(document, dict) else None
         if not isinstance(values, dict):
-            raise UsageError(f"settings file {path} has no \"Values\" object")
+            raise UsageError(f'settings file {path} has no "Values" object')
         as_text = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items() if v is not None}
         return cls(as_text, path)
 
@@ -165,9 +165,7 @@ async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output
 
     if args.text is None and args.card is None:
         raise UsageError("give --text, --card, or both")
-    message = Message(
-        text=args.text, card=_read_card(args.card) if args.card else None, summary=args.summary
-    )
+    message = Message(text=args.text, card=_read_card(args.card) if args.card else None, summary=args.summary)
     async with _services(source) as services:
         result = await services.notifier.send(args.to, message, args.tenant)
     out.document(
