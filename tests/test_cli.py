@@ -304,3 +304,18 @@ def test_the_module_runs_as_a_command(world: World, cli: Cli) -> None:
     [delivered] = world.tenant.messages_for(world.user("bob"))
     assert json.loads(run.stdout)["activityId"] == delivered["id"]
     assert CLIENT_SECRET not in run.stdout + run.stderr
+
+
+def test_without_a_settings_file_the_environment_is_used(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./local.settings.json here
+    stream = io.StringIO()
+    assert main(["doctor"], stdout=stream) == 0
+    assert "Checking the settings from the environment" in stream.getvalue()
+
+
+def test_an_unreadable_settings_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    assert main(["--settings", str(tmp_path / "broken.json"), "doctor"], stdout=io.StringIO()) == 2
+    assert main(["--settings", str(tmp_path / "absent.json"), "doctor"], stdout=io.StringIO()) == 2
