@@ -161,13 +161,19 @@ def _read_card(path: str) -> dict[str, Any]:
 
 
 async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
+    from shared.models import parse_notify_request
     from shared.notify import Message
 
     if args.text is None and args.card is None:
         raise UsageError("give --text, --card, or both")
-    message = Message(text=args.text, card=_read_card(args.card) if args.card else None, summary=args.summary)
+    body: dict[str, Any] = {"recipient": args.to, "text": args.text, "summary": args.summary, "tenantId": args.tenant}
+    if args.card is not None:
+        body["card"] = _read_card(args.card)
+    # The HTTP API's request model: the same validation and error codes as POST /api/notify.
+    request = parse_notify_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
+    message = Message(text=request.text, card=request.card, summary=request.summary)
     async with _services(source) as services:
-        result = await services.notifier.send(args.to, message, args.tenant)
+        result = await services.notifier.send(request.recipient, message, request.tenant_id)
     out.document(
         {
             "status": "sent",

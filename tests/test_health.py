@@ -3,31 +3,23 @@ naming the failing check's code otherwise; never a secret or tenant data."""
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
-from typing import Any
 
 import azure.functions as func
 import pytest
 
-from function_app import app
 from tests.azurite import ACCOUNT, KEY
 from tests.conftest import CLIENT_SECRET, World
-
-
-@functools.cache
-def app_functions() -> dict[str, Any]:
-    # FunctionApp.get_functions() indexes once per app object (a second call reports duplicates).
-    return {f.get_function_name(): f for f in app.get_functions()}
+from tests.functions import bindings, user_function
 
 
 async def call_health() -> func.HttpResponse:
-    health = app_functions()["health"]
-    trigger = next(b for b in health.get_bindings() if b.type == "httpTrigger")
-    assert trigger.auth_level == func.AuthLevel.ANONYMOUS and trigger.route == "health"
+    trigger = bindings("health")["httpTrigger"]
+    assert trigger["authLevel"] == func.AuthLevel.ANONYMOUS and trigger["route"] == "health"
+    assert trigger["methods"] == ["GET"]
     request = func.HttpRequest("GET", "http://localhost/api/health", headers={}, body=b"")
-    response: func.HttpResponse = await health.get_user_function()(request)
+    response: func.HttpResponse = await user_function("health")(request)
     return response
 
 
