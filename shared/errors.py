@@ -106,3 +106,11 @@ class StaleConversationError(NotifyError):
 
     code = "conversation_not_found"
     http_status = 502
+
+
+class AuthenticationError(RequestError):
+    """An inbound request without a valid credential (the bot's messaging endpoint: a Bot Framework
+    channel token). The message says what is wrong in general terms, never echoing the credential."""
+
+    code = "unauthorized"
+    http_status = 401
