@@ -346,3 +346,32 @@ async def test_signing_keys_are_fetched_once_through_the_apps_http_client(world:
         assert (await post(messages, activity, bearer(world, activity))).status_code == 200
     assert world.tenant.calls("botframework.openid") == 1
     assert world.tenant.calls("botframework.jwks") == 1
+
+
+ODD_SHAPES: dict[str, dict[str, Any]] = {
+    "install without from": {"type": "installationUpdate", "action": "add", "from": None},
+    "install from a user without object id": {"type": "installationUpdate", "action": "add", "from": {"id": "29:x"}},
+    "install without tenant": {
+        "type": "installationUpdate",
+        "action": "add",
+        "conversation": {"id": "a:1", "conversationType": "personal"},
+        "channelData": {},
+    },
+    "members without ids": {"type": "conversationUpdate", "membersAdded": [{"name": "x"}, None]},
+    "message without conversation": {"type": "message", "conversation": None},
+    "channelData not an object": {"type": "installationUpdate", "action": "remove", "channelData": [1]},
+}
+
+
+@pytest.mark.parametrize("fields", ODD_SHAPES.values(), ids=ODD_SHAPES.keys())
+async def test_odd_but_authenticated_activities_never_fail(
+    world: World, messages: HttpFunction, fields: dict[str, Any]
+) -> None:
+    activity = activity_for(world, world.user("alice"), "typing")
+    activity.update(fields)
+
+    response = await post(messages, activity, bearer(world, activity))
+
+    assert response.status_code == 200
+    services = await app_services()
+    assert await services.store.count(world.tenant.tenant_id) == 0
