@@ -108,6 +108,14 @@ class StaleConversationError(NotifyError):
     http_status = 502
 
 
+class RequestInProgressError(TransientError):
+    """Another attempt with the same idempotency key is still sending: ask again shortly (HTTP 409),
+    or let Service Bus redeliver."""
+
+    code = "request_in_progress"
+    http_status = 409
+
+
 class AuthenticationError(RequestError):
     """An inbound request without a valid credential (the bot's messaging endpoint: a Bot Framework
     channel token). The message says what is wrong in general terms, never echoing the credential."""

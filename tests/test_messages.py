@@ -23,6 +23,7 @@ from shared.bootstrap import Services, get_services
 from shared.inbound import HELP_TEXT
 from shared.notify import Message
 from tests.conftest import World
+from tests.functions import user_function
 
 HttpFunction = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 GRAPH_AND_CONNECTOR = ("graph.", "connector.")
@@ -30,14 +31,8 @@ GRAPH_AND_CONNECTOR = ("graph.", "connector.")
 
 @pytest.fixture
 def messages() -> HttpFunction:
-    from function_app import app
-
-    # get_functions() records the names it returns and refuses a second call in the same process
-    # (other test modules call it too); this fixture only reads, so it starts from a clean record.
-    app.functions_bindings = {}
-    functions = {f.get_function_name(): f for f in app.get_functions()}
-    user_function: HttpFunction = functions["messages"].get_user_function()
-    return user_function
+    function: HttpFunction = user_function("messages")
+    return function
 
 
 async def post(messages: HttpFunction, body: dict[str, Any] | bytes, authorization: str | None) -> func.HttpResponse:
