@@ -7,6 +7,7 @@ transport. Nothing is built at import time: shared.bootstrap builds the clients 
 | ------------- | ------------------------------------------------ | --------------------------------- |
 | notify        | HTTP POST /api/notify (function key)             | shared.service.handle_notify      |
 | notify_queue  | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | shared.service.handle_queue_message |
+| messages      | HTTP POST /api/messages (anonymous; Bot Framework JWT) | shared.inbound.handle_activity |
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import json
 
 import azure.functions as func
 
+from shared.bootstrap import get_services
+from shared.errors import NotifyError, TransientError
+from shared.inbound import handle_activity
 from shared.service import QueueDelivery, handle_notify, handle_queue_message
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -53,6 +57,23 @@ async def notify_queue(msg: func.ServiceBusMessage) -> None:
             correlation_id=msg.correlation_id,
         )
     )
+
+
+@app.function_name("messages")
+@app.route(route="messages", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def messages(req: func.HttpRequest) -> func.HttpResponse:
+    """Bot Framework activities from Teams. Anonymous at the function level: the channel's JWT in the
+    Authorization header is the authentication (401 without a valid one)."""
+    try:
+        await handle_activity(get_services(), req.headers.get("Authorization"), req.get_body())
+    except NotifyError as err:
+        headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else {}
+        if isinstance(err, TransientError):
+            headers["Retry-After"] = str(max(1, round(err.retry_after)))
+        return func.HttpResponse(
+            json.dumps(err.to_body()), status_code=err.http_status, headers=headers, mimetype="application/json"
+        )
+    return func.HttpResponse(status_code=200)
 
 
 # --- operations: GET /api/health (issue 7) ------------------------------------------------------
