@@ -17,7 +17,7 @@ from tests.functions import bindings, user_function
 async def call_health() -> func.HttpResponse:
     trigger = bindings("health")["httpTrigger"]
     assert trigger["authLevel"] == func.AuthLevel.ANONYMOUS and trigger["route"] == "health"
-    assert trigger["methods"] == ["GET"]
+    assert [str(m) for m in trigger["methods"]] == ["GET"]
     request = func.HttpRequest("GET", "http://localhost/api/health", headers={}, body=b"")
     response: func.HttpResponse = await user_function("health")(request)
     return response
