@@ -319,3 +319,108 @@ def test_an_unreadable_settings_file_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     assert main(["--settings", str(tmp_path / "broken.json"), "doctor"], stdout=io.StringIO()) == 2
     assert main(["--settings", str(tmp_path / "absent.json"), "doctor"], stdout=io.StringIO()) == 2
+
+
+# --- failures ---------------------------------------------------------------------------------------
+
+
+def keep_failures(*messages: tuple[str, dict[str, Any]]) -> None:
+    """Deliver Service Bus messages to the queue trigger (which keeps the permanent failures)."""
+    import asyncio
+    import datetime
+
+    from azure.functions.servicebus import ServiceBusMessage
+
+    from shared.bootstrap import reset_services
+    from tests.functions import user_function
+
+    async def deliver() -> None:
+        try:
+            for message_id, body in messages:
+                await user_function("notify_queue")(
+                    ServiceBusMessage(
+                        body=json.dumps(body).encode(),
+                        message_id=message_id,
+                        delivery_count=1,
+                        enqueued_time_utc=datetime.datetime(2026, 1, 5, 9, 30, tzinfo=datetime.UTC),
+                        content_type="application/json",
+                        application_properties={},
+                        user_properties={},
+                    )
+                )
+        finally:
+            await reset_services()
+
+    asyncio.run(deliver())
+
+
+def test_failures_list_show_replay_all_after_the_fix(world: World, cli: Cli) -> None:
+    alice = world.user("alice")
+    world.tenant.install_app(alice)
+    world.tenant.block_bot(alice)
+    assert cli("failures", "list") == 0 and "No kept failures." in cli.output
+    keep_failures(
+        ("m-carol", {"recipient": "carol@contoso.com", "text": "Welcome aboard"}),
+        ("m-alice", {"recipient": "alice@contoso.com", "text": "Invoice 1001 approved"}),
+    )
+
+    assert cli("failures", "list") == 0
+    assert "2 kept failure(s)" in cli.output
+    rows = {line.split()[0]: line.split() for line in cli.output.splitlines()[2:]}
+    assert rows["m-carol"][1:3] == ["recipient_not_found", "carol@contoso.com"]
+    assert rows["m-alice"][1:3] == ["recipient_blocked_bot", "alice@contoso.com"]
+
+    assert cli("failures", "show", "m-alice") == 0
+    assert "reason          recipient_blocked_bot: The recipient blocked the bot in Teams." in cli.output
+    assert '"text": "Invoice 1001 approved"' in cli.output and "delivery count  1" in cli.output
+    code, shown = cli.json("failures", "show", "m-carol")
+    assert code == 0 and shown["body"] == {"recipient": "carol@contoso.com", "text": "Welcome aboard"}
+
+    # Replaying before the cause is fixed fails again and keeps the record, with the replay counted.
+    assert cli("failures", "replay", "m-carol") == 1
+    assert "m-carol: still failing: recipient_not_found" in cli.output
+    assert cli.json("failures", "show", "m-carol")[1]["replays"] == 1
+
+    world.tenant.add_user("carol@contoso.com")
+    world.tenant.unblock_bot(alice)
+    assert cli("failures", "replay", "--all") == 0
+    assert "[1/2] m-carol: sent (activity " in cli.output and "[2/2] m-alice: sent (activity " in cli.output
+    assert "2 of 2 replayed." in cli.output
+
+    assert [m["activity"]["text"] for m in world.tenant.messages_for(alice)] == ["Invoice 1001 approved"]
+    assert [m["activity"]["text"] for m in world.tenant.messages_for("carol@contoso.com")] == ["Welcome aboard"]
+    assert cli.json("failures", "list") == (0, {"failures": []})
+    code, again = cli.json("failures", "replay", "m-alice")
+    assert code == 1 and again["error"]["code"] == "failure_not_found"
+
+
+def test_failures_replay_one_as_json_sends_once(world: World, cli: Cli) -> None:
+    keep_failures(("m-dave", {"recipient": "dave@contoso.com", "text": "Your badge is ready"}))
+    world.tenant.add_user("dave@contoso.com")
+
+    code, body = cli.json("failures", "replay", "m-dave")
+
+    assert code == 0 and body["failed"] == 0
+    [result] = body["replayed"]
+    [delivered] = world.tenant.messages_for("dave@contoso.com")
+    assert result == {
+        "messageId": "m-dave",
+        "outcome": "sent",
+        "activityId": delivered["id"],
+        "conversationId": delivered["conversation_id"],
+    }
+
+
+def test_failures_drop_forgets_without_sending(world: World, cli: Cli) -> None:
+    keep_failures(("m-erin", {"recipient": "erin@contoso.com", "text": "hi"}))
+    world.tenant.add_user("erin@contoso.com")
+
+    assert cli("failures", "drop", "m-erin") == 0 and "Dropped m-erin (not sent)." in cli.output
+    assert cli("failures", "show", "m-erin") == 1 and "failure_not_found" in cli.output
+    assert cli("failures", "drop", "m-erin") == 1
+    assert world.tenant.messages_for("erin@contoso.com") == []
+
+
+@pytest.mark.parametrize("argv", [["failures", "replay"], ["failures", "replay", "m-1", "--all"]])
+def test_failures_replay_needs_one_id_or_all(cli: Cli, argv: list[str]) -> None:
+    assert cli(*argv) == 2
