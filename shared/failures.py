@@ -73,6 +73,7 @@ def _now() -> datetime.datetime:
 
 
 class FailureStore(TableBacked):
+    """Permanent failures of queue messages (see the module docstring for the row layout)."""
 
     async def keep(
         self,
