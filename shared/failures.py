@@ -26,7 +26,6 @@ from shared.errors import NotifyError, RequestError
 from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
-
     from shared.bootstrap import Services
 
 logger = logging.getLogger(__name__)
