@@ -8,6 +8,7 @@ transport. Nothing is built at import time: shared.bootstrap builds the clients 
 | notify        | HTTP POST /api/notify (function key)             | shared.service.handle_notify      |
 | notify_queue  | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | shared.service.handle_queue_message |
 | messages      | HTTP POST /api/messages (anonymous; Bot Framework JWT) | shared.inbound.handle_activity |
+| health        | HTTP GET /api/health (anonymous)                 | shared.health.check_health        |
 """
 
 from __future__ import annotations
