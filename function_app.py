@@ -3,13 +3,15 @@
 Each function parses its input, calls one library function in shared/, and maps the outcome to its
 transport. Nothing is built at import time: shared.bootstrap builds the clients on first use.
 
-| function            | trigger                                                  | library call (shared.service) |
-| ------------------- | -------------------------------------------------------- | ----------------------------- |
-| notify              | HTTP POST /api/notify (function key)                     | handle_notify                 |
-| notify_queue        | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | handle_queue_message          |
-| notification_status | HTTP GET /api/notifications/{id}                         | handle_status                 |
-| notification_update | HTTP PUT /api/notifications/{id}                         | handle_update                 |
-| notification_recall | HTTP DELETE /api/notifications/{id}                      | handle_recall                 |
+| function            | trigger                                                  | library call                   |
+| ------------------- | -------------------------------------------------------- | ------------------------------ |
+| notify              | HTTP POST /api/notify (function key)                     | service.handle_notify          |
+| notify_queue        | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | service.handle_queue_message   |
+| notification_status | HTTP GET /api/notifications/{id}                         | service.handle_status          |
+| notification_update | HTTP PUT /api/notifications/{id}                         | service.handle_update          |
+| notification_recall | HTTP DELETE /api/notifications/{id}                      | service.handle_recall          |
+| messages            | HTTP POST /api/messages (anonymous; Bot Framework JWT)   | shared.inbound.handle_activity |
+| health              | HTTP GET /api/health (anonymous)                         | shared.health.check_health     |
 
 notify and notify_queue also have a Service Bus OUTPUT binding to the same queue: a notification to
 more recipients than are sent inline is spread as one message per recipient. The Python worker's
@@ -24,6 +26,9 @@ import json
 
 import azure.functions as func
 
+from shared.bootstrap import get_services
+from shared.errors import NotifyError, TransientError
+from shared.inbound import handle_activity
 from shared.service import (
     Outcome,
     QueueDelivery,
@@ -123,3 +128,38 @@ async def notification_recall(req: func.HttpRequest) -> func.HttpResponse:
         req.route_params["id"], recipient=req.params.get("recipient"), correlation_id=_correlation_id(req)
     )
     return _response(outcome)
+
+
+@app.function_name("messages")
+@app.route(route="messages", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def messages(req: func.HttpRequest) -> func.HttpResponse:
+    """Bot Framework activities from Teams. Anonymous at the function level: the channel's JWT in the
+    Authorization header is the authentication (401 without a valid one)."""
+    try:
+        await handle_activity(get_services(), req.headers.get("Authorization"), req.get_body())
+    except NotifyError as err:
+        headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else {}
+        if isinstance(err, TransientError):
+            headers["Retry-After"] = str(max(1, round(err.retry_after)))
+        return func.HttpResponse(
+            json.dumps(err.to_body()), status_code=err.http_status, headers=headers, mimetype="application/json"
+        )
+    return func.HttpResponse(status_code=200)
+
+
+# --- operations: GET /api/health (issue 7) ------------------------------------------------------
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Liveness and readiness (settings, Table Storage): shared.health.check_health. No secrets, no tenant data."""
+    from shared.health import check_health
+
+    report = await check_health()
+    return func.HttpResponse(
+        json.dumps(report.to_body()),
+        status_code=report.status_code,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from shared.botframework import ChannelAuthenticator
 from shared.connector import ConnectorClient
 from shared.failures import FailureStore
 from shared.graph import GraphClient
@@ -42,6 +43,7 @@ class Services:
     store: RecipientStore
     notifier: Notifier
     tables: Any  # azure.data.tables.aio.TableServiceClient
+    channel_auth: ChannelAuthenticator  # the messaging endpoint's inbound token validation
     throttle: Throttle | None = None
 
     def table(self, suffix: str) -> Any:
@@ -106,7 +108,9 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
     notifier = Notifier(settings, graph, connector, store, throttle)
-    return Services(settings, http, tokens, graph, connector, store, notifier, tables, throttle)
+    # Configures botframework-connector's process-wide validation state (BotOpenIdMetadata) once.
+    channel_auth = ChannelAuthenticator(settings.app_id, settings.bot_openid_metadata, http)
+    return Services(settings, http, tokens, graph, connector, store, notifier, tables, channel_auth, throttle)
 
 
 _services: Services | None = None
