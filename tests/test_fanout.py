@@ -1,0 +1,330 @@
+"""Many recipients, and the life of a sent message (status, update, recall), through the function app
+object against the fake tenant and Azurite.
+
+The large-batch tests drive the spread as the Functions host would: the HTTP function's Service Bus
+output binding yields one message per recipient; each is fed to the queue function with bounded
+concurrency, and a message whose function raised is delivered again (Service Bus redelivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.servicebus import ServiceBusMessage
+
+from faketenant import FakeUser
+from shared.errors import TransientError
+from shared.models import ChangeResponse, NotificationStatus, NotifyResponse
+from tests.conftest import World
+from tests.functions import OutputMessages, user_function
+
+CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Expense 42: approve?"}]}
+APPROVED = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Expense 42: approved"}]}
+
+
+@pytest.fixture(autouse=True)
+def _fast_limits(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The fake does not rate-limit unless asked: lift our own per-instance rates so tests are quick
+    (the test that turns the emulated Teams limits on sets its own). The Azure SDK's DEBUG lines (every
+    storage request's headers) are not needed here; ours stay captured and checked for secrets."""
+    monkeypatch.setenv("SendRatePerSecond", "1000")
+    monkeypatch.setenv("GraphRatePerSecond", "1000")
+    caplog.set_level(logging.WARNING, logger="azure")
+
+
+async def post(body: dict[str, Any], key: str | None = None) -> tuple[func.HttpResponse, list[bytes]]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Idempotency-Key"] = key
+    out = OutputMessages()
+    request = func.HttpRequest(
+        "POST",
+        "http://localhost/api/notify",
+        headers=headers,
+        params={},
+        route_params={},
+        body=json.dumps(body).encode(),
+    )
+    response: func.HttpResponse = await user_function("notify")(request, out)
+    return response, out.messages
+
+
+async def call(
+    name: str, method: str, notification_id: str, params: dict[str, str] | None = None, body: Any = None
+) -> tuple[int, dict[str, Any], func.HttpResponse]:
+    request = func.HttpRequest(
+        method,
+        f"http://localhost/api/notifications/{notification_id}",
+        headers={"Content-Type": "application/json"},
+        params=params or {},
+        route_params={"id": notification_id},
+        body=json.dumps(body).encode() if body is not None else b"",
+    )
+    response: func.HttpResponse = await user_function(name)(request)
+    return response.status_code, json.loads(response.get_body()), response
+
+
+async def status(notification_id: str, **params: str) -> NotificationStatus:
+    code, body, _ = await call("notification_status", "GET", notification_id, params)
+    assert code == 200, body
+    return NotificationStatus.model_validate(body)
+
+
+async def run_queue(messages: list[bytes], concurrency: int = 16, max_deliveries: int = 10) -> int:
+    """Deliver every message to the queue function like Service Bus with maxConcurrentCalls; a raise
+    means redelivery. Returns how many deliveries raised (and were redelivered)."""
+    gate = asyncio.Semaphore(concurrency)
+    redelivered = 0
+
+    async def one(body: bytes) -> None:
+        nonlocal redelivered
+        for count in range(1, max_deliveries + 1):
+            msg = ServiceBusMessage(
+                body=body,
+                message_id=str(uuid.uuid4()),  # the output binding cannot set ids: Service Bus assigns one
+                delivery_count=count,
+                application_properties={},
+                user_properties={},
+            )
+            async with gate:
+                try:
+                    await user_function("notify_queue")(msg, OutputMessages())
+                except TransientError:
+                    redelivered += 1
+                    continue
+            return
+        raise AssertionError("the message would have been dead-lettered")
+
+    await asyncio.gather(*(one(m) for m in messages))
+    return redelivered
+
+
+def add_users(world: World, count: int, prefix: str = "user") -> list[FakeUser]:
+    return [world.tenant.add_user(f"{prefix}{i}@contoso.com") for i in range(count)]
+
+
+async def warm(world: World, users: list[FakeUser]) -> None:
+    """Recipients messaged before: app installed, conversation open, and memoised in the app's store
+    (so the run measures fan-out, not 1,000 cold resolutions)."""
+    from shared.bootstrap import build_services
+    from shared.store import CachedRecipient
+
+    services = build_services(world.settings)
+    try:
+        for user in users:
+            world.tenant.install_app(user)
+            conversation = world.tenant.open_conversation(user)
+            entry = CachedRecipient(
+                world.tenant.tenant_id, user.account_id, conversation, world.env["ServiceUrl"], user.oid, user.upn
+            )
+            await services.store.put(entry, [user.upn])
+    finally:
+        await services.aclose()
+
+
+async def test_a_thousand_recipients_under_rate_limits_each_get_exactly_one_message(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = add_users(world, 1000)
+    await warm(world, users)
+    world.tenant.rate_limits = True
+    # The emulated Teams per-app-per-tenant limit, raised from Teams' 30/s so the run takes seconds
+    # (at 30/s 1,000 sends need >= 33 s); the minimum wall time is 1,000 sends / 200 per second = 5 s.
+    # Our per-instance rate is set above it, as if instances x SendRatePerSecond exceeded the limit,
+    # and Teams additionally throttles a burst of sends: the 429s must be absorbed, not lost.
+    world.tenant.app_rate_per_second = 200
+    world.tenant.add_fault("connector.send", 429, count=40, retry_after=0.3)
+    monkeypatch.setenv("SendRatePerSecond", "400")
+    monkeypatch.setenv("MaxConcurrentSends", "32")
+    started = time.monotonic()
+
+    response, messages = await post({"recipients": [u.upn for u in users], "text": "Quarterly results"}, "q3")
+
+    body = json.loads(response.get_body())
+    assert response.status_code == 202, body
+    notification_id = body["notificationId"]
+    assert notification_id == "q3" and response.headers["Location"] == "/api/notifications/q3"
+    assert body["total"] == 1000 and body["counts"]["pending"] == 1000 and not body["finished"]
+    assert len(messages) == 1000
+
+    redelivered = await run_queue(messages, concurrency=32)
+    elapsed = time.monotonic() - started
+
+    assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
+    throttled = sum(1 for r in world.tenant.log if r.status == 429)
+    assert throttled >= 40
+    done = await status(notification_id, top="1000")
+    assert done.finished and done.counts.sent == 1000 and done.total == 1000
+    assert {r.state for r in done.recipients} == {"sent"} and len(done.recipients) == 1000
+    print(
+        f"\nfan-out of 1000 warm recipients: {elapsed:.1f}s; emulated minimum {1000 / 200:.1f}s "
+        f"(1000 sends at 200/s); {throttled} x 429, {redelivered} redeliveries"
+    )
+
+    # Service Bus delivers every message once more: nothing new is sent.
+    sends_before = world.tenant.calls("connector.send")
+    await run_queue(messages, concurrency=32)
+    assert world.tenant.calls("connector.send") == sends_before
+    assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
+
+
+@pytest.mark.parametrize("good", [3, 20], ids=["sync", "queued"])
+async def test_unknown_and_blocked_users_are_recorded_and_the_batch_finishes(world: World, good: int) -> None:
+    users = add_users(world, good)
+    blocked = world.tenant.add_user("blocker@contoso.com")
+    world.tenant.install_app(blocked)
+    world.tenant.block_bot(blocked)
+    recipients = [u.upn for u in users] + ["ghost@contoso.com", blocked.upn]
+
+    response, messages = await post({"recipients": recipients, "text": "Policy update"})
+    body = json.loads(response.get_body())
+    if len(recipients) > 20:
+        assert response.status_code == 202, body
+        await run_queue(messages)
+    else:
+        assert response.status_code == 200, body
+        assert messages == []
+        NotificationStatus.model_validate(body)
+
+    result = await status(body["notificationId"])
+    assert result.finished and result.total == good + 2
+    assert (result.counts.sent, result.counts.failed, result.counts.pending) == (good, 2, 0)
+    by_recipient = {r.recipient: r for r in result.recipients}
+    assert by_recipient["ghost@contoso.com"].error is not None
+    assert by_recipient["ghost@contoso.com"].error.code == "recipient_not_found"
+    assert by_recipient[blocked.upn].error is not None
+    assert by_recipient[blocked.upn].error.code == "recipient_blocked_bot"
+    assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
+    assert not world.tenant.messages_for(blocked)
+
+
+async def test_retried_request_sends_nothing_twice_and_a_different_body_is_refused(world: World) -> None:
+    users = add_users(world, 25)
+    request = {"recipients": [u.upn for u in users], "text": "Reminder"}
+    first, messages = await post(request, "reminder-1")
+    await run_queue(messages)
+
+    again, messages_again = await post(request, "reminder-1")
+    assert again.status_code == 202
+    assert messages_again == []  # every recipient is already final: nothing to spread
+    assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
+    other, _ = await post({**request, "text": "Something else"}, "reminder-1")
+    assert other.status_code == 422 and json.loads(other.get_body())["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_status_is_paged(world: World) -> None:
+    users = add_users(world, 5)
+    response, _ = await post({"recipients": [u.upn for u in users], "text": "hi"})
+    notification_id = json.loads(response.get_body())["notificationId"]
+
+    seen: list[str] = []
+    token: str | None = None
+    while True:
+        params = {"top": "2"} | ({"continuationToken": token} if token else {})
+        page = await status(notification_id, **params)
+        assert len(page.recipients) <= 2 and page.counts.sent == 5
+        seen += [r.recipient for r in page.recipients]
+        token = page.continuation_token
+        if token is None:
+            break
+    assert sorted(seen) == sorted(u.upn for u in users)
+    code, body, _ = await call("notification_status", "GET", "no-such-id")
+    assert code == 404 and body["error"]["code"] == "notification_not_found"
+
+
+async def test_update_then_recall_change_the_sent_message_and_a_second_recall_is_a_no_op(world: World) -> None:
+    alice, bob = world.user("alice"), world.user("bob")
+    response, _ = await post({"recipients": [alice.upn, bob.upn], "card": CARD}, "expense-42")
+    assert response.status_code == 200
+
+    code, body, _ = await call("notification_update", "PUT", "expense-42", body={"card": APPROVED})
+    assert code == 200, body
+    assert {r["outcome"] for r in ChangeResponse.model_validate(body).model_dump()["results"]} == {"updated"}
+    for user in (alice, bob):
+        [message] = world.tenant.messages_for(user)
+        assert message["activity"]["attachments"][0]["content"] == APPROVED and message["updated"] == 1
+    # The same update again changes nothing upstream.
+    updates = world.tenant.calls("connector.update")
+    assert (await call("notification_update", "PUT", "expense-42", body={"card": APPROVED}))[0] == 200
+    assert world.tenant.calls("connector.update") == updates
+
+    code, body, _ = await call("notification_recall", "DELETE", "expense-42", {"recipient": alice.upn})
+    assert code == 200 and body["results"] == [{"recipient": alice.upn, "outcome": "recalled", "error": None}]
+    assert world.tenant.messages_for(alice) == [] and len(world.tenant.messages_for(bob)) == 1
+
+    code, body, _ = await call("notification_recall", "DELETE", "expense-42")
+    assert code == 200 and {r["outcome"] for r in body["results"]} == {"recalled"}
+    deletes = world.tenant.calls("connector.delete")
+    code, body, _ = await call("notification_recall", "DELETE", "expense-42")
+    assert code == 200 and {r["outcome"] for r in body["results"]} == {"recalled"}
+    assert world.tenant.calls("connector.delete") == deletes
+    assert world.tenant.messages_for(bob) == []
+    result = await status("expense-42")
+    assert result.finished and result.counts.recalled == 2
+
+
+async def test_single_send_has_a_notification_id_that_can_be_updated_and_recalled(world: World) -> None:
+    response, _ = await post({"recipient": "alice@contoso.com", "text": "Draft"})
+    body = NotifyResponse.model_validate(json.loads(response.get_body()))
+    assert body.notification_id
+
+    code, _, _ = await call("notification_update", "PUT", body.notification_id, body={"text": "Final"})
+    assert code == 200
+    [message] = world.tenant.messages_for(world.user("alice"))
+    assert message["activity"]["text"] == "Final"
+    code, result, _ = await call("notification_recall", "DELETE", body.notification_id)
+    assert code == 200 and result["results"][0]["outcome"] == "recalled"
+    assert world.tenant.messages_for(world.user("alice")) == []
+
+
+async def test_update_for_a_user_who_blocked_the_bot_is_reported_not_retried(world: World) -> None:
+    alice = world.user("alice")
+    await post({"recipients": [alice.upn, "bob@contoso.com"], "text": "v1"}, "n-blocked")
+    world.tenant.block_bot(alice)
+
+    code, body, response = await call("notification_update", "PUT", "n-blocked", body={"text": "v2"})
+
+    assert code == 200 and "Retry-After" not in response.headers
+    outcomes = {r["recipient"]: r for r in body["results"]}
+    assert outcomes[alice.upn]["outcome"] == "failed"
+    assert outcomes[alice.upn]["error"]["code"] == "recipient_blocked_bot"
+    assert outcomes["bob@contoso.com"]["outcome"] == "updated"
+    code, body, _ = await call(
+        "notification_update", "PUT", "n-blocked", {"recipient": "carol@contoso.com"}, {"text": "x"}
+    )
+    assert code == 404 and body["error"]["code"] == "recipient_not_in_notification"
+
+
+async def test_recall_before_the_queue_runs_means_nobody_is_messaged(world: World) -> None:
+    users = add_users(world, 21)
+    response, messages = await post({"recipients": [u.upn for u in users], "text": "Oops"}, "oops")
+    assert response.status_code == 202
+
+    code, body, _ = await call("notification_recall", "DELETE", "oops")
+    await run_queue(messages)
+
+    assert code == 200 and {r["outcome"] for r in body["results"]} == {"recalled"}
+    assert world.tenant.calls("connector.send") == 0
+    assert (await status("oops")).counts.recalled == 21
+
+
+@pytest.mark.parametrize(
+    ("body", "target"),
+    [
+        ({"recipient": "alice@contoso.com", "recipients": ["bob@contoso.com"], "text": "x"}, "recipient"),
+        ({"recipients": [], "text": "x"}, "recipients"),
+        ({"recipients": ["a@contoso.com"] * 10_001, "text": "x"}, "recipients"),
+    ],
+    ids=["both", "empty", "over-limit"],
+)
+async def test_recipients_are_validated(world: World, body: dict[str, Any], target: str) -> None:
+    response, messages = await post(body)
+    error = json.loads(response.get_body())["error"]
+    assert response.status_code == 400 and error["target"] == target and messages == []
