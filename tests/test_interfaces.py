@@ -14,7 +14,18 @@ from openapi_spec_validator import OpenAPIV2SpecValidator
 from pydantic import BaseModel
 
 from shared.idempotency import DEFAULT_LEASE_SECONDS
-from shared.models import ErrorDetail, ErrorResponse, NotifyRequest, NotifyResponse
+from shared.models import (
+    ChangeResponse,
+    ChangeResult,
+    DeliveryCounts,
+    DeliveryResult,
+    ErrorDetail,
+    ErrorResponse,
+    NotificationStatus,
+    NotifyRequest,
+    NotifyResponse,
+    UpdateRequest,
+)
 from tests.functions import bindings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,8 +59,11 @@ def test_swagger_operation_is_the_notify_function() -> None:
         "x-correlation-id",
     }
     assert operation["responses"]["200"]["schema"] == {"$ref": "#/definitions/NotifyResponse"}
+    # Many recipients: queued, 202 with the status resource.
+    assert operation["responses"]["202"]["schema"] == {"$ref": "#/definitions/NotificationStatus"}
+    assert "Location" in operation["responses"]["202"]["headers"]
     for status, response in operation["responses"].items():
-        if status != "200":
+        if status not in ("200", "202"):
             assert response["schema"] == {"$ref": "#/definitions/ErrorResponse"}, status
     assert "Retry-After" in operation["responses"]["503"]["headers"]
     properties = json.loads((ROOT / "connector" / "apiProperties.json").read_text())["properties"]
@@ -72,6 +86,12 @@ def _json_schema_property(schema: dict[str, Any]) -> dict[str, Any]:
         (NotifyResponse, "NotifyResponse"),
         (ErrorResponse, "ErrorResponse"),
         (ErrorDetail, "ErrorDetail"),
+        (NotificationStatus, "NotificationStatus"),
+        (DeliveryResult, "DeliveryResult"),
+        (DeliveryCounts, "DeliveryCounts"),
+        (UpdateRequest, "UpdateRequest"),
+        (ChangeResponse, "ChangeResponse"),
+        (ChangeResult, "ChangeResult"),
     ],
 )
 def test_swagger_definitions_match_the_models(model: type[BaseModel], definition: str) -> None:
@@ -96,8 +116,45 @@ def test_swagger_definitions_match_the_models(model: type[BaseModel], definition
             assert prop["enum"] == [ours["const"]]
         # A response field that can be null is marked so for Power Automate (optional request
         # fields are simply left out by callers, so they are not marked).
-        if definition != "NotifyRequest":
+        if ours.get("type") == "array":
+            assert prop["items"].get("$ref", "").rsplit("/", 1)[-1] == ours["items"].get("$ref", "").rsplit("/", 1)[-1]
+        if ours.get("enum") is not None:
+            assert prop["enum"] == ours["enum"], f"{definition}.{name}"
+        if definition not in ("NotifyRequest", "UpdateRequest"):
             assert prop.get("x-nullable", False) == ours.get("nullable", False), f"{definition}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("method", "operation_id", "function", "schema"),
+    [
+        ("get", "GetNotificationStatus", "notification_status", "NotificationStatus"),
+        ("put", "UpdateTeamsMessage", "notification_update", "ChangeResponse"),
+        ("delete", "RecallTeamsMessage", "notification_recall", "ChangeResponse"),
+    ],
+)
+def test_swagger_notification_operations_are_the_functions(
+    method: str, operation_id: str, function: str, schema: str
+) -> None:
+    trigger = bindings(function)["httpTrigger"]
+    assert trigger["route"] == "notifications/{id}"
+    assert [str(getattr(m, "value", m)) for m in trigger["methods"]] == [method.upper()]
+    operation = SWAGGER["paths"]["/" + trigger["route"]][method]
+    assert operation["operationId"] == operation_id
+    assert operation["responses"]["200"]["schema"] == {"$ref": f"#/definitions/{schema}"}
+    for status, response in operation["responses"].items():
+        if status != "200":
+            assert response["schema"] == {"$ref": "#/definitions/ErrorResponse"}, status
+    if method == "put":
+        [body] = [p for p in operation["parameters"] if p["in"] == "body"]
+        assert body["schema"] == {"$ref": "#/definitions/UpdateRequest"}
+    assert f"`{function}`" in README
+
+
+def test_fan_out_output_bindings_write_to_the_trigger_queue() -> None:
+    for function in ("notify", "notify_queue"):
+        output = bindings(function)["serviceBus"]
+        assert output["queueName"] == "%ServiceBusQueueName%"
+        assert output["connection"] == "ServiceBusConnection"
 
 
 # --- bindings and host.json ------------------------------------------------------------------------
