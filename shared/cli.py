@@ -408,6 +408,46 @@ async def cmd_failures(args: argparse.Namespace, source: SettingsSource, out: Ou
 # --- parser and entry point -------------------------------------------------------------------
 
 
+# --- notifications: status, update, recall ----------------------------------------------------
+
+
+async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
+    from shared.models import parse_update_request
+    from shared.notifications import get_status, recall_notification, update_notification
+
+    async with _services(source) as services:
+        if args.notification_command == "status":
+            status = await get_status(services, args.id, top=args.top, token=args.continuation_token)
+            out.document(status.model_dump(by_alias=True))
+            counts = status.counts
+            state = "finished" if status.finished else "in progress"
+            out.line(
+                f"Notification {status.notification_id}: {state}; {status.total} recipient(s): {counts.sent} sent, "
+                f"{counts.failed} failed, {counts.pending} pending, {counts.recalled} recalled."
+            )
+            for row in status.recipients:
+                detail = row.activity_id or (f"{row.error.code}: {row.error.message}" if row.error else "")
+                out.line(f"  {row.state:<9} {row.recipient}  {detail}")
+            if status.continuation_token:
+                out.line(f"more: --continuation-token {status.continuation_token}")
+            return 0
+        if args.notification_command == "update":
+            if args.text is None and args.card is None:
+                raise UsageError("give --text, --card, or both")
+            body: dict[str, Any] = {"text": args.text, "summary": args.summary}
+            if args.card is not None:
+                body["card"] = _read_card(args.card)
+            update = parse_update_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
+            response, _ = await update_notification(services, args.id, update, args.recipient)
+        else:
+            response, _ = await recall_notification(services, args.id, args.recipient)
+    out.document(response.model_dump(by_alias=True))
+    for result in response.results:
+        reason = f"  {result.error.code}: {result.error.message}" if result.error else ""
+        out.line(f"  {result.outcome:<9} {result.recipient}{reason}")
+    return 1 if any(r.outcome == "failed" for r in response.results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.cli",
@@ -455,6 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
     drop = failures_commands.add_parser("drop", help="forget a kept failure without sending it")
     drop.add_argument("message_id", metavar="ID")
     failures.set_defaults(handler=cmd_failures)
+
+    notification = commands.add_parser("notification", help="status, update or recall of a sent notification")
+    notification_commands = notification.add_subparsers(dest="notification_command", required=True, metavar="ACTION")
+    status = notification_commands.add_parser("status", help="counts by state and the recipients")
+    status.add_argument("id", metavar="NOTIFICATION_ID")
+    status.add_argument("--top", type=int, default=100, help="recipients per page (1-1000)")
+    status.add_argument("--continuation-token", metavar="TOKEN")
+    update = notification_commands.add_parser("update", help="replace the sent message in place")
+    update.add_argument("id", metavar="NOTIFICATION_ID")
+    update.add_argument("--text", help="new markdown text")
+    update.add_argument("--card", metavar="FILE", help="new Adaptive Card JSON file ('-' for stdin)")
+    update.add_argument("--summary", help="new preview text")
+    update.add_argument("--recipient", metavar="UPN|OID", help="only this recipient (default: all)")
+    recall = notification_commands.add_parser("recall", help="delete the sent message")
+    recall.add_argument("id", metavar="NOTIFICATION_ID")
+    recall.add_argument("--recipient", metavar="UPN|OID", help="only this recipient (default: all)")
+    notification.set_defaults(handler=cmd_notification)
 
     return parser
 

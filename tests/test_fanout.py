@@ -328,3 +328,28 @@ async def test_recipients_are_validated(world: World, body: dict[str, Any], targ
     response, messages = await post(body)
     error = json.loads(response.get_body())["error"]
     assert response.status_code == 400 and error["target"] == target and messages == []
+
+
+def test_command_line_shows_updates_and_recalls_a_notification(world: World, tmp_path: Any) -> None:
+    from shared.bootstrap import reset_services
+    from tests.test_cli import Cli, write_settings
+
+    async def send() -> None:
+        try:
+            response, _ = await post({"recipients": ["alice@contoso.com", "ghost@contoso.com"], "text": "v1"}, "cli-1")
+            assert response.status_code == 200
+        finally:
+            await reset_services()
+
+    asyncio.run(send())
+    cli = Cli(
+        write_settings(world, tmp_path / "local.settings.json", SendRatePerSecond="1000", GraphRatePerSecond="1000")
+    )
+
+    assert cli("notification", "status", "cli-1") == 0
+    assert "1 sent, 1 failed, 0 pending" in cli.output and "recipient_not_found" in cli.output
+    code, body = cli.json("notification", "update", "cli-1", "--text", "v2", "--recipient", "alice@contoso.com")
+    assert code == 0 and body["results"][0]["outcome"] == "updated"
+    assert world.tenant.messages_for(world.user("alice"))[0]["activity"]["text"] == "v2"
+    assert cli("notification", "recall", "cli-1") == 0
+    assert world.tenant.messages_for(world.user("alice")) == []
