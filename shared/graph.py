@@ -108,18 +108,34 @@ class GraphClient:
         self._catalog_ids[tenant_id] = catalog_id
         return catalog_id
 
-    async def install(self, tenant_id: str, user: str, catalog_id: str) -> None:
-        """PROTOCOL step 3b: install for the user; 409 Conflict means it already is."""
-        response = await self._call(
-            tenant_id,
-            "POST",
-            f"/users/{path_segment(user)}/teamwork/installedApps",
-            json={"teamsApp@odata.bind": f"{self._base}/appCatalogs/teamsApps/{path_segment(catalog_id)}"},
-            permission=INSTALL_PERMISSION,
-            accept=(201, 200, 204, 409),
-        )
-        if response.status_code == 409:
-            logger.info("app already installed for the recipient (409)")
+    async def install(self, tenant_id: str, user: str) -> None:
+        """PROTOCOL step 3: install our app for the user from the org catalog; 409 Conflict means it
+        already is. The catalog id is memoised; when the install rejects it (the app was re-uploaded
+        and got a new id), it is looked up again once."""
+        for attempt in (1, 2):
+            catalog_id = await self.catalog_app_id(tenant_id)
+            response = await self._call(
+                tenant_id,
+                "POST",
+                f"/users/{path_segment(user)}/teamwork/installedApps",
+                json={"teamsApp@odata.bind": f"{self._base}/appCatalogs/teamsApps/{path_segment(catalog_id)}"},
+                permission=INSTALL_PERMISSION,
+                accept=(201, 200, 204, 400, 404, 409),
+            )
+            if response.status_code in (400, 404):
+                self._catalog_ids.pop(tenant_id, None)
+                if attempt == 1:
+                    logger.info("the install rejected the memoised catalog id; looking it up again")
+                    continue
+                raise ConfigurationError(
+                    f"Graph refused to install the Teams app TeamsAppId={self._settings.teams_app_id} from the "
+                    "org catalog: check the app package in the Teams admin center.",
+                    code="app_not_installable",
+                    target="TeamsAppId",
+                )
+            if response.status_code == 409:
+                logger.info("app already installed for the recipient (409)")
+            return
 
     async def installation_chat(self, tenant_id: str, user: str, installation_id: str, *, just_installed: bool) -> str:
         """PROTOCOL step 4: the 1:1 chat between the user and the bot."""

@@ -152,8 +152,7 @@ class Notifier:
         installation = await self._graph.find_installation(tenant, recipient)
         just_installed = False
         if installation is None:
-            catalog_id = await self._graph.catalog_app_id(tenant)
-            await self._graph.install(tenant, recipient, catalog_id)
+            await self._graph.install(tenant, recipient)
             just_installed = True
             installation = await self._graph.find_installation(tenant, recipient)
             if installation is None:

@@ -112,6 +112,14 @@ def _https_url(value: str) -> bool:
     return value.startswith("https://") and len(value) > len("https://")
 
 
+def _storage_connection_string(value: str) -> bool:
+    parts = dict(p.split("=", 1) for p in value.split(";") if "=" in p)
+    keys = {k.strip().lower() for k, v in parts.items() if v.strip()}
+    return "tableendpoint" in keys or (
+        "accountname" in keys and ("accountkey" in keys or "sharedaccesssignature" in keys)
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise one ConfigurationError naming all that are wrong."""
     source = os.environ if env is None else env
@@ -171,7 +179,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not service_url.endswith("/"):
         service_url += "/"
 
-    table_connection = get("TableStorageConnection") or get("AzureWebJobsStorage")
+    table_connection_name = "TableStorageConnection" if get("TableStorageConnection") else "AzureWebJobsStorage"
+    table_connection = get(table_connection_name)
     table_service_uri = get("AzureWebJobsStorage__tableServiceUri")
     if table_connection is None and table_service_uri is None:
         problem(
@@ -185,6 +194,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
             "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
             "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+        )
+
+    if table_connection is not None and not _storage_connection_string(table_connection):
+        problem(
+            table_connection_name,
+            "is not a storage connection string (AccountName with AccountKey or SharedAccessSignature, "
+            "or TableEndpoint)",
         )
 
     table_prefix = get("TableNamePrefix") or DEFAULT_TABLE_PREFIX

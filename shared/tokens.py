@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +43,22 @@ class _MsalHttpBridge:
         self._client = client
         self._loop = loop
         self._timeout = timeout
-        self.last_status: int | None = None
+        # Several MSAL calls may run at once in worker threads: each sees its own last status.
+        self._local = threading.local()
+
+    @property
+    def last_status(self) -> int | None:
+        """The status of the last response in the calling thread (MSAL hides it in errors)."""
+        status: int | None = getattr(self._local, "status", None)
+        return status
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         kwargs.pop("timeout", None)
         kwargs.pop("verify", None)
+        self._local.status = None
         future = asyncio.run_coroutine_threadsafe(self._client.request(method, url, **kwargs), self._loop)
         response = future.result(self._timeout * 2)
-        self.last_status = response.status_code
+        self._local.status = response.status_code
         return response
 
     def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> httpx.Response:
@@ -92,8 +101,12 @@ class TokenProvider:
         return await self._token(tenant, BOT_SCOPE, recipient_tenant=False)
 
     def forget(self, tenant_id: str, scope: str) -> None:
-        """Drop a memoised token that the service rejected (401), so the next call asks MSAL again."""
+        """Drop a token that the service rejected (401): ours and MSAL's cached copy, so the next
+        call fetches a new one."""
         self._tokens.pop((tenant_id, scope), None)
+        app = self._apps.get(tenant_id)
+        if app is not None:
+            app.remove_tokens_for_client()
 
     async def _token(self, tenant: str, scope: str, *, recipient_tenant: bool) -> str:
         key = (tenant, scope)
@@ -136,7 +149,10 @@ class TokenProvider:
                     instance_discovery=False,
                 )
                 self._apps[tenant] = app
-            return dict(app.acquire_token_for_client(scopes=[scope]))
+            result = dict(app.acquire_token_for_client(scopes=[scope]))
+            if "access_token" not in result:
+                result["http_status"] = bridge.last_status
+            return result
         except httpx.TransportError as err:
             return {"error": "transport_error", "error_description": type(err).__name__}
         except msal.exceptions.MsalServiceError:
@@ -184,7 +200,7 @@ class TokenProvider:
         if "access_token" in result:
             expires_in = float(result.get("expires_in", 3600))
             return _Token(str(result["access_token"]), time.time() + expires_in)
-        raise _token_error(result, tenant, self._settings, recipient_tenant=recipient_tenant, bridge=self._bridge)
+        raise _token_error(result, tenant, self._settings, recipient_tenant=recipient_tenant)
 
 
 def _token_error(
@@ -193,7 +209,6 @@ def _token_error(
     settings: Settings,
     *,
     recipient_tenant: bool,
-    bridge: _MsalHttpBridge | None,
 ) -> NotifyError:
     """Translate an MSAL error result. Only codes and AADSTS numbers are used: never the raw body."""
     error = str(result.get("error", ""))
@@ -207,11 +222,8 @@ def _token_error(
         "federated": "ManagedIdentityClientId",
         "msi": "MicrosoftAppId",
     }[settings.credential_kind]
-    if (
-        error == "transport_error"
-        or (bridge is not None and (bridge.last_status or 0) >= 500)
-        or error == "temporarily_unavailable"
-    ):
+    status = result.get("http_status") or 0
+    if error in ("transport_error", "temporarily_unavailable") or status == 429 or status >= 500:
         return TransientError(
             "The login endpoint could not be reached; try again later.", target="AuthorityHost", retry_after=5.0
         )

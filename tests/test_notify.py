@@ -378,3 +378,34 @@ async def test_a_rejected_create_conversation_is_not_blamed_on_the_card(world: W
     with pytest.raises(NotifyError) as caught:
         await services.notifier.send("alice@contoso.com", HELLO)
     assert caught.value.code == "connector_bad_request" and caught.value.http_status == 502
+
+
+async def test_an_app_reuploaded_to_the_catalog_is_looked_up_again(world: World, services: Services) -> None:
+    await services.notifier.send("alice@contoso.com", HELLO)
+    world.tenant.catalog_id = str(uuid.uuid4())  # an admin re-uploaded the app: a new catalog id
+    world.tenant.clear_log()
+
+    await services.notifier.send("bob@contoso.com", HELLO)
+    assert upstream_calls(world)[:5] == [
+        "graph.installed_apps",
+        "graph.install",
+        "graph.catalog",
+        "graph.install",
+        "graph.installed_apps",
+    ]
+    assert len(world.tenant.messages_for(world.user("bob"))) == 1
+
+
+async def test_a_token_the_connector_rejects_is_fetched_anew(world: World, services: Services) -> None:
+    await services.notifier.send("alice@contoso.com", HELLO)
+    tokens_before = world.tenant.calls("token")
+    world.tenant.add_fault("connector.send", 401, body={"error": {"code": "Unauthorized", "message": "expired"}})
+    await services.notifier.send("alice@contoso.com", HELLO)
+    assert world.tenant.calls("token") == tokens_before + 1
+    assert len(world.tenant.messages_for(world.user("alice"))) == 2
+
+
+async def test_a_throttled_login_endpoint_is_transient(world: World, services: Services) -> None:
+    world.tenant.add_fault("token", 429, count=10, retry_after=1)
+    with pytest.raises(TransientError):
+        await services.notifier.send("alice@contoso.com", HELLO)

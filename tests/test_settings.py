@@ -66,3 +66,14 @@ def test_service_url_gets_a_trailing_slash_and_bad_prefix_is_named() -> None:
     assert load_settings({**GOOD, "ServiceUrl": "https://smba.trafficmanager.net/emea"}).service_url.endswith("/emea/")
     with pytest.raises(ConfigurationError, match="TableNamePrefix"):
         load_settings({**GOOD, "TableNamePrefix": "1-bad"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("AzureWebJobsStorage", "not a connection string"), ("TableStorageConnection", "AccountName=only")],
+)
+def test_malformed_storage_connection_string_is_named(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({**GOOD, name: value})
+    assert caught.value.target == name
+    assert value not in caught.value.message  # it may hold a key: never echoed
