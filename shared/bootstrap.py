@@ -8,6 +8,7 @@ the command line, which pass their own settings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from typing import Any
 import httpx
 
 from shared.connector import ConnectorClient
+from shared.failures import FailureStore
 from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
+from shared.idempotency import IdempotencyStore
 from shared.notify import Notifier
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
@@ -40,8 +43,22 @@ class Services:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
         return self.tables.get_table_client(self.settings.table_prefix + suffix)
 
+    @functools.cached_property
+    def requests(self) -> IdempotencyStore:
+        """Idempotency records: {TableNamePrefix}requests."""
+        return IdempotencyStore(self.table("requests"))
+
+    @functools.cached_property
+    def failures(self) -> FailureStore:
+        """Queue messages that failed permanently: {TableNamePrefix}failures."""
+        return FailureStore(self.table("failures"))
+
     async def aclose(self) -> None:
         await self.store.close()
+        if "requests" in self.__dict__:
+            await self.requests.close()
+        if "failures" in self.__dict__:
+            await self.failures.close()
         await self.tables.close()
         await self.http.aclose()
 

@@ -106,3 +106,11 @@ class StaleConversationError(NotifyError):
 
     code = "conversation_not_found"
     http_status = 502
+
+
+class RequestInProgressError(TransientError):
+    """Another attempt with the same idempotency key is still sending: ask again shortly (HTTP 409),
+    or let Service Bus redeliver."""
+
+    code = "request_in_progress"
+    http_status = 409

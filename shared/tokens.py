@@ -116,6 +116,7 @@ class TokenProvider:
     # --- runs in a worker thread -------------------------------------------------------------
     def _acquire(self, tenant: str, scope: str) -> dict[str, Any]:
         import msal  # imported on first token only: keeps cold start light
+        import msal.exceptions
 
         bridge = self._bridge
         assert bridge is not None
@@ -138,6 +139,13 @@ class TokenProvider:
             return dict(app.acquire_token_for_client(scopes=[scope]))
         except httpx.TransportError as err:
             return {"error": "transport_error", "error_description": type(err).__name__}
+        except msal.exceptions.MsalServiceError:
+            # MSAL raises (rather than returning an error) when the authority's metadata request
+            # fails, e.g. a 503 from the login endpoint: transient unless it was a 4xx.
+            status = bridge.last_status or 0
+            if status == 429 or status >= 500:
+                return {"error": "temporarily_unavailable", "error_description": f"HTTP {status}"}
+            return {"error": "invalid_authority", "error_description": f"HTTP {status}"}
         except ValueError as err:
             # MSAL raises ValueError when the authority's metadata cannot be fetched (unknown tenant).
             return {"error": "invalid_authority", "error_description": str(err)}

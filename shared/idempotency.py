@@ -1,0 +1,229 @@
+"""Exactly-once sends: idempotency records in Table Storage (table ``{TableNamePrefix}requests``).
+
+A send with an idempotency key (HTTP ``Idempotency-Key``, a Service Bus message id) first claims the
+key with an insert-if-absent *in-flight marker* carrying a lease, then sends, then replaces the marker
+with the result under an ETag match. Both writes are conditional, so the guarantee holds across
+scaled-out instances, not only inside one process:
+
+- the key is new: this attempt owns it and sends;
+- the key holds a result: the result is returned again, nothing is sent;
+- the key is in flight and its lease is live: another attempt is sending (``InFlight``);
+- the key is in flight and its lease ran out (the instance died mid-send): the marker is taken over
+  with an ETag-matched replace (only one contender wins) and this attempt sends.
+
+Transient failures release the key (ETag-matched delete) so a retry can send; whether permanent
+failures are recorded is the caller's choice (HTTP records them; the queue keeps them in the failures
+table instead, where an operator can replay them).
+
+PartitionKey = tenant id (lower case), RowKey = ``{source}|{key}`` (escaped), so an HTTP key and a
+Service Bus message id never collide. Rows are small; nothing expires them yet (an operator purge is
+future work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from shared.errors import RequestError, TransientError
+from shared.store import create_table_if_missing, escape_key, translate_storage_errors
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+logger = logging.getLogger(__name__)
+
+Source = Literal["http", "queue"]
+# Twice host.json's functionTimeout (5 min): an attempt still running past it is dead.
+DEFAULT_LEASE_SECONDS = 600.0
+MAX_KEY_LENGTH = 200
+_IN_FLIGHT = "in_flight"
+_DONE = "done"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """This attempt owns the key and must send, then ``complete`` or ``release``."""
+
+    partition: str
+    row: str
+    etag: str
+    taken_over: bool = False
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The key already holds a result: return it, do not send."""
+
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Another attempt holds a live lease on the key."""
+
+    retry_after: float
+
+
+Claim = Claimed | Recorded | InFlight
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def check_key(key: str, target: str = "Idempotency-Key") -> str:
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise RequestError(
+            f"{target} must be 1-{MAX_KEY_LENGTH} printable characters.", code="invalid_idempotency_key", target=target
+        )
+    return key
+
+
+class IdempotencyStore:
+    def __init__(self, table: TableClient, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self._table = table
+        self._lease = lease_seconds
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def _ensure_table(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                await create_table_if_missing(self._table)
+                self._ready = True
+
+    @staticmethod
+    def row_key(source: Source, key: str) -> str:
+        return escape_key(f"{source}|{key}")
+
+    async def claim(self, source: Source, tenant_id: str, key: str, fingerprint: str) -> Claim:
+        """Claim ``key`` for one send of the request whose fingerprint is given."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        await self._ensure_table()
+        partition, row = tenant_id.lower(), self.row_key(source, key)
+        for _ in range(5):
+            marker = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "State": _IN_FLIGHT,
+                "Fingerprint": fingerprint,
+                "Attempt": str(uuid.uuid4()),
+                "LeaseUntil": _now() + datetime.timedelta(seconds=self._lease),
+                "ClaimedAt": _now(),
+            }
+            try:
+                with translate_storage_errors():
+                    meta = await self._table.create_entity(marker)
+                return Claimed(partition, row, str(meta["etag"]))
+            except ResourceExistsError:
+                pass
+            try:
+                with translate_storage_errors():
+                    entity = await self._table.get_entity(partition, row)
+            except ResourceNotFoundError:
+                continue  # released between our insert and read: try to claim again
+            if entity.get("Fingerprint") != fingerprint:
+                raise RequestError(
+                    "This idempotency key was already used for a different request: use a new key for a new message.",
+                    code="idempotency_key_reused",
+                    target="Idempotency-Key" if source == "http" else "messageId",
+                    http_status=422,
+                )
+            if entity.get("State") == _DONE:
+                return Recorded(int(entity["Status"]), json.loads(str(entity["Response"])))
+            lease_until = entity.get("LeaseUntil")
+            remaining = (lease_until - _now()).total_seconds() if isinstance(lease_until, datetime.datetime) else 0.0
+            if remaining > 0:
+                return InFlight(retry_after=remaining)
+            # The attempt holding the marker outlived its lease: it died. Take the marker over; the
+            # ETag match lets exactly one contender win.
+            try:
+                with translate_storage_errors():
+                    meta = await self._table.update_entity(
+                        marker,
+                        mode=UpdateMode.REPLACE,
+                        etag=entity.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+            logger.warning("took over a stale in-flight marker (lease ended %.0fs ago)", -remaining)
+            return Claimed(partition, row, str(meta["etag"]), taken_over=True)
+        raise TransientError("The idempotency record is contended; try again.", target="storage", retry_after=2.0)
+
+    async def wait(self, source: Source, tenant_id: str, key: str, within: float) -> Recorded | None:
+        """Poll a key held by another attempt until it holds a result, for at most ``within`` seconds."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        delay = 0.05
+        partition, row = tenant_id.lower(), self.row_key(source, key)
+        while loop.time() < deadline:
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, 0.5)
+            try:
+                with translate_storage_errors():
+                    entity = await self._table.get_entity(partition, row)
+            except ResourceNotFoundError:
+                return None  # released (transient failure): the caller may claim it
+            if entity.get("State") == _DONE:
+                return Recorded(int(entity["Status"]), json.loads(str(entity["Response"])))
+        return None
+
+    async def complete(self, claim: Claimed, status: int, body: dict[str, Any], fingerprint: str) -> None:
+        """Replace our marker with the result (ETag match: a marker taken over is not ours to write)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        record = {
+            "PartitionKey": claim.partition,
+            "RowKey": claim.row,
+            "State": _DONE,
+            "Fingerprint": fingerprint,
+            "Status": status,
+            "Response": json.dumps(body, separators=(",", ":")),
+            "CompletedAt": _now(),
+        }
+        try:
+            with translate_storage_errors():
+                await self._table.update_entity(
+                    record, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            logger.warning("the in-flight marker was taken over before this attempt finished; result not recorded")
+
+    async def release(self, claim: Claimed) -> None:
+        """Remove our marker so a retry can send (ETag match: never remove another attempt's marker)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+
+        try:
+            with translate_storage_errors():
+                await self._table.delete_entity(
+                    claim.partition, claim.row, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except ResourceModifiedError:
+            logger.warning("the in-flight marker was taken over before this attempt released it")
+
+    async def forget(self, source: Source, tenant_id: str, key: str) -> None:
+        """Delete a key's record whatever it holds (operator use)."""
+        with translate_storage_errors():
+            await self._table.delete_entity(tenant_id.lower(), self.row_key(source, key))
+
+    async def close(self) -> None:
+        await self._table.close()

@@ -1,0 +1,156 @@
+"""The published interfaces stay what callers depend on: the Power Automate connector's OpenAPI
+definition matches the models the function validates with, the bindings are what README documents,
+host.json is what the triggers assume, and every error code the library can produce is documented."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import OpenAPIV2SpecValidator
+from pydantic import BaseModel
+
+from shared.idempotency import DEFAULT_LEASE_SECONDS
+from shared.models import ErrorDetail, ErrorResponse, NotifyRequest, NotifyResponse
+from tests.functions import bindings
+
+ROOT = Path(__file__).resolve().parent.parent
+SWAGGER = json.loads((ROOT / "connector" / "apiDefinition.swagger.json").read_text())
+README = (ROOT / "README.md").read_text()
+
+
+# --- the Power Automate connector ------------------------------------------------------------------
+
+
+def test_swagger_is_valid_openapi_2() -> None:
+    OpenAPIV2SpecValidator(SWAGGER).validate()
+    assert SWAGGER["swagger"] == "2.0"
+
+
+def test_swagger_operation_is_the_notify_function() -> None:
+    trigger = bindings("notify")["httpTrigger"]
+    operation = SWAGGER["paths"]["/" + trigger["route"]]["post"]
+    assert SWAGGER["basePath"] == "/api"
+    assert operation["operationId"] == "SendTeamsMessage"
+    assert SWAGGER["securityDefinitions"]["api_key"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-functions-key",
+        "description": SWAGGER["securityDefinitions"]["api_key"]["description"],
+    }
+    [body] = [p for p in operation["parameters"] if p["in"] == "body"]
+    assert body["schema"] == {"$ref": "#/definitions/NotifyRequest"}
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "header"} == {
+        "Idempotency-Key",
+        "x-correlation-id",
+    }
+    assert operation["responses"]["200"]["schema"] == {"$ref": "#/definitions/NotifyResponse"}
+    for status, response in operation["responses"].items():
+        if status != "200":
+            assert response["schema"] == {"$ref": "#/definitions/ErrorResponse"}, status
+    assert "Retry-After" in operation["responses"]["503"]["headers"]
+    properties = json.loads((ROOT / "connector" / "apiProperties.json").read_text())["properties"]
+    assert properties["connectionParameters"]["api_key"]["type"] == "securestring"
+
+
+def _json_schema_property(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic property schema without the null branch of an optional field."""
+    if "anyOf" in schema:
+        [branch] = [b for b in schema["anyOf"] if b.get("type") != "null"]
+        outer = {k: v for k, v in schema.items() if k != "anyOf"}
+        return {**outer, **branch, "nullable": True}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("model", "definition"),
+    [
+        (NotifyRequest, "NotifyRequest"),
+        (NotifyResponse, "NotifyResponse"),
+        (ErrorResponse, "ErrorResponse"),
+        (ErrorDetail, "ErrorDetail"),
+    ],
+)
+def test_swagger_definitions_match_the_models(model: type[BaseModel], definition: str) -> None:
+    swagger = SWAGGER["definitions"][definition]
+    schema = model.model_json_schema(by_alias=True)
+    model_required = {f.alias or name for name, f in model.model_fields.items() if f.is_required()}
+
+    assert set(swagger["properties"]) == set(schema["properties"])
+    assert set(swagger.get("required", [])) == model_required == set(schema.get("required", []))
+    assert swagger["additionalProperties"] is False and schema["additionalProperties"] is False
+    for name, prop in swagger["properties"].items():
+        assert prop.get("x-ms-summary") and prop.get("description"), f"{definition}.{name} needs a summary"
+        ours = _json_schema_property(schema["properties"][name])
+        if "$ref" in ours:
+            assert prop["$ref"].rsplit("/", 1)[-1] == ours["$ref"].rsplit("/", 1)[-1]
+            continue
+        assert prop["type"] == ours["type"], name
+        for keyword in ("pattern", "minLength", "maxLength"):
+            assert prop.get(keyword) == ours.get(keyword), f"{definition}.{name}.{keyword}"
+        assert prop["description"] == ours["description"], f"{definition}.{name} description drifted"
+        if ours.get("const") is not None:
+            assert prop["enum"] == [ours["const"]]
+        # A response field that can be null is marked so for Power Automate (optional request
+        # fields are simply left out by callers, so they are not marked).
+        if definition != "NotifyRequest":
+            assert prop.get("x-nullable", False) == ours.get("nullable", False), f"{definition}.{name}"
+
+
+# --- bindings and host.json ------------------------------------------------------------------------
+
+
+def test_http_binding_is_what_readme_documents() -> None:
+    trigger = bindings("notify")["httpTrigger"]
+    assert trigger["route"] == "notify"
+    assert [str(getattr(m, "value", m)) for m in trigger["methods"]] == ["POST"]
+    assert str(getattr(trigger["authLevel"], "value", trigger["authLevel"])) == "function"
+    assert "| `notify` | `POST /api/notify` (function key)" in README
+
+
+def test_service_bus_binding_is_what_readme_documents() -> None:
+    trigger = bindings("notify_queue")["serviceBusTrigger"]
+    assert trigger["queueName"] == "%ServiceBusQueueName%"
+    assert trigger["connection"] == "ServiceBusConnection"
+    assert "| `notify_queue` | Service Bus queue `%ServiceBusQueueName%`" in README
+
+
+def _seconds(timespan: str) -> int:
+    hours, minutes, seconds = (int(p) for p in timespan.split(":"))
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def test_host_json_suits_the_triggers() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
+    service_bus = host["extensions"]["serviceBus"]
+    # Completion is by return/raise: the trigger raises to have a message redelivered.
+    assert service_bus["autoCompleteMessages"] is True
+    # Teams allows ~30-50 sends/s per app per tenant: a few concurrent sends per instance.
+    assert 1 <= service_bus["maxConcurrentCalls"] <= 8
+    # A stale in-flight marker is taken over after twice the function timeout.
+    assert DEFAULT_LEASE_SECONDS == 2 * _seconds(host["functionTimeout"])
+
+
+# --- error codes -------------------------------------------------------------------------------------
+
+
+def _codes_in_library() -> set[str]:
+    codes: set[str] = set()
+    for path in (ROOT / "shared").glob("*.py"):
+        codes |= set(re.findall(r'\bcode\s*=\s*"([a-z_]+)"', path.read_text()))
+    codes |= {"internal_error"}  # the HTTP trigger's answer to a bug
+    return codes - {"notify_error"}  # the abstract base's placeholder
+
+
+def test_every_error_code_is_documented_with_its_status() -> None:
+    section = README.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    documented = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([a-z_]+)` \| (\d{3})", section, re.M)}
+    missing = _codes_in_library() - set(documented)
+    assert not missing, f"error codes missing from README's Error codes table: {sorted(missing)}"
+    stale = set(documented) - _codes_in_library()
+    assert not stale, f"README documents codes the library no longer produces: {sorted(stale)}"
