@@ -79,7 +79,9 @@ async def _real_entries(world: World) -> list[CachedRecipient]:
         await services.aclose()
 
 
-async def _measure_size(world: World, sizes: Sizes, count: int, real: list[CachedRecipient]) -> tuple[Timing, Timing, float]:
+async def _measure_size(
+    world: World, sizes: Sizes, count: int, real: list[CachedRecipient]
+) -> tuple[Timing, Timing, float]:
     prefix = world.fresh_table_prefix()
     fill = await populate(world, prefix + "accounts", count, real)
     probe = [synthetic_upn(i) for i in range(0, count, max(1, count // sizes.cache_probe))][: sizes.cache_probe]
@@ -93,12 +95,14 @@ async def _measure_size(world: World, sizes: Sizes, count: int, real: list[Cache
         assert isinstance(store, CachedRecipientStore)
         for i in range(count):
             target = real[i % len(real)]
-            entry = CachedRecipient(target.tenant_id, target.account_id, target.conversation_id, target.service_url,
-                                    upn=synthetic_upn(i))
+            entry = CachedRecipient(
+                target.tenant_id, target.account_id, target.conversation_id, target.service_url, upn=synthetic_upn(i)
+            )
             store._remember((world.tenant_id.lower(), recipient_key(synthetic_upn(i))), entry)
-        hot = probe[-min(len(probe), 50_000):]
-        hit = await measure(lambda i: services.notifier.send(hot[i % len(hot)], message), n=sizes.n,
-                            repeats=sizes.repeats)
+        hot = probe[-min(len(probe), 50_000) :]
+        hit = await measure(
+            lambda i: services.notifier.send(hot[i % len(hot)], message), n=sizes.n, repeats=sizes.repeats
+        )
     finally:
         await services.aclose()
 
@@ -106,8 +110,9 @@ async def _measure_size(world: World, sizes: Sizes, count: int, real: list[Cache
     settings = load_settings(world.env)
     services = build_services(settings, store=TableRecipientStore(_table_client(world, prefix + "accounts")))
     try:
-        table = await measure(lambda i: services.notifier.send(probe[i % len(probe)], message), n=sizes.cache_probe,
-                              repeats=sizes.repeats)
+        table = await measure(
+            lambda i: services.notifier.send(probe[i % len(probe)], message), n=sizes.cache_probe, repeats=sizes.repeats
+        )
     finally:
         await services.aclose()
     return hit, table, fill
@@ -131,14 +136,32 @@ async def cache_scale(world: World, sizes: Sizes) -> tuple[list[Line], list[str]
     lines = [
         Line("6", f"LRU hit, {small} cached: CPU / wall per send", f"{small_hit.cpu.us()} / {small_hit.wall.ms()}", ""),
         Line("6", f"LRU hit, {big} cached: CPU / wall per send", f"{large_hit.cpu.us()} / {large_hit.wall.ms()}", ""),
-        Line("6", f"LRU hit {big} / {small}", f"CPU {hit_cpu:.2f}x, wall {hit_wall:.2f}x", "<= 1.2x",
-             hit_cpu <= 1.2 and hit_wall <= 1.2),
-        Line("6", f"Table lookup, {small} cached: CPU / wall per send",
-             f"{small_table.cpu.us()} / {small_table.wall.ms()}", ""),
-        Line("6", f"Table lookup, {big} cached: CPU / wall per send",
-             f"{large_table.cpu.us()} / {large_table.wall.ms()}", ""),
-        Line("6", f"Table lookup {big} / {small}", f"CPU {table_cpu:.2f}x, wall {table_wall:.2f}x", "<= 1.2x",
-             table_cpu <= 1.2 and table_wall <= 1.2),
+        Line(
+            "6",
+            f"LRU hit {big} / {small}",
+            f"CPU {hit_cpu:.2f}x, wall {hit_wall:.2f}x",
+            "<= 1.2x",
+            hit_cpu <= 1.2 and hit_wall <= 1.2,
+        ),
+        Line(
+            "6",
+            f"Table lookup, {small} cached: CPU / wall per send",
+            f"{small_table.cpu.us()} / {small_table.wall.ms()}",
+            "",
+        ),
+        Line(
+            "6",
+            f"Table lookup, {big} cached: CPU / wall per send",
+            f"{large_table.cpu.us()} / {large_table.wall.ms()}",
+            "",
+        ),
+        Line(
+            "6",
+            f"Table lookup {big} / {small}",
+            f"CPU {table_cpu:.2f}x, wall {table_wall:.2f}x",
+            "<= 1.2x",
+            table_cpu <= 1.2 and table_wall <= 1.2,
+        ),
     ]
     notes = [f"Row 6: {big} entries written to Azurite with batch transactions in {fill:.1f} s."]
     return lines, notes

@@ -66,12 +66,25 @@ def cold_start(*, quick: bool) -> list[Line]:
     functions = ", ".join(app_info["functions"]) or "none yet"  # type: ignore[arg-type]
     heavy = ", ".join(app_info["heavy"]) or "none"  # type: ignore[arg-type]
     return [
-        Line("4", f"import function_app + get_functions() [{functions}]",
-             f"{app_s * 1e3:.0f} ms ({app_lo * 1e3:.0f}-{app_hi * 1e3:.0f}), peak RSS {app_rss:.1f} MB", ""),
-        Line("4", "import botbuilder.core alone",
-             f"{bb_s * 1e3:.0f} ms ({bb_lo * 1e3:.0f}-{bb_hi * 1e3:.0f}), peak RSS {bb_rss:.1f} MB", ""),
+        Line(
+            "4",
+            f"import function_app + get_functions() [{functions}]",
+            f"{app_s * 1e3:.0f} ms ({app_lo * 1e3:.0f}-{app_hi * 1e3:.0f}), peak RSS {app_rss:.1f} MB",
+            "",
+        ),
+        Line(
+            "4",
+            "import botbuilder.core alone",
+            f"{bb_s * 1e3:.0f} ms ({bb_lo * 1e3:.0f}-{bb_hi * 1e3:.0f}), peak RSS {bb_rss:.1f} MB",
+            "",
+        ),
         Line("4", "function_app / botbuilder.core: time", f"{t_ratio:.2f}x", "<= 0.5x", t_ratio <= 0.5),
-        Line("4", "function_app / botbuilder.core: peak RSS (net of bare interpreter)",
-             f"{m_ratio:.2f}x ({m_ratio_net:.2f}x net; bare python {bare_rss:.1f} MB)", "<= 0.5x", m_ratio <= 0.5),
+        Line(
+            "4",
+            "function_app / botbuilder.core: peak RSS (net of bare interpreter)",
+            f"{m_ratio:.2f}x ({m_ratio_net:.2f}x net; bare python {bare_rss:.1f} MB)",
+            "<= 0.5x",
+            m_ratio <= 0.5,
+        ),
         Line("4", "heavy modules loaded by importing function_app", heavy, "info"),
     ]

@@ -120,7 +120,9 @@ class AdapterSender:
         self._reference = ConversationReference(
             channel_id="msteams",
             service_url=world.service_url,
-            conversation=ConversationAccount(id=conversation_id, tenant_id=world.tenant_id, conversation_type="personal"),
+            conversation=ConversationAccount(
+                id=conversation_id, tenant_id=world.tenant_id, conversation_type="personal"
+            ),
             bot=ChannelAccount(id=f"28:{world.app_id}"),
             user=ChannelAccount(id=account_id),
         )

@@ -59,7 +59,10 @@ def _split(log: list[dict[str, Any]]) -> tuple[list[str], int]:
 # --------------------------------------------------------------------------------------- row 1
 async def calls_per_send(world: World, sizes: Sizes) -> list[Line]:
     world.fresh_table_prefix()
-    installed, uninstalled = world.new_users("calls-i", 1, installed=True)[0], world.new_users("calls-u", 1, installed=False)[0]
+    installed, uninstalled = (
+        world.new_users("calls-i", 1, installed=True)[0],
+        world.new_users("calls-u", 1, installed=False)[0],
+    )
     services = build_services(load_settings(world.env))
     message = Message(text="calls")
     try:
@@ -88,16 +91,26 @@ async def calls_per_send(world: World, sizes: Sizes) -> list[Line]:
         await services.aclose()
 
     def fmt(calls: list[str], tokens: int) -> str:
-        return f"{len(calls)} + {tokens} token ({', '.join(f'{k} x{v}' if v > 1 else k for k, v in Counter(calls).items())})"
+        routes = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in Counter(calls).items())
+        return f"{len(calls)} + {tokens} token ({routes})"
 
     return [
         Line("1", "calls: warm send", fmt(warm, warm_tokens), "1", len(warm) == 1 and warm_tokens == 0),
-        Line("1", "calls: cold send, app installed", fmt(cold_installed, cold_installed_tokens), "<= 5 + tokens",
-             len(cold_installed) <= 5),
+        Line(
+            "1",
+            "calls: cold send, app installed",
+            fmt(cold_installed, cold_installed_tokens),
+            "<= 5 + tokens",
+            len(cold_installed) <= 5,
+        ),
         Line("1", "calls: cold send that installs", fmt(cold_install, cold_install_tokens), "info"),
-        Line("1", f"token requests per send over {sizes.amortise} sends (fresh process)",
-             f"{tokens / sizes.amortise:.3f} ({tokens} total, {len(upstream)} upstream calls)", "~0",
-             tokens / sizes.amortise <= 0.05),
+        Line(
+            "1",
+            f"token requests per send over {sizes.amortise} sends (fresh process)",
+            f"{tokens / sizes.amortise:.3f} ({tokens} total, {len(upstream)} upstream calls)",
+            "~0",
+            tokens / sizes.amortise <= 0.05,
+        ),
     ]
 
 
@@ -148,7 +161,9 @@ def warm_sends(world: World, sizes: Sizes) -> tuple[list[Line], WarmResults]:
     seed = SeedSender(world)
     try:
         t_seed = measure_sync(
-            lambda i: seed.send(seed_recipients[i % len(seed_recipients)]), n=sizes.seed_n, repeats=sizes.repeats,
+            lambda i: seed.send(seed_recipients[i % len(seed_recipients)]),
+            n=sizes.seed_n,
+            repeats=sizes.repeats,
             warmup=len(seed_recipients),
         )
     finally:
@@ -159,8 +174,13 @@ def warm_sends(world: World, sizes: Sizes) -> tuple[list[Line], WarmResults]:
     vs_seed = t_seed.cpu.median / t_ours.cpu.median
     lines = [
         Line("2", "floor: raw httpx POST, fixed token (CPU/send)", t_floor.cpu.us(), ""),
-        Line("2", "floor: wall/send (fake latency check)", t_floor.wall.ms(), "a few ms at most",
-             t_floor.wall.median < 0.005),
+        Line(
+            "2",
+            "floor: wall/send (fake latency check)",
+            t_floor.wall.ms(),
+            "a few ms at most",
+            t_floor.wall.median < 0.005,
+        ),
         Line("2", f"ours warm, {via} (CPU/send)", t_ours.cpu.us(), ""),
         Line("2", "ours warm: wall/send", t_ours.wall.ms(), ""),
         Line("2", "ours / floor (CPU)", f"{ratio_floor:.2f}x", "<= 1.5x", ratio_floor <= 1.5),

@@ -65,7 +65,17 @@ class FakeProcess:
     def start(self) -> FakeProcess:
         settings_path = os.path.join(self._dir.name, "settings.json")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "faketenant", "--port", str(self.port), "--state-dir", self._dir.name, "--users", "0"],
+            [
+                sys.executable,
+                "-m",
+                "faketenant",
+                "--port",
+                str(self.port),
+                "--state-dir",
+                self._dir.name,
+                "--users",
+                "0",
+            ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

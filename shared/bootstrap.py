@@ -22,6 +22,7 @@ from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
 from shared.idempotency import IdempotencyStore
 from shared.notify import Notifier
+from shared.ratelimit import TenantRateLimiter
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
 
@@ -82,7 +83,7 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)
     graph = GraphClient(settings, http, tokens, policy)
-    connector = ConnectorClient(settings, http, tokens, policy)
+    connector = ConnectorClient(settings, http, tokens, policy, TenantRateLimiter())
     tables = table_service(settings)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))

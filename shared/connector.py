@@ -26,6 +26,7 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
+from shared.ratelimit import TenantRateLimiter
 from shared.settings import Settings
 from shared.tokens import BOT_SCOPE, TokenProvider
 
@@ -42,17 +43,28 @@ def _segment(value: str) -> str:
 
 class ConnectorClient:
     def __init__(
-        self, settings: Settings, client: httpx.AsyncClient, tokens: TokenProvider, policy: RetryPolicy
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        tokens: TokenProvider,
+        policy: RetryPolicy,
+        limiter: TenantRateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
         self._tokens = tokens
         self._policy = policy
+        # Teams limits requests per app per tenant: every connector request takes a tenant slot.
+        self._limiter = limiter
 
-    async def chat_member(self, service_url: str, chat_id: str) -> Member:
+    async def chat_member(self, service_url: str, chat_id: str, tenant_id: str | None = None) -> Member:
         """PROTOCOL step 5: the user's ChannelAccount in the installation's 1:1 chat."""
         response = await self._call(
-            "GET", service_url, f"v3/conversations/{_segment(chat_id)}/members", retry_statuses=_MEMBERS_RETRY
+            "GET",
+            service_url,
+            f"v3/conversations/{_segment(chat_id)}/members",
+            retry_statuses=_MEMBERS_RETRY,
+            tenant_id=tenant_id,
         )
         members = _json(response)
         if isinstance(members, list):
@@ -64,14 +76,18 @@ class ConnectorClient:
     async def create_conversation(self, service_url: str, account_id: str, tenant_id: str) -> str:
         """PROTOCOL step 6: the 1:1 conversation id (idempotent per member)."""
         body = conversation_parameters(self._settings.bot_id, account_id, tenant_id)
-        response = await self._call("POST", service_url, "v3/conversations", json=body, accept=(200, 201))
+        response = await self._call(
+            "POST", service_url, "v3/conversations", json=body, accept=(200, 201), tenant_id=tenant_id
+        )
         payload = _json(response)
         conversation_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(conversation_id, str) or not conversation_id:
             raise UpstreamError("The connector created a conversation without an id.", target="connector")
         return conversation_id
 
-    async def send(self, service_url: str, conversation_id: str, activity: dict[str, Any]) -> str | None:
+    async def send(
+        self, service_url: str, conversation_id: str, activity: dict[str, Any], tenant_id: str | None = None
+    ) -> str | None:
         """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
         response = await self._call(
             "POST",
@@ -79,6 +95,7 @@ class ConnectorClient:
             f"v3/conversations/{_segment(conversation_id)}/activities",
             content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
             accept=(200, 201, 202),
+            tenant_id=tenant_id,
         )
         return _activity_id(response)
 
@@ -112,8 +129,10 @@ class ConnectorClient:
         content: bytes | None = None,
         accept: tuple[int, ...] = (200,),
         retry_statuses: frozenset[int] = _CONNECTOR_RETRY,
+        tenant_id: str | None = None,
     ) -> httpx.Response:
         url = service_url + path
+        pacer = self._limiter.pacer(tenant_id or self._settings.tenant_id) if self._limiter is not None else None
         for attempt in (1, 2):
             token = await self._tokens.bot_token()
             headers = {"Authorization": f"Bearer {token}"}
@@ -129,6 +148,7 @@ class ConnectorClient:
                 headers=headers,
                 json=json,
                 content=content,
+                pacer=pacer,
             )
             if response.status_code in accept:
                 return response

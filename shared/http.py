@@ -16,12 +16,15 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from shared.errors import TransientError
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.ratelimit import TenantPacer
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +85,18 @@ async def request_with_retry(
     params: Mapping[str, str] | None = None,
     json: Any = None,
     content: bytes | None = None,
+    pacer: TenantPacer | None = None,
 ) -> httpx.Response:
-    """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs."""
+    """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs.
+
+    With a ``pacer`` every attempt waits for its tenant's rate slot, and a 429's Retry-After is
+    handed to the pacer (tenant-wide) instead of being slept here."""
     attempt = 0
     while True:
         attempt += 1
         wait: float | None
+        if pacer is not None:
+            await pacer.acquire()
         try:
             response = await client.request(method, url, headers=headers, params=params, json=json, content=content)
         except httpx.TimeoutException as err:
@@ -116,4 +125,7 @@ async def request_with_retry(
                 raise error from last_err
             raise error
         logger.info("retrying %s %s in %.2fs (attempt %d): %s", method, service, delay, attempt, reason)
+        if pacer is not None and status == 429 and wait is not None:
+            pacer.throttled(wait)  # the next acquire() waits it out, with every other send to the tenant
+            continue
         await asyncio.sleep(delay)

@@ -100,7 +100,7 @@ class Notifier:
 
     async def _send(self, entry: CachedRecipient, tenant: str, recipient: str, activity: dict[str, Any]) -> str | None:
         try:
-            return await self._connector.send(entry.service_url, entry.conversation_id, activity)
+            return await self._connector.send(entry.service_url, entry.conversation_id, activity, entry.tenant_id)
         except RecipientError as err:
             if err.code == "recipient_blocked_bot":
                 # PROTOCOL.md: evict, so an unblock later goes through a fresh resolution.
@@ -137,7 +137,7 @@ class Notifier:
             tenant, recipient, installation.installation_id, just_installed=just_installed
         )
         service_url = self._settings.service_url
-        member = await self._connector.chat_member(service_url, chat_id)
+        member = await self._connector.chat_member(service_url, chat_id, tenant)
         conversation_id = await self._connector.create_conversation(service_url, member.account_id, tenant)
         entry = CachedRecipient(
             tenant_id=tenant,
