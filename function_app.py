@@ -15,7 +15,8 @@ import json
 
 import azure.functions as func
 
-from shared.service import QueueDelivery, handle_notify, handle_queue_message
+# The library (httpx, pydantic, MSAL, azure-data-tables) is imported on the first invocation, not
+# when the host indexes the functions: a cold start pays only for azure.functions.
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -23,6 +24,8 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.function_name("notify")
 @app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def notify(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.service import handle_notify
+
     outcome = await handle_notify(
         req.get_body(),
         content_type=req.headers.get("content-type"),
@@ -42,6 +45,8 @@ async def notify(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("notify_queue")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
 async def notify_queue(msg: func.ServiceBusMessage) -> None:
+    from shared.service import QueueDelivery, handle_queue_message
+
     # Returning completes the message (host.json autoCompleteMessages); raising abandons it, so
     # Service Bus redelivers it and dead-letters it after the queue's maxDeliveryCount.
     await handle_queue_message(
