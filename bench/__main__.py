@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m bench" + (" --quick" if args.quick else "")
         path = write_results(lines, command=command, notes=notes, quick=args.quick)
         print(f"wrote {path}")
-    return 0 if all(line.met is not False for line in lines) else 1
+    # A quick run is a smoke run: its tiny sizes make the ratios noise, so only a full run fails on goals.
+    return 0 if args.quick or all(line.met is not False for line in lines) else 1
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def _probe(mode: str) -> dict[str, object]:
 
 
 def measure_mode(mode: str, runs: int) -> tuple[float, float, float, float, dict[str, object]]:
-    _probe(mode)  # the first run may compile .pyc files: not a cold start of a deployed app
+    if runs > 1:
+        _probe(mode)  # the first run may compile .pyc files: not a cold start of a deployed app
     samples = [_probe(mode) for _ in range(runs)]
     secs = [float(s["seconds"]) for s in samples]  # type: ignore[arg-type]
     rss = [float(s["rss_kb"]) / 1024 for s in samples]  # type: ignore[arg-type]
@@ -57,7 +58,7 @@ def measure_mode(mode: str, runs: int) -> tuple[float, float, float, float, dict
 
 
 def cold_start(*, quick: bool) -> list[Line]:
-    runs = 2 if quick else 7
+    runs = 1 if quick else 7
     app_s, app_lo, app_hi, app_rss, app_info = measure_mode("app", runs)
     bb_s, bb_lo, bb_hi, bb_rss, _ = measure_mode("botbuilder", runs)
     _, _, _, bare_rss, _ = measure_mode("bare", runs)

@@ -38,7 +38,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(10, 2, 3, 100, 4, 16, 300, 20, 10)
+        return cls(5, 2, 2, 100, 2, 8, 300, 20, 10)
 
 
 def host_like_logging() -> None:
