@@ -206,6 +206,9 @@ def start_world() -> World:
         "ServiceBusConnection": "Endpoint=sb://localhost/;SharedAccessKeyName=bench;SharedAccessKey=bench",
         "RetryMaxAttempts": "6",
         "RetryMaxDelaySeconds": "10",
+        # Per-send cost rows run with the fake's rate limits off and no client pacing (a sequential
+        # loop of ~1 ms sends would otherwise be held to 30/s); row 5 turns both on.
+        "ConnectorRatePerSecond": "0",
         "BotOpenIdMetadata": info["base_url"] + "/botframework/v1/.well-known/openidconfiguration",
     }
     os.environ.update(env)

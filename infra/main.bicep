@@ -61,6 +61,9 @@ param httpTimeoutSeconds string = '10'
 param retryMaxAttempts string = '4'
 param retryMaxDelaySeconds string = '30'
 
+@description('Bot Connector requests per second per tenant that one instance allows itself (Teams: 30-50 per app per tenant); 0 turns pacing off.')
+param connectorRatePerSecond string = '30'
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -163,6 +166,7 @@ module functionApp 'modules/functionapp.bicep' = {
     httpTimeoutSeconds: httpTimeoutSeconds
     retryMaxAttempts: retryMaxAttempts
     retryMaxDelaySeconds: retryMaxDelaySeconds
+    connectorRatePerSecond: connectorRatePerSecond
   }
 }
 

@@ -83,7 +83,8 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)
     graph = GraphClient(settings, http, tokens, policy)
-    connector = ConnectorClient(settings, http, tokens, policy, TenantRateLimiter())
+    limiter = TenantRateLimiter(settings.connector_rate) if settings.connector_rate > 0 else None
+    connector = ConnectorClient(settings, http, tokens, policy, limiter)
     tables = table_service(settings)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))

@@ -47,6 +47,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "HttpTimeoutSeconds",
     "RetryMaxAttempts",
     "RetryMaxDelaySeconds",
+    "ConnectorRatePerSecond",
     "BotOpenIdMetadata",
 )
 
@@ -73,6 +74,8 @@ class Settings:
     http_timeout: float = 10.0
     retry_max_attempts: int = 4
     retry_max_delay: float = 30.0
+    # Bot Connector requests per second per tenant this instance allows itself (0: no pacing).
+    connector_rate: float = 30.0
     bot_openid_metadata: str | None = None
 
     @property
@@ -200,6 +203,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     http_timeout = number("HttpTimeoutSeconds", 10.0, 0.1, 120.0)
     retry_attempts = int(number("RetryMaxAttempts", 4, 1, 10))
     retry_max_delay = number("RetryMaxDelaySeconds", 30.0, 0.0, 300.0)
+    connector_rate = number("ConnectorRatePerSecond", 30.0, 0.0, 10_000.0)
 
     if problems:
         raise ConfigurationError(
@@ -227,5 +231,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         http_timeout=http_timeout,
         retry_max_attempts=retry_attempts,
         retry_max_delay=retry_max_delay,
+        connector_rate=connector_rate,
         bot_openid_metadata=get("BotOpenIdMetadata"),
     )

@@ -41,6 +41,7 @@ param tableNamePrefix string
 param httpTimeoutSeconds string
 param retryMaxAttempts string
 param retryMaxDelaySeconds string
+param connectorRatePerSecond string
 
 // Every app setting of the Function App. tests/test_infra.py parses the keys of this object and
 // checks them against shared/settings.py SETTING_NAMES.
@@ -74,6 +75,7 @@ var appSettings = {
   HttpTimeoutSeconds: httpTimeoutSeconds
   RetryMaxAttempts: retryMaxAttempts
   RetryMaxDelaySeconds: retryMaxDelaySeconds
+  ConnectorRatePerSecond: connectorRatePerSecond
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
