@@ -7,6 +7,8 @@ transport. Nothing is built at import time: shared.bootstrap builds the clients 
 | ------------- | ------------------------------------------------ | --------------------------------- |
 | notify        | HTTP POST /api/notify (function key)             | shared.service.handle_notify      |
 | notify_queue  | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | shared.service.handle_queue_message |
+| messages      | HTTP POST /api/messages (anonymous; Bot Framework JWT) | shared.inbound.handle_activity |
+| health        | HTTP GET /api/health (anonymous)                 | shared.health.check_health        |
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import json
 
 import azure.functions as func
 
-# The library (httpx, pydantic, MSAL, azure-data-tables) is imported on the first invocation, not
-# when the host indexes the functions: a cold start pays only for azure.functions.
+from shared.errors import NotifyError, TransientError  # no dependencies: cheap to import
+
+# The library (httpx, pydantic, MSAL, azure-data-tables, botframework-connector) is imported by each
+# function on its first invocation, not when the host indexes the functions: cold start (indexing)
+# pays only for azure.functions. After the first call the import statement is a dict lookup.
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -57,4 +62,42 @@ async def notify_queue(msg: func.ServiceBusMessage) -> None:
             enqueued_time=msg.enqueued_time_utc,
             correlation_id=msg.correlation_id,
         )
+    )
+
+
+@app.function_name("messages")
+@app.route(route="messages", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def messages(req: func.HttpRequest) -> func.HttpResponse:
+    """Bot Framework activities from Teams. Anonymous at the function level: the channel's JWT in the
+    Authorization header is the authentication (401 without a valid one)."""
+    from shared.bootstrap import get_services
+    from shared.inbound import handle_activity
+
+    try:
+        await handle_activity(get_services(), req.headers.get("Authorization"), req.get_body())
+    except NotifyError as err:
+        headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else {}
+        if isinstance(err, TransientError):
+            headers["Retry-After"] = str(max(1, round(err.retry_after)))
+        return func.HttpResponse(
+            json.dumps(err.to_body()), status_code=err.http_status, headers=headers, mimetype="application/json"
+        )
+    return func.HttpResponse(status_code=200)
+
+
+# --- operations: GET /api/health (issue 7) ------------------------------------------------------
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Liveness and readiness (settings, Table Storage): shared.health.check_health. No secrets, no tenant data."""
+    from shared.health import check_health
+
+    report = await check_health()
+    return func.HttpResponse(
+        json.dumps(report.to_body()),
+        status_code=report.status_code,
+        mimetype="application/json",
+        headers={"Cache-Control": "no-store"},
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from shared.botframework import ChannelAuthenticator
 from shared.connector import ConnectorClient
 from shared.failures import FailureStore
 from shared.graph import GraphClient
@@ -39,6 +40,7 @@ class Services:
     store: RecipientStore
     notifier: Notifier
     tables: Any  # azure.data.tables.aio.TableServiceClient
+    channel_auth: ChannelAuthenticator  # the messaging endpoint's inbound token validation
 
     def table(self, suffix: str) -> Any:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
@@ -89,7 +91,9 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
     notifier = Notifier(settings, graph, connector, store)
-    return Services(settings, http, tokens, graph, connector, store, notifier, tables)
+    # Configures botframework-connector's process-wide validation state (BotOpenIdMetadata) once.
+    channel_auth = ChannelAuthenticator(settings.app_id, settings.bot_openid_metadata, http)
+    return Services(settings, http, tokens, graph, connector, store, notifier, tables, channel_auth)
 
 
 _services: Services | None = None

@@ -99,6 +99,19 @@ class ConnectorClient:
         )
         return _activity_id(response)
 
+    async def reply(
+        self, service_url: str, conversation_id: str, reply_to_id: str, activity: dict[str, Any]
+    ) -> str | None:
+        """Answer an inbound activity (Bot Framework ReplyToActivity): threaded under it in the chat."""
+        response = await self._call(
+            "POST",
+            service_url,
+            f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(reply_to_id)}",
+            content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
+            accept=(200, 201, 202),
+        )
+        return _activity_id(response)
+
     async def update(self, service_url: str, conversation_id: str, activity_id: str, activity: dict[str, Any]) -> None:
         body = dict(activity, id=activity_id)
         await self._call(

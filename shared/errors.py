@@ -114,3 +114,11 @@ class RequestInProgressError(TransientError):
 
     code = "request_in_progress"
     http_status = 409
+
+
+class AuthenticationError(RequestError):
+    """An inbound request without a valid credential (the bot's messaging endpoint: a Bot Framework
+    channel token). The message says what is wrong in general terms, never echoing the credential."""
+
+    code = "unauthorized"
+    http_status = 401

@@ -17,18 +17,15 @@ a body larger than ``MAX_KEPT_BODY`` is cut and flagged ``body_truncated`` (and 
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import NotifyError, RequestError
-from shared.store import create_table_if_missing, escape_key, translate_storage_errors
+from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
-    from azure.data.tables.aio import TableClient
-
     from shared.bootstrap import Services
 
 logger = logging.getLogger(__name__)
@@ -74,19 +71,8 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-class FailureStore:
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-        self._ready = False
-        self._ready_lock = asyncio.Lock()
-
-    async def _ensure_table(self) -> None:
-        if self._ready:
-            return
-        async with self._ready_lock:
-            if not self._ready:
-                await create_table_if_missing(self._table)
-                self._ready = True
+class FailureStore(TableBacked):
+    """Permanent failures of queue messages (see the module docstring for the row layout)."""
 
     async def keep(
         self,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import RequestError, TransientError
-from shared.store import create_table_if_missing, escape_key, translate_storage_errors
+from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -87,20 +87,10 @@ def check_key(key: str, target: str = "Idempotency-Key") -> str:
     return key
 
 
-class IdempotencyStore:
+class IdempotencyStore(TableBacked):
     def __init__(self, table: TableClient, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        self._table = table
+        super().__init__(table)
         self._lease = lease_seconds
-        self._ready = False
-        self._ready_lock = asyncio.Lock()
-
-    async def _ensure_table(self) -> None:
-        if self._ready:
-            return
-        async with self._ready_lock:
-            if not self._ready:
-                await create_table_if_missing(self._table)
-                self._ready = True
 
     @staticmethod
     def row_key(source: Source, key: str) -> str:

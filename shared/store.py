@@ -117,8 +117,8 @@ class MemoryRecipientStore:
         return None
 
 
-class TableRecipientStore:
-    """Azure Table Storage: PartitionKey = tenant id, RowKey = escaped recipient alias."""
+class TableBacked:
+    """Base of the app's Table Storage stores: one TableClient, its table created on first use."""
 
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -132,6 +132,10 @@ class TableRecipientStore:
             if not self._ready:
                 await create_table_if_missing(self._table)
                 self._ready = True
+
+
+class TableRecipientStore(TableBacked):
+    """Azure Table Storage: PartitionKey = tenant id, RowKey = escaped recipient alias."""
 
     async def get(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
         from azure.core.exceptions import ResourceNotFoundError
