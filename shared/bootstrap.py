@@ -78,9 +78,20 @@ def table_service(settings: Settings) -> Any:
     return TableServiceClient(endpoint=settings.table_service_uri, credential=credential)
 
 
+# Loggers of libraries that log request URLs at INFO: Graph URLs name the recipient (a UPN) and Table
+# Storage URLs carry cache keys. Our own log lines name recipients by hash only.
+_URL_LOGGERS = ("httpx", "azure.core.pipeline.policies.http_logging_policy")
+
+
+def quiet_url_loggers() -> None:
+    for name in _URL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def build_services(settings: Settings, *, store: RecipientStore | None = None) -> Services:
     from shared.tokens import TokenProvider
 
+    quiet_url_loggers()
     http = build_http_client(settings)
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)

@@ -96,6 +96,8 @@ class ConnectorClient:
             content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
             accept=(200, 201, 202),
             tenant_id=tenant_id,
+            idempotent=False,
+            operation="send",
         )
         return _activity_id(response)
 
@@ -109,6 +111,8 @@ class ConnectorClient:
             f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(reply_to_id)}",
             content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
             accept=(200, 201, 202),
+            idempotent=False,
+            operation="send",
         )
         return _activity_id(response)
 
@@ -120,6 +124,7 @@ class ConnectorClient:
             f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(activity_id)}",
             json=body,
             accept=(200, 201, 202),
+            operation="update",
         )
 
     async def delete(self, service_url: str, conversation_id: str, activity_id: str) -> bool:
@@ -143,6 +148,8 @@ class ConnectorClient:
         accept: tuple[int, ...] = (200,),
         retry_statuses: frozenset[int] = _CONNECTOR_RETRY,
         tenant_id: str | None = None,
+        idempotent: bool = True,
+        operation: str = "other",
     ) -> httpx.Response:
         url = service_url + path
         pacer = self._limiter.pacer(tenant_id or self._settings.tenant_id) if self._limiter is not None else None
@@ -162,13 +169,14 @@ class ConnectorClient:
                 json=json,
                 content=content,
                 pacer=pacer,
+                idempotent=idempotent,
             )
             if response.status_code in accept:
                 return response
             if response.status_code == 401 and attempt == 1:
                 self._tokens.forget(self._token_tenant(), BOT_SCOPE)
                 continue
-            raise connector_error(response)
+            raise connector_error(response, operation)
         raise AssertionError("unreachable")
 
     def _token_tenant(self) -> str:
@@ -187,9 +195,13 @@ def _json(response: httpx.Response) -> Any:
 
 
 def _activity_id(response: httpx.Response) -> str | None:
-    if not response.content:
+    """The id of a sent activity. The send succeeded (2xx) whatever the body says: an empty (observed
+    202) or unreadable body gives None rather than an error that would make a retry send twice."""
+    try:
+        payload = response.json() if response.content else None
+    except ValueError:
+        logger.warning("the connector confirmed a send with an unreadable body (HTTP %d)", response.status_code)
         return None
-    payload = _json(response)
     value = payload.get("id") if isinstance(payload, dict) else None
     return str(value) if value else None
 
@@ -211,7 +223,9 @@ def _error_code(response: httpx.Response) -> str:
     return str(body.get("errorCode", ""))
 
 
-def connector_error(response: httpx.Response) -> NotifyError:
+def connector_error(response: httpx.Response, operation: str = "send") -> NotifyError:
+    """Translate a connector error answer. ``operation`` is "send"/"update" when the payload is the
+    caller's message (a 400 is then the caller's to fix), anything else for our own requests."""
     status, code = response.status_code, _error_code(response)
     if status == 404 or code in {"BotNotInConversationRoster", "ForbiddenOperationException"}:
         return StaleConversationError(
@@ -238,6 +252,12 @@ def connector_error(response: httpx.Response) -> NotifyError:
     if status == 413 or code == "MessageSizeTooBig":
         return RequestError(
             "The message is too large for Teams.", code="message_too_large", target="body", http_status=413
+        )
+    if status == 400 and operation not in ("send", "update"):
+        return UpstreamError(
+            f"The Bot Connector rejected a request of ours ({code or 'BadArgument'}).",
+            code="connector_bad_request",
+            target="connector",
         )
     if status == 400:
         return RequestError(

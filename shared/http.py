@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# For a request that is not idempotent (sending a message), answers after which the request may
+# already have taken effect: a gateway error or a timeout once the request was written.
+_UNCONFIRMED_STATUSES = frozenset({502, 504})
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -85,29 +88,41 @@ async def request_with_retry(
     params: Mapping[str, str] | None = None,
     json: Any = None,
     content: bytes | None = None,
+    idempotent: bool = True,
     pacer: TenantPacer | None = None,
 ) -> httpx.Response:
     """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs.
 
+    ``idempotent=False`` (a message send) retries only what certainly did not take effect (429, 412,
+    503, a connection never made); after a timeout on the response or a 502/504 the outcome is
+    unknown, and a ``TransientError`` with code ``delivery_unconfirmed`` is raised at once instead of
+    sending again.
+
     With a ``pacer`` every attempt waits for its tenant's rate slot, and a 429's Retry-After is
-    handed to the pacer (tenant-wide) instead of being slept here."""
+    handed to the pacer (tenant-wide) instead of being slept here.
+    """
     attempt = 0
     while True:
         attempt += 1
         wait: float | None
+        status: int | None = None
         if pacer is not None:
             await pacer.acquire()
         try:
             response = await client.request(method, url, headers=headers, params=params, json=json, content=content)
-        except httpx.TimeoutException as err:
-            reason, wait, status = f"{service} timed out", None, None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+            reason, wait = f"{service} could not be reached ({type(err).__name__})", None
             last_err: BaseException | None = err
         except httpx.TransportError as err:
-            reason, wait, status = f"{service} could not be reached ({type(err).__name__})", None, None
+            if not idempotent:
+                raise _unconfirmed(service) from err
+            reason, wait = f"{service} failed ({type(err).__name__})", None
             last_err = err
         else:
             if response.status_code not in retry_statuses:
                 return response
+            if not idempotent and response.status_code in _UNCONFIRMED_STATUSES:
+                raise _unconfirmed(service)
             status = response.status_code
             wait = retry_after_seconds(response.headers)
             reason = f"{service} answered {status}"
@@ -129,3 +144,12 @@ async def request_with_retry(
             pacer.throttled(wait)  # the next acquire() waits it out, with every other send to the tenant
             continue
         await asyncio.sleep(delay)
+
+
+def _unconfirmed(service: str) -> TransientError:
+    return TransientError(
+        f"{service} did not confirm the send; it may or may not have been delivered.",
+        code="delivery_unconfirmed",
+        target=service,
+        retry_after=60.0,
+    )

@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Source = Literal["http", "queue"]
-# Twice host.json's functionTimeout (5 min): an attempt still running past it is dead.
-DEFAULT_LEASE_SECONDS = 600.0
+# host.json's functionTimeout (5 min) plus a minute: the host has killed an attempt running past it.
+# Kept close to the Service Bus lock duration (5 min) so a redelivery after an instance died does
+# not spend the queue's delivery attempts waiting for a lease much longer than the lock.
+DEFAULT_LEASE_SECONDS = 360.0
 MAX_KEY_LENGTH = 200
 _IN_FLIGHT = "in_flight"
 _DONE = "done"

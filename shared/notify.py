@@ -73,7 +73,7 @@ class Notifier:
         entry = await self._store.get(tenant, recipient)
         resolved = False
         if entry is None:
-            entry = await self.resolve(recipient, tenant)
+            entry = await self._resolve_fresh(recipient, tenant)
             resolved = True
         try:
             activity_id = await self._send(entry, tenant, recipient, activity)
@@ -82,7 +82,7 @@ class Notifier:
             await self._store.evict(tenant, recipient)
             if resolved:
                 raise _still_stale() from None
-            entry = await self.resolve(recipient, tenant)
+            entry = await self._resolve_fresh(recipient, tenant)
             resolved = True
             try:
                 activity_id = await self._send(entry, tenant, recipient, activity)
@@ -106,6 +106,14 @@ class Notifier:
                 # PROTOCOL.md: evict, so an unblock later goes through a fresh resolution.
                 await self._store.evict(tenant, recipient)
             raise
+
+    async def _resolve_fresh(self, recipient: str, tenant: str) -> CachedRecipient:
+        """Resolve for a send. A conversation Teams rejects while it is being set up (right after an
+        install the roster may lag) is transient, not the caller's fault."""
+        try:
+            return await self.resolve(recipient, tenant)
+        except StaleConversationError:
+            raise _still_stale() from None
 
     async def resolve(self, recipient: str, tenant_id: str | None = None) -> CachedRecipient:
         """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent."""

@@ -14,6 +14,7 @@ result and returns it; if the first attempt is still sending after that, it answ
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from shared.notify import Message, recipient_hash
 logger = logging.getLogger(__name__)
 
 IN_FLIGHT_WAIT_SECONDS = 5.0
+COMPLETE_ATTEMPTS = 3
 # Retry-After for a repeat that found the first attempt still sending: a send takes seconds.
 IN_FLIGHT_RETRY_AFTER = 2.0
 
@@ -89,19 +91,41 @@ async def deliver(
         )
     try:
         outcome = await _send(services, request)
-    except BaseException:
-        # Transient trouble, cancellation (function timeout) or a bug: free the key for a retry.
+    except TransientError as err:
+        if err.code == "delivery_unconfirmed":
+            # Teams may have delivered it: keep the key in flight until its lease ends, so a retry
+            # does not send a second copy while the first may still land.
+            logger.warning("send not confirmed; the idempotency key stays held until its lease ends")
+            raise
         await _release(services, claim)
         raise
-    if outcome.sent or record_failures:
-        try:
-            await services.requests.complete(claim, outcome.status, outcome.body, fingerprint)
-        except NotifyError as err:
-            # The send happened: report it. The marker stays in flight until its lease ends.
-            logger.error("could not record the result of key-guarded send (%s); the marker will expire", err.code)
+    except BaseException:
+        # Cancellation (function timeout) or a bug: free the key for a retry.
+        await _release(services, claim)
+        raise
+    # Record what a retry must get again: a send, or the caller's own mistake (4xx). Our configuration
+    # and upstream failures (5xx) may be fixed before the retry, so the key is released for it.
+    if outcome.sent or (record_failures and outcome.status < 500):
+        await _complete(services, claim, outcome, fingerprint)
     else:
         await _release(services, claim)
     return outcome
+
+
+async def _complete(services: Services, claim: Claimed, outcome: Outcome, fingerprint: str) -> None:
+    for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+        try:
+            await services.requests.complete(claim, outcome.status, outcome.body, fingerprint)
+            return
+        except TransientError as err:
+            if attempt == COMPLETE_ATTEMPTS:
+                # The send happened: report it. The marker stays in flight until its lease ends.
+                logger.error("could not record the result of a key-guarded send (%s); the marker will expire", err.code)
+                return
+            await asyncio.sleep(0.2 * attempt)
+        except NotifyError as err:
+            logger.error("could not record the result of a key-guarded send (%s); the marker will expire", err.code)
+            return
 
 
 async def _release(services: Services, claim: Claimed) -> None:
@@ -193,12 +217,18 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueResult:
             request = parse_notify_request(delivery.body)
             outcome = await deliver(services, request, source="queue", key=key, record_failures=False)
         except TransientError as err:
+            # Abandoning at once would burn the queue's delivery attempts in a second and dead-letter
+            # the message during a short outage: wait (the message lock is renewed meanwhile) for
+            # what upstream asked, up to RetryMaxDelaySeconds, then let Service Bus redeliver.
+            pause = min(err.retry_after, services.settings.retry_max_delay)
             logger.warning(
-                "queue message %s not sent (%s); delivery %s will be retried",
+                "queue message %s not sent (%s); delivery %s will be retried after %.0fs",
                 delivery.message_id,
                 err.code,
                 delivery.delivery_count,
+                pause,
             )
+            await asyncio.sleep(pause)
             raise
         except NotifyError as err:
             outcome = error_outcome(err)

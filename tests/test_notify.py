@@ -313,3 +313,68 @@ async def test_secretless_federated_credential(world: World, monkeypatch: pytest
         await services.aclose()
     assert result.activity_id
     assert world.tenant.calls("msi") >= 1
+
+
+async def test_a_send_teams_did_not_confirm_is_not_sent_again(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import load_settings
+
+    await build_and_warm(world)
+    # The connector stores the message but answers after our timeout: the outcome is unknown.
+    world.tenant.add_fault("connector.send", 200, delay=1.0)
+    services = build_services(load_settings({**world.env, "HttpTimeoutSeconds": "0.3"}))
+    try:
+        with pytest.raises(TransientError) as caught:
+            await services.notifier.send("alice@contoso.com", Message(text="pay invoice 1001"))
+    finally:
+        await services.aclose()
+    await asyncio.sleep(1.0)  # let the fake finish the slow answer
+    assert caught.value.code == "delivery_unconfirmed"
+    assert world.tenant.calls("connector.send") == 2  # the warm-up and the one unconfirmed attempt
+    assert [m["activity"]["text"] for m in world.tenant.messages_for(world.user("alice"))].count(
+        "pay invoice 1001"
+    ) == 1
+
+
+async def build_and_warm(world: World) -> None:
+    warm = build_services(world.settings)
+    try:
+        await warm.notifier.send("alice@contoso.com", HELLO)
+    finally:
+        await warm.aclose()
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_gateway_errors_on_send_are_unconfirmed_not_retried(
+    world: World, services: Services, status: int
+) -> None:
+    await services.notifier.send("alice@contoso.com", HELLO)
+    world.tenant.add_fault("connector.send", status, count=5)
+    with pytest.raises(TransientError) as caught:
+        await services.notifier.send("alice@contoso.com", HELLO)
+    assert caught.value.code == "delivery_unconfirmed"
+    assert world.tenant.calls("connector.send") == 2
+
+
+async def test_a_confirmed_send_with_an_unreadable_body_counts_as_sent(world: World, services: Services) -> None:
+    await services.notifier.send("alice@contoso.com", HELLO)
+    world.tenant.add_fault("connector.send", 200, malformed=True)
+    result = await services.notifier.send("alice@contoso.com", Message(text="second"))
+    assert result.activity_id is None
+    assert world.tenant.calls("connector.send") == 2
+
+
+async def test_conversation_rejected_while_resolving_is_transient(world: World, services: Services) -> None:
+    forbidden = {"error": {"code": "ForbiddenOperationException", "message": "Bot is not in the roster."}}
+    world.tenant.add_fault("connector.create", 403, body=forbidden)
+    with pytest.raises(TransientError) as caught:
+        await services.notifier.send("alice@contoso.com", HELLO)
+    assert caught.value.code == "conversation_unavailable"
+    # The next attempt goes through.
+    assert (await services.notifier.send("alice@contoso.com", HELLO)).activity_id
+
+
+async def test_a_rejected_create_conversation_is_not_blamed_on_the_card(world: World, services: Services) -> None:
+    world.tenant.add_fault("connector.create", 400, body={"error": {"code": "BadArgument", "message": "bad"}})
+    with pytest.raises(NotifyError) as caught:
+        await services.notifier.send("alice@contoso.com", HELLO)
+    assert caught.value.code == "connector_bad_request" and caught.value.http_status == 502

@@ -450,3 +450,29 @@ async def test_no_body_text_reaches_the_logs(world: World, caplog: pytest.LogCap
     ours = [r for r in caplog.records if not r.name.startswith("faketenant")]  # the fake logs deliveries
     assert secret_text not in "\n".join(r.getMessage() for r in ours)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_upstream_failure_does_not_spend_the_idempotency_key(world: World) -> None:
+    world.tenant.add_fault("connector.send", 500, body={"error": {"code": "ServiceError", "message": "boom"}})
+    first = await post(HELLO, {"Idempotency-Key": "retry-after-500"})
+    assert_error(first, 502, "upstream_error", "connector")
+
+    second = await post(HELLO, {"Idempotency-Key": "retry-after-500"})
+    assert second.status_code == 200, payload(second)
+    assert len(world.tenant.messages_for(world.user("alice"))) == 1
+
+
+async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await post(HELLO)  # warm
+    world.tenant.add_fault("connector.send", 504)
+    first = await post(HELLO, {"Idempotency-Key": "unconfirmed-1"})
+    assert_error(first, 503, "delivery_unconfirmed", "connector")
+    assert first.headers.get("Retry-After")
+
+    sends_before = sends(world)
+    monkeypatch.setattr(shared.service, "IN_FLIGHT_WAIT_SECONDS", 0.2)
+    retry = await post(HELLO, {"Idempotency-Key": "unconfirmed-1"})
+    assert_error(retry, 409, "request_in_progress", "Idempotency-Key")
+    assert sends(world) == sends_before
