@@ -1,0 +1,195 @@
+"""The benchmark rows of issue #8 (1-3 and 6 here; cold start in bench.coldstart, fan-out in bench.fanout)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bench.contenders import AdapterSender, FloorSender, FunctionSender, SeedSender
+from bench.measure import Timing, measure, measure_sync
+from bench.report import Line
+from bench.world import World
+from shared.bootstrap import build_services, reset_services
+from shared.notify import Message
+from shared.settings import load_settings
+
+TOKEN_ROUTES = frozenset({"token", "openid", "instance_discovery", "msi"})
+
+
+@dataclass(frozen=True)
+class Sizes:
+    n: int  # sends per batch
+    repeats: int  # batches
+    seed_n: int  # sends per batch for the (slow) resolve-every-time flow
+    amortise: int  # sends over which token requests are amortised
+    fanout_cold: int
+    fanout_warm: int
+    cache_large: int
+    cache_small: int
+    cache_probe: int  # distinct recipients probed on the Table lookup path
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(200, 7, 40, 100, 200, 800, 100_000, 100, 100)
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(5, 2, 2, 100, 2, 8, 300, 20, 10)
+
+
+def host_like_logging() -> None:
+    """Like the Functions host at Information: records are formatted and shipped (here: to devnull)."""
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _split(log: list[dict[str, Any]]) -> tuple[list[str], int]:
+    upstream = [e["route"] for e in log if e["route"] not in TOKEN_ROUTES]
+    tokens = sum(1 for e in log if e["route"] in TOKEN_ROUTES)
+    return upstream, tokens
+
+
+# --------------------------------------------------------------------------------------- row 1
+async def calls_per_send(world: World, sizes: Sizes) -> list[Line]:
+    world.fresh_table_prefix()
+    installed, uninstalled = (
+        world.new_users("calls-i", 1, installed=True)[0],
+        world.new_users("calls-u", 1, installed=False)[0],
+    )
+    services = build_services(load_settings(world.env))
+    message = Message(text="calls")
+    try:
+        world.fake.clear_log()
+        await services.notifier.send(installed, message)
+        cold_installed, cold_installed_tokens = _split(world.fake.log())
+        world.fake.clear_log()
+        await services.notifier.send(installed, message)
+        warm, warm_tokens = _split(world.fake.log())
+        world.fake.clear_log()
+        await services.notifier.send(uninstalled, message)
+        cold_install, cold_install_tokens = _split(world.fake.log())
+    finally:
+        await services.aclose()
+
+    # A fresh process's first N sends: a tenth cold (installed), the rest warm.
+    world.fresh_table_prefix()
+    recipients = world.new_users("calls-a", max(1, sizes.amortise // 10), installed=True)
+    services = build_services(load_settings(world.env))
+    try:
+        world.fake.clear_log()
+        for i in range(sizes.amortise):
+            await services.notifier.send(recipients[i % len(recipients)], message)
+        upstream, tokens = _split(world.fake.log())
+    finally:
+        await services.aclose()
+
+    def fmt(calls: list[str], tokens: int) -> str:
+        routes = ", ".join(f"{k} x{v}" if v > 1 else k for k, v in Counter(calls).items())
+        return f"{len(calls)} + {tokens} token ({routes})"
+
+    return [
+        Line("1", "calls: warm send", fmt(warm, warm_tokens), "1", len(warm) == 1 and warm_tokens == 0),
+        Line(
+            "1",
+            "calls: cold send, app installed",
+            fmt(cold_installed, cold_installed_tokens),
+            "<= 5 + tokens",
+            len(cold_installed) <= 5,
+        ),
+        Line("1", "calls: cold send that installs", fmt(cold_install, cold_install_tokens), "info"),
+        Line(
+            "1",
+            f"token requests per send over {sizes.amortise} sends (fresh process)",
+            f"{tokens / sizes.amortise:.3f} ({tokens} total, {len(upstream)} upstream calls)",
+            "~0",
+            tokens / sizes.amortise <= 0.05,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------------------- rows 2-3
+async def _warm_recipient(world: World) -> tuple[str, str, str]:
+    """A user whose entry is memoised in Table Storage and the process cache: (upn, conversation, account)."""
+    upn = world.new_users("warm", 1, installed=True)[0]
+    from shared.bootstrap import get_services
+
+    result = await get_services().notifier.send(upn, Message(text="warm-up"))
+    entry = await get_services().store.get(world.tenant_id, upn)
+    assert entry is not None
+    return upn, result.conversation_id, entry.account_id
+
+
+@dataclass
+class WarmResults:
+    floor: Timing
+    ours: Timing
+    adapter: Timing
+    seed: Timing
+    via: str
+
+
+async def _warm_async(world: World, sizes: Sizes) -> tuple[Timing, Timing, Timing, str, str]:
+    await reset_services()
+    world.fresh_table_prefix()
+    upn, conversation_id, account_id = await _warm_recipient(world)
+    floor = FloorSender(world, conversation_id)
+    ours = FunctionSender(upn)
+    adapter = AdapterSender(world, conversation_id, account_id)
+    kw = {"n": sizes.n, "repeats": sizes.repeats}
+    try:
+        # Interleave contenders batch by batch so machine noise hits them alike.
+        t_floor = await measure(floor.send, **kw)
+        t_ours = await measure(ours.send, **kw)
+        t_adapter = await measure(adapter.send, **kw)
+    finally:
+        await floor.aclose()
+        await reset_services()
+    return t_floor, t_ours, t_adapter, ours.via, upn
+
+
+def warm_sends(world: World, sizes: Sizes) -> tuple[list[Line], WarmResults]:
+    host_like_logging()
+    t_floor, t_ours, t_adapter, via, _upn = asyncio.run(_warm_async(world, sizes))
+    seed_recipients = world.new_users("seed", 5, installed=True)
+    seed = SeedSender(world)
+    try:
+        t_seed = measure_sync(
+            lambda i: seed.send(seed_recipients[i % len(seed_recipients)]),
+            n=sizes.seed_n,
+            repeats=sizes.repeats,
+            warmup=len(seed_recipients),
+        )
+    finally:
+        seed.close()
+    res = WarmResults(t_floor, t_ours, t_adapter, t_seed, via)
+    ratio_floor = t_ours.cpu.median / t_floor.cpu.median
+    vs_adapter = t_adapter.cpu.median / t_ours.cpu.median
+    vs_seed = t_seed.cpu.median / t_ours.cpu.median
+    lines = [
+        Line("2", "floor: raw httpx POST, fixed token (CPU/send)", t_floor.cpu.us(), ""),
+        Line(
+            "2",
+            "floor: wall/send (fake latency check)",
+            t_floor.wall.ms(),
+            "a few ms at most",
+            t_floor.wall.median < 0.005,
+        ),
+        Line("2", f"ours warm, {via} (CPU/send)", t_ours.cpu.us(), ""),
+        Line("2", "ours warm: wall/send", t_ours.wall.ms(), ""),
+        Line("2", "ours / floor (CPU)", f"{ratio_floor:.2f}x", "<= 1.5x", ratio_floor <= 1.5),
+        Line("3a", "botbuilder adapter continue_conversation+send_activity (CPU/send)", t_adapter.cpu.us(), ""),
+        Line("3a", "botbuilder adapter: wall/send", t_adapter.wall.ms(), ""),
+        Line("3a", "adapter / ours (CPU): ours is faster by", f"{vs_adapter:.2f}x", ">= 1.3x", vs_adapter >= 1.3),
+        Line("3a", "adapter / floor (CPU)", f"{t_adapter.cpu.median / t_floor.cpu.median:.2f}x", "info (~2x)"),
+        Line("3b", "seed flow, resolve on every send (CPU/send)", t_seed.cpu.us(), ""),
+        Line("3b", "seed flow: wall/send", t_seed.wall.ms(), ""),
+        Line("3b", "seed / ours (CPU): ours is faster by", f"{vs_seed:.1f}x", ">= 4x", vs_seed >= 4),
+    ]
+    return lines, res

@@ -1,0 +1,24 @@
+"""The benchmark keeps working: ``python -m bench --quick`` on tiny sizes (no timing assertions)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_bench_runs_every_row_and_prints_the_table() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-write", "--only", "1,2,4,5"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = run.stdout
+    for row in ("| 1 | calls: warm send | 1 + 0 token", "| 2 | ours / floor", "| 3a |", "| 3b |", "| 4 |", "| 5 |"):
+        assert row in table, table
