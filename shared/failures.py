@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import NotifyError, RequestError
+from shared.errors import RequestError
 from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
@@ -238,8 +238,7 @@ async def replay_failure(services: Services, message_id: str) -> ReplayResult:
     """Send a kept message again, once. On success (or when it had been sent already) the failure
     record is cleared; when it fails permanently again the record is updated with the new reason;
     a transient failure raises ``TransientError`` and keeps the record."""
-    from shared.models import parse_notify_request
-    from shared.service import deliver
+    from shared.service import process_queue_body
 
     record = await services.failures.get(message_id)
     if record is None:
@@ -256,28 +255,20 @@ async def replay_failure(services: Services, message_id: str) -> ReplayResult:
             target="messageId",
             http_status=409,
         )
-    try:
-        request = parse_notify_request(record.body)
-    except NotifyError as err:
-        updated = await services.failures.note_replay_failed(record, _error_of(err.to_body()), err.http_status)
-        return ReplayResult(message_id, "failed", updated.code, updated.message)
-    outcome = await deliver(services, request, source="queue", key=message_id, record_failures=False)
-    if outcome.sent:
+    # The same path as the queue message (a send, a fan-out recipient, a many-recipient request).
+    work = await process_queue_body(services, record.body, message_id)
+    if work.failure is None:
         await services.failures.delete(message_id)
         return ReplayResult(
             message_id,
-            "already_sent" if outcome.replayed else "sent",
-            activity_id=_str_or_none(outcome.body.get("activityId")),
-            conversation_id=_str_or_none(outcome.body.get("conversationId")),
+            "already_sent" if work.result == "duplicate" else "sent",
+            activity_id=work.activity_id,
+            conversation_id=work.conversation_id,
         )
-    updated = await services.failures.note_replay_failed(record, _error_of(outcome.body), outcome.status)
+    updated = await services.failures.note_replay_failed(record, _error_of(work.failure.body), work.failure.status)
     return ReplayResult(message_id, "failed", updated.code, updated.message)
 
 
 def _error_of(body: dict[str, Any]) -> dict[str, Any]:
     error = body.get("error")
     return error if isinstance(error, dict) else {}
-
-
-def _str_or_none(value: Any) -> str | None:
-    return str(value) if value is not None else None

@@ -30,7 +30,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from shared.errors import NotifyError, RecipientError, RequestError, StaleConversationError, TransientError
+from shared.errors import (
+    NotifyError,
+    RecipientError,
+    RequestError,
+    RequestInProgressError,
+    StaleConversationError,
+    TransientError,
+)
 from shared.models import (
     SYNC_RECIPIENTS,
     ChangeOutcome,
@@ -93,6 +100,13 @@ class Delivery:
     error_message: str | None = None
     content_fingerprint: str | None = None  # of the last update applied
     etag: str | None = None
+    error_status: int | None = None  # HTTP status of the last error (pending: ours or upstream's; failed: 4xx)
+
+    @property
+    def needs_operator(self) -> bool:
+        """Still pending after a failure on our side that a retry alone will not fix (configuration,
+        permissions, an upstream error): kept for an operator's replay rather than redelivered."""
+        return self.state == "pending" and self.error_status is not None and self.error_status not in (409, 503)
 
     def result(self) -> DeliveryResult:
         error = ErrorDetail(code=self.error_code, message=self.error_message or "") if self.error_code else None
@@ -311,6 +325,7 @@ def _entity(d: Delivery) -> dict[str, Any]:
         "ErrorCode": d.error_code or "",
         "ErrorMessage": d.error_message or "",
         "ContentFingerprint": d.content_fingerprint or "",
+        "ErrorStatus": d.error_status or 0,
         "UpdatedAt": _now(),
     }
     return entity
@@ -333,6 +348,7 @@ def _delivery(entity: Any) -> Delivery:
         error_code=text("ErrorCode"),
         error_message=text("ErrorMessage"),
         content_fingerprint=text("ContentFingerprint"),
+        error_status=int(entity.get("ErrorStatus") or 0) or None,
         etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else None,
     )
 
@@ -359,7 +375,9 @@ async def send_to_recipient(
     services: Services, header: Header, recipient: str, *, key_source: str = "delivery"
 ) -> Delivery:
     """One recipient of a notification, exactly once: skipped when already final (sent, failed,
-    recalled), else sent through ``deliver`` keyed by the delivery id and recorded. A transient
+    recalled), else sent through ``deliver`` keyed by the delivery id and recorded. Only the caller's
+    fault (4xx) makes the row ``failed``; a failure on our side or upstream's (5xx) leaves it
+    ``pending`` with that error, so a repeat of the request or a replay sends it later. A transient
     failure is recorded on the row (still pending) and raised."""
     from shared.service import deliver
 
@@ -378,8 +396,22 @@ async def send_to_recipient(
     pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
     try:
         outcome = await deliver(services, request, source="delivery", key=key, record_failures=True, fingerprint=key)
+    except RequestInProgressError:
+        # Another attempt holds the key (or an unconfirmed send keeps it held): its error, if any,
+        # says more than "in progress", so the row is left as it is.
+        if pending.error_code is None:
+            await store.record(
+                replace(
+                    pending, error_code="request_in_progress", error_message="A send is in progress.", error_status=409
+                ),
+                if_match=pending.etag,
+            )
+        raise
     except TransientError as err:
-        await store.record(replace(pending, error_code=err.code, error_message=err.message), if_match=pending.etag)
+        await store.record(
+            replace(pending, error_code=err.code, error_message=err.message, error_status=err.http_status),
+            if_match=pending.etag,
+        )
         raise
     delivery = delivery_from_outcome(services, pending, outcome)
     if not await store.record(delivery, if_match=pending.etag):
@@ -404,14 +436,17 @@ def delivery_from_outcome(services: Services, pending: Delivery, outcome: Outcom
             service_url=outcome.service_url or services.settings.service_url,
             error_code=None,
             error_message=None,
+            error_status=None,
         )
     error = outcome.body.get("error")
     error = error if isinstance(error, dict) else {}
     return replace(
         pending,
-        state="failed",
+        # Only the caller's fault is final; ours (configuration) or upstream's stays pending.
+        state="failed" if outcome.status < 500 else "pending",
         error_code=str(error.get("code", "notify_error")),
         error_message=str(error.get("message", "")),
+        error_status=outcome.status,
     )
 
 
@@ -450,13 +485,22 @@ async def start_notification(services: Services, request: NotifyRequest, notific
                         "pending",
                         error_code=result.code,
                         error_message=result.message,
+                        error_status=result.http_status,
                     )
                 )
             else:
                 raise result
         status = _status(notification_id, len(recipients), rows, rows, None)
         retry_after = 5.0 if any(r.state == "pending" for r in rows) else None
-        return Outcome(200, status.model_dump(by_alias=True), retry_after=retry_after)
+        transient = any(r.state == "pending" and not r.needs_operator for r in rows)
+        ours = next((r for r in rows if r.needs_operator), None)
+        return Outcome(
+            200,
+            status.model_dump(by_alias=True),
+            retry_after=retry_after,
+            # Over Service Bus: transient trouble is redelivered; ours alone is kept for a replay.
+            operator_error=_error_body(ours) if ours is not None and not transient else None,
+        )
     rows = await services.notifications.add_pending(notification_id, tenant, recipients)
     messages = tuple(
         FanOutItem(
@@ -470,6 +514,10 @@ async def start_notification(services: Services, request: NotifyRequest, notific
     logger.info("notification queued for %d recipients (%d messages)", len(rows), len(messages))
     status = _status(notification_id, len(recipients), rows, [], None)
     return Outcome(202, status.model_dump(by_alias=True), location=status_location(notification_id), messages=messages)
+
+
+def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
+    return row.error_status or 500, {"code": row.error_code or "notify_error", "message": row.error_message or ""}
 
 
 async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:

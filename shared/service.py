@@ -40,8 +40,13 @@ logger = logging.getLogger(__name__)
 
 IN_FLIGHT_WAIT_SECONDS = 5.0
 COMPLETE_ATTEMPTS = 3
-# Retry-After for a repeat that found the first attempt still sending: a send takes seconds.
+# Retry-After for an HTTP repeat that found the first attempt still sending: a send takes seconds.
 IN_FLIGHT_RETRY_AFTER = 2.0
+# Over Service Bus, a redelivery that finds the key held waits out the holder's remaining lease (up to
+# 6 min after an unconfirmed send) in steps of at most this long, so the queue's 10 delivery attempts
+# (10 x 120 s) outlast the lease, and one step stays well inside functionTimeout (5 min) and the
+# lock's auto-renewal (5 min).
+IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
 
 QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
@@ -57,6 +62,9 @@ class Outcome:
     # Fan-out: bodies of the per-recipient Service Bus messages the trigger's output binding writes.
     messages: tuple[str, ...] = ()
     service_url: str | None = None  # of a fresh send (not part of the body); None when replayed
+    # Many recipients over Service Bus: the status and error of recipients left pending by a failure
+    # on our side (configuration, an upstream error) that redelivery will not fix: keep the message.
+    operator_error: tuple[int, dict[str, Any]] | None = None
 
     @property
     def sent(self) -> bool:
@@ -103,7 +111,8 @@ async def deliver(
         raise RequestInProgressError(
             "A request with this idempotency key is still being sent; ask again shortly for its result.",
             target="Idempotency-Key" if source == "http" else "messageId",
-            retry_after=IN_FLIGHT_RETRY_AFTER,
+            # HTTP: the caller asks again soon. Queue: the redelivery waits for the holder's lease.
+            retry_after=IN_FLIGHT_RETRY_AFTER if source == "http" else max(IN_FLIGHT_RETRY_AFTER, claim.retry_after),
         )
     try:
         outcome = await _send(services, request, notification_id)
@@ -205,7 +214,7 @@ async def handle_notify(
                     wait_seconds=IN_FLIGHT_WAIT_SECONDS,
                     notification_id=notification_id,
                 )
-                await record_single(services, request, notification_id, outcome)
+                await _record_single_best_effort(services, request, notification_id, outcome)
         except NotifyError as err:
             log = logger.warning if err.http_status >= 500 else logger.info
             log("notify request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
@@ -236,6 +245,73 @@ class QueueOutcome:
     messages: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class QueueWork:
+    """What one queue message body came to (``process_queue_body``): a result, the fan-out messages
+    to emit, and, when it must be kept for an operator, the status and error body to keep."""
+
+    result: QueueResult
+    messages: tuple[str, ...] = ()
+    failure: Outcome | None = None
+    activity_id: str | None = None
+    conversation_id: str | None = None
+
+
+async def process_queue_body(services: Services, body: bytes, message_id: str) -> QueueWork:
+    """One queue message body, as the queue trigger and an operator's replay both handle it. Raises
+    ``TransientError`` when it must be tried again (redelivery, or a later replay)."""
+    try:
+        key = check_key(message_id, target="messageId")
+        item = _fan_out_item(body)
+        if item is not None:
+            row = await handle_fan_out_item(services, item)
+            logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
+            if row.needs_operator or row.state == "failed":
+                status, error = row.error_status or 500, {"code": row.error_code, "message": row.error_message or ""}
+                failure = Outcome(status, {"error": error})
+                # A recipient's own fault is final and shown by the status; ours is kept for a replay.
+                return QueueWork("kept" if row.needs_operator else "delivered", failure=failure)
+            return QueueWork("delivered", activity_id=row.activity_id, conversation_id=row.conversation_id)
+        request = parse_notify_request(body)
+        if request.recipients is not None:
+            fanned = await start_notification(services, request, key)
+            if fanned.operator_error is not None:
+                status, error = fanned.operator_error
+                return QueueWork("kept", fanned.messages, failure=Outcome(status, {"error": error}))
+            if fanned.retry_after is not None:
+                raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
+            return QueueWork("fanned_out", fanned.messages)
+        outcome = await deliver(services, request, source="queue", key=key, record_failures=False, notification_id=key)
+        await _record_single_best_effort(services, request, key, outcome)
+    except TransientError:
+        raise
+    except NotifyError as err:
+        outcome = error_outcome(err)
+    if outcome.sent:
+        return QueueWork(
+            "duplicate" if outcome.replayed else "sent",
+            activity_id=_str_or_none(outcome.body.get("activityId")),
+            conversation_id=_str_or_none(outcome.body.get("conversationId")),
+        )
+    return QueueWork("kept", failure=outcome)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+async def _record_single_best_effort(
+    services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome
+) -> None:
+    """The delivery row of a single send serves status/update/recall; the send itself is recorded
+    by its idempotency key. A storage blip here must not turn a delivered send into a 503 (a caller
+    without a key would retry and send twice): log it and go on."""
+    try:
+        await record_single(services, request, notification_id, outcome)
+    except NotifyError as err:
+        logger.error("could not record the delivery row of a send (%s); status/update/recall will not see it", err.code)
+
+
 async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
     """One Service Bus message: sent, a duplicate of a message already sent, kept as a failure, one
     recipient of a fanned-out notification (``delivered``), or a many-recipient request (``fanned_out``:
@@ -248,27 +324,16 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
     with correlation(cid):
         services = get_services()  # a configuration error raises: nowhere to keep the message
         try:
-            key = check_key(delivery.message_id, target="messageId")
-            item = _fan_out_item(delivery.body)
-            if item is not None:
-                row = await handle_fan_out_item(services, item)
-                logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
-                return QueueOutcome("delivered")
-            request = parse_notify_request(delivery.body)
-            if request.recipients is not None:
-                fanned = await start_notification(services, request, key)
-                if fanned.retry_after is not None:
-                    raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
-                return QueueOutcome("fanned_out", fanned.messages)
-            outcome = await deliver(
-                services, request, source="queue", key=key, record_failures=False, notification_id=key
-            )
-            await record_single(services, request, key, outcome)
+            work = await process_queue_body(services, delivery.body, delivery.message_id)
         except TransientError as err:
             # Abandoning at once would burn the queue's delivery attempts in a second and dead-letter
             # the message during a short outage: wait (the message lock is renewed meanwhile) for
-            # what upstream asked, up to RetryMaxDelaySeconds, then let Service Bus redeliver.
-            pause = min(err.retry_after, services.settings.retry_max_delay)
+            # what upstream asked, up to RetryMaxDelaySeconds (another attempt's lease on the key:
+            # up to IN_FLIGHT_QUEUE_WAIT_SECONDS), then let Service Bus redeliver.
+            cap = services.settings.retry_max_delay
+            if isinstance(err, RequestInProgressError):
+                cap = max(cap, IN_FLIGHT_QUEUE_WAIT_SECONDS)
+            pause = min(err.retry_after, cap)
             logger.warning(
                 "queue message %s not sent (%s); delivery %s will be retried after %.0fs",
                 delivery.message_id,
@@ -278,11 +343,12 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
             )
             await asyncio.sleep(pause)
             raise
-        except NotifyError as err:
-            outcome = error_outcome(err)
-        if outcome.sent:
-            logger.info("queue message %s %s", delivery.message_id, "was already sent" if outcome.replayed else "sent")
-            return QueueOutcome("duplicate" if outcome.replayed else "sent")
+        if work.failure is None or work.result != "kept":
+            if work.result in ("sent", "duplicate"):
+                already = work.result == "duplicate"
+                logger.info("queue message %s %s", delivery.message_id, "was already sent" if already else "sent")
+            return QueueOutcome(work.result, work.messages)
+        outcome = work.failure
         error = outcome.body.get("error")
         record = await services.failures.keep(
             message_id=delivery.message_id,
@@ -296,7 +362,7 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
         logger.warning(
             "queue message %s failed permanently (%s); kept for an operator to replay", record.message_id, record.code
         )
-        return QueueOutcome("kept")
+        return QueueOutcome("kept", work.messages)
 
 
 def _fan_out_item(body: bytes) -> FanOutItem | None:

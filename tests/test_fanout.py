@@ -353,3 +353,106 @@ def test_command_line_shows_updates_and_recalls_a_notification(world: World, tmp
     assert world.tenant.messages_for(world.user("alice"))[0]["activity"]["text"] == "v2"
     assert cli("notification", "recall", "cli-1") == 0
     assert world.tenant.messages_for(world.user("alice")) == []
+
+
+@pytest.mark.parametrize("count", [3, 25], ids=["sync", "queued"])
+async def test_errors_on_our_side_leave_recipients_pending_and_a_repeat_sends_them_after_the_fix(
+    world: World, count: int
+) -> None:
+    users = add_users(world, count)
+    await warm(world, users)
+    request = {"recipients": [u.upn for u in users], "text": "Maintenance tonight"}
+    world.tenant.add_fault("connector.send", 401, count=1000)  # the Bot Connector rejects our token
+
+    response, messages = await post(request, "maint-1")
+    await run_queue(messages)
+
+    during = await status("maint-1")
+    assert not during.finished and (during.counts.failed, during.counts.pending) == (0, count)
+    assert {r.error.code for r in during.recipients if r.error} == {"bot_unauthorized"}
+    if count > 20:  # over Service Bus each recipient's message is kept for an operator's replay
+        from shared.bootstrap import get_services
+        from shared.failures import list_failures
+
+        assert {f.code for f in await list_failures(get_services())} == {"bot_unauthorized"}
+    assert not any(world.tenant.messages_for(u) for u in users)
+
+    world.tenant.clear_faults()
+    again, messages_again = await post(request, "maint-1")
+    await run_queue(messages_again)
+
+    assert again.status_code == (202 if count > 20 else 200)
+    assert len(messages_again) == (count if count > 20 else 0)
+    done = await status("maint-1")
+    assert done.finished and done.counts.sent == count
+    assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
+
+
+async def test_kept_fan_out_recipient_is_replayed_through_the_queue_path_and_its_row_is_updated(
+    world: World,
+) -> None:
+    from shared.bootstrap import get_services, reset_services
+    from shared.failures import list_failures, replay_failure
+
+    users = add_users(world, 21)
+    world.tenant.add_fault("connector.send", 401, count=1000)
+    _, messages = await post({"recipients": [u.upn for u in users], "text": "Kept"}, "kept-1")
+    await run_queue(messages)
+    kept = await list_failures(get_services())
+    assert len(kept) == 21
+
+    world.tenant.clear_faults()
+    await reset_services()  # the operator replays from another process
+    results = [await replay_failure(get_services(), f.message_id) for f in kept]
+
+    assert {r.outcome for r in results} == {"sent"}
+    assert await list_failures(get_services()) == []
+    done = await status("kept-1")
+    assert done.finished and done.counts.sent == 21
+    assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
+
+
+async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lettering(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send Teams did not confirm keeps its key for the lease; redeliveries wait out the remaining
+    lease (not 2 s each) and so outlast it, and the row keeps the delivery_unconfirmed error."""
+    from shared import service
+
+    users = add_users(world, 21)
+    await warm(world, users)
+    # Every wait of the queue trigger is recorded instead of slept, and the lease is short, so the
+    # redelivery after the waits finds it expired: what would take minutes runs at once.
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(service.asyncio, "sleep", sleep)
+    world.tenant.add_fault("connector.send", 504, count=1)
+    _, messages = await post({"recipients": [u.upn for u in users], "text": "Unconfirmed"}, "unc-1")
+    first = [m for m in messages if users[0].upn.encode() in m]
+
+    with pytest.raises(TransientError):
+        await user_function("notify_queue")(_queue_message(first[0], 1), OutputMessages())
+    with pytest.raises(TransientError) as in_flight:
+        await user_function("notify_queue")(_queue_message(first[0], 2), OutputMessages())
+
+    assert in_flight.value.code == "request_in_progress" and in_flight.value.retry_after > 300
+    assert waits[-1] == service.IN_FLIGHT_QUEUE_WAIT_SECONDS
+    assert 10 * service.IN_FLIGHT_QUEUE_WAIT_SECONDS > in_flight.value.retry_after
+    row = (await status("unc-1", top="100")).recipients
+    [mine] = [r for r in row if r.recipient == users[0].upn]
+    assert mine.state == "pending" and mine.error is not None and mine.error.code == "delivery_unconfirmed"
+
+
+def _queue_message(body: bytes, count: int) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body=body,
+        message_id=str(uuid.uuid4()),
+        delivery_count=count,
+        application_properties={},
+        user_properties={},
+    )
