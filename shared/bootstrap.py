@@ -112,6 +112,7 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
         max_concurrent=settings.max_concurrent_sends,
         send_rate=settings.send_rate_per_second,
         graph_rate=settings.graph_rate_per_second,
+        max_wait=settings.retry_max_delay,
     )
     graph = GraphClient(settings, http, tokens, policy, throttle)
     connector = ConnectorClient(settings, http, tokens, policy, throttle)

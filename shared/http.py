@@ -140,7 +140,7 @@ async def request_with_retry(
                 raise error from last_err
             raise error
         logger.info("retrying %s %s in %.2fs (attempt %d): %s", method, service, delay, attempt, reason)
-        await asyncio.sleep(delay)
+        await (gate.sleep(delay) if gate is not None else asyncio.sleep(delay))
 
 
 def _unconfirmed(service: str) -> TransientError:

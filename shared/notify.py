@@ -68,6 +68,7 @@ class Notifier:
             max_concurrent=settings.max_concurrent_sends,
             send_rate=settings.send_rate_per_second,
             graph_rate=settings.graph_rate_per_second,
+            max_wait=settings.retry_max_delay,
         )
         self._graph = graph
         self._connector = connector

@@ -11,6 +11,11 @@
 - a per-tenant pause: a 429 from either service stops *every* request of that service to that tenant
   in this process for its Retry-After, not just the one request that got it.
 
+A send waiting for its turn (pacing, a pause) gives its concurrency slot back while it sleeps, so other
+users and tenants are not held up behind it, and never waits longer than ``max_wait`` (the retry
+policy's RetryMaxDelaySeconds) at a time: a longer wait raises ``TransientError`` with that wait as
+``retry_after`` (HTTP 503 / a Service Bus redelivery) instead of sleeping past functionTimeout.
+
 Global limits across instances follow from instances x rate (README, "Sending to many recipients");
 a 429 that still happens is honoured through the pause and the retry loop of shared.http.
 """
@@ -20,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
+
+from shared.errors import TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +50,8 @@ class SlidingWindow:
         self._longest = max(s for _, s in limits)
         self._hits: collections.deque[float] = collections.deque()
 
-    def _wait(self) -> float:
+    def wait(self) -> float:
+        """Seconds until one more event is allowed (0 when it is allowed now)."""
         now = self._clock()
         while self._hits and self._hits[0] <= now - self._longest:
             self._hits.popleft()
@@ -52,13 +61,7 @@ class SlidingWindow:
                 wait = max(wait, self._hits[-count] + seconds - now)
         return wait
 
-    async def acquire(self) -> None:
-        # Single-threaded asyncio: checking and recording happen without an await in between.
-        while True:
-            wait = self._wait()
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
+    def record(self) -> None:
         self._hits.append(self._clock())
 
     @property
@@ -73,10 +76,17 @@ class Throttle:
         max_concurrent: int,
         send_rate: float,
         graph_rate: float,
+        max_wait: float = 30.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._concurrency = asyncio.Semaphore(max_concurrent)
+        self._max_wait = max_wait
+        # The slot the current task holds (a one-item list: True while held), to give it back while
+        # the task sleeps for its turn.
+        self._held: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+            f"throttle_slot_{id(self)}", default=None
+        )
         self._rates: dict[Service, tuple[tuple[int, float], ...]] = {
             "connector": _rate_window(send_rate),
             "graph": _rate_window(graph_rate),
@@ -88,24 +98,62 @@ class Throttle:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """One of the process's ``MaxConcurrentSends`` send slots, for the duration of one send."""
-        async with self._concurrency:
+        """One of the process's ``MaxConcurrentSends`` send slots, for the duration of one send (given
+        back while the send sleeps for its turn, see ``idle``)."""
+        held = self._held.get()
+        if held is not None and held[0]:
+            yield  # already inside a slot of this task (a send within a send): one is enough
+            return
+        await self._concurrency.acquire()
+        state = [True]
+        token = self._held.set(state)
+        try:
             yield
+        finally:
+            self._held.reset(token)
+            if state[0]:
+                self._concurrency.release()
+
+    async def idle(self, seconds: float) -> None:
+        """Sleep without holding the current task's slot (if it holds one), then take a slot again."""
+        state = self._held.get()
+        if state is None or not state[0]:
+            await asyncio.sleep(seconds)
+            return
+        state[0] = False
+        self._concurrency.release()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await self._concurrency.acquire()
+            state[0] = True
 
     async def before(self, service: Service, tenant_id: str, conversation_id: str | None = None) -> None:
-        """Wait until a request to ``service`` for ``tenant_id`` (and ``conversation_id``) is allowed."""
+        """Wait until a request to ``service`` for ``tenant_id`` (and ``conversation_id``) is allowed:
+        the tenant's pause, the conversation's window and the tenant's rate, re-checked together after
+        every wait. Raises ``TransientError`` when the wait is longer than ``max_wait``."""
         key = (service, tenant_id.lower())
-        while True:
-            pause = self._paused_until.get(key, 0.0) - self._clock()
-            if pause <= 0:
-                break
-            await asyncio.sleep(pause)
-        if conversation_id is not None:
-            await self._conversation(conversation_id).acquire()
+        conversation = self._conversation(conversation_id) if conversation_id is not None else None
         window = self._tenant_windows.get(key)
         if window is None:
             window = self._tenant_windows[key] = SlidingWindow(self._rates[service], self._clock)
-        await window.acquire()
+        while True:
+            # Single-threaded asyncio: checking and recording happen without an await in between.
+            pause = self._paused_until.get(key, 0.0) - self._clock()
+            wait = max(pause, conversation.wait() if conversation is not None else 0.0, window.wait())
+            if wait <= 0:
+                break
+            if wait > self._max_wait:
+                raise TransientError(
+                    f"{service} requests for this tenant are paused or paced for {wait:.0f}s; try again later.",
+                    code="upstream_unavailable",
+                    target=service,
+                    retry_after=wait,
+                )
+            await self.idle(wait)
+        if conversation is not None:
+            conversation.record()
+        window.record()
 
     def throttled_for(self, service: Service, tenant_id: str, seconds: float) -> None:
         """A 429 with Retry-After ``seconds``: pause every request of ``service`` to the tenant."""
@@ -152,3 +200,7 @@ class Gate:
 
     def throttled(self, retry_after: float) -> None:
         self._throttle.throttled_for(self._service, self._tenant, retry_after)
+
+    async def sleep(self, seconds: float) -> None:
+        """A retry's backoff, without holding a concurrency slot."""
+        await self._throttle.idle(seconds)

@@ -456,3 +456,41 @@ def _queue_message(body: bytes, count: int) -> ServiceBusMessage:
         application_properties={},
         user_properties={},
     )
+
+
+# --- pacing does not hold a concurrency slot, and never waits past the retry policy -----------------
+
+
+async def test_a_send_waiting_for_its_conversation_window_lets_another_user_go_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = world.user("alice"), world.user("bob")
+    await warm(world, [alice, bob])
+    monkeypatch.setenv("MaxConcurrentSends", "1")
+
+    # Teams allows 7 sends per second to one conversation: alice's 8th waits its turn, and bob's send,
+    # queued behind it for the one slot, goes first instead of waiting with it.
+    responses = await asyncio.gather(
+        *(post({"recipient": alice.upn, "text": f"alice {i}"}) for i in range(8)),
+        post({"recipient": bob.upn, "text": "bob"}),
+    )
+
+    assert all(r.status_code == 200 for r, _ in responses)
+    order = [a["activity"]["text"] for a in world.tenant.activities()]
+    assert order.index("bob") < len(order) - 1, order
+    assert order[-1].startswith("alice")
+
+
+async def test_a_tenant_pause_longer_than_the_retry_policy_fails_fast_with_retry_after(world: World) -> None:
+    alice, bob = world.user("alice"), world.user("bob")
+    await warm(world, [alice, bob])
+    world.tenant.add_fault("connector.send", 429, count=1, retry_after=600)
+
+    first, _ = await post({"recipient": alice.upn, "text": "one"})
+    second, _ = await post({"recipient": bob.upn, "text": "two"})
+
+    assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 500
+    # The tenant is paused in this process: the next send does not sleep 10 minutes holding a slot.
+    assert second.status_code == 503 and int(second.headers["Retry-After"]) >= 500
+    assert json.loads(second.get_body())["error"]["code"] == "upstream_unavailable"
+    assert world.tenant.calls("connector.send") == 1 and not world.tenant.messages_for(bob)
