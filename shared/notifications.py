@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
     from shared.bootstrap import Services
+    from shared.idempotency import Source
     from shared.service import Outcome
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,15 @@ def _now() -> datetime.datetime:
 
 def new_notification_id() -> str:
     return str(uuid.uuid4())
+
+
+def notification_id_for(key: str) -> str:
+    """The notification id of a send keyed by ``key``: the key itself, unless it could not be used as
+    one path segment of ``/api/notifications/{id}`` (ASP.NET Core leaves ``%2F`` undecoded in route
+    values): then ``n-`` + a hash of it. The response's ``notificationId`` is always the one to use."""
+    if "/" in key or "\\" in key or key in (".", ".."):
+        return "n-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    return key
 
 
 def delivery_id(notification_id: str, recipient: str) -> str:
@@ -120,6 +130,7 @@ class Header:
     total: int
     fingerprint: str
     content: NotifyRequest  # text, card, summary (recipient fields unset)
+    source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
 
 
 class NotificationStore:
@@ -150,6 +161,7 @@ class NotificationStore:
             "TenantId": header.tenant_id,
             "Total": header.total,
             "Fingerprint": header.fingerprint,
+            "Source": header.source,
             "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
             "CreatedAt": _now(),
         }
@@ -180,6 +192,7 @@ class NotificationStore:
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
             content=NotifyRequest.model_construct(**_content_fields(json.loads(str(entity["Content"])))),
+            source=str(entity.get("Source") or ""),
         )
 
     async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
@@ -450,24 +463,37 @@ def delivery_from_outcome(services: Services, pending: Delivery, outcome: Outcom
     )
 
 
-async def start_notification(services: Services, request: NotifyRequest, notification_id: str) -> Outcome:
+async def open_notification(services: Services, request: NotifyRequest, notification_id: str, source: Source) -> Header:
+    """Create the notification's header, or find the one a retry of the same request created. An id is
+    one notification: the same id from another source (an HTTP key equal to a Service Bus message id),
+    for another tenant or with another request is refused (422 ``idempotency_key_reused``)."""
+    recipients = request.recipient_list()
+    tenant = request.tenant_id or services.settings.tenant_id
+    content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
+    header = await services.notifications.create_header(
+        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source)
+    )
+    same_source = header.source in ("", source)
+    if header.fingerprint != request.fingerprint() or header.tenant_id != tenant or not same_source:
+        raise RequestError(
+            "This idempotency key was already used for a different request: use a new key for a new message.",
+            code="idempotency_key_reused",
+            target="Idempotency-Key" if source == "http" else "messageId",
+            http_status=422,
+        )
+    return header
+
+
+async def start_notification(
+    services: Services, request: NotifyRequest, notification_id: str, source: Source = "http"
+) -> Outcome:
     """A request naming ``recipients``: up to SYNC_RECIPIENTS are sent now (200 with one result each);
     more are recorded as pending and returned as fan-out messages (202 + Location)."""
     from shared.service import Outcome
 
     recipients = request.recipient_list()
     tenant = request.tenant_id or services.settings.tenant_id
-    content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
-    header = await services.notifications.create_header(
-        Header(notification_id, tenant, len(recipients), request.fingerprint(), content)
-    )
-    if header.fingerprint != request.fingerprint():
-        raise RequestError(
-            "This idempotency key was already used for a different request: use a new key for a new message.",
-            code="idempotency_key_reused",
-            target="Idempotency-Key",
-            http_status=422,
-        )
+    header = await open_notification(services, request, notification_id, source)
     if len(recipients) <= SYNC_RECIPIENTS:
         results = await asyncio.gather(
             *(send_to_recipient(services, header, r) for r in recipients), return_exceptions=True
@@ -734,6 +760,8 @@ __all__ = [
     "get_status",
     "handle_fan_out_item",
     "new_notification_id",
+    "notification_id_for",
+    "open_notification",
     "recall_notification",
     "record_single",
     "send_to_recipient",

@@ -29,6 +29,8 @@ from shared.notifications import (
     get_status,
     handle_fan_out_item,
     new_notification_id,
+    notification_id_for,
+    open_notification,
     recall_notification,
     record_single,
     start_notification,
@@ -201,10 +203,12 @@ async def handle_notify(
             request = parse_notify_request(body, content_type)
             key = check_key(idempotency_key) if idempotency_key is not None else None
             services = get_services()
-            notification_id = key or new_notification_id()
+            notification_id = notification_id_for(key) if key is not None else new_notification_id()
             if request.recipients is not None:
-                outcome = await start_notification(services, request, notification_id)
+                outcome = await start_notification(services, request, notification_id, "http")
             else:
+                if key is not None:
+                    await open_notification(services, request, notification_id, "http")
                 outcome = await deliver(
                     services,
                     request,
@@ -274,15 +278,19 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
             return QueueWork("delivered", activity_id=row.activity_id, conversation_id=row.conversation_id)
         request = parse_notify_request(body)
         if request.recipients is not None:
-            fanned = await start_notification(services, request, key)
+            fanned = await start_notification(services, request, notification_id_for(key), "queue")
             if fanned.operator_error is not None:
                 status, error = fanned.operator_error
                 return QueueWork("kept", fanned.messages, failure=Outcome(status, {"error": error}))
             if fanned.retry_after is not None:
                 raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
             return QueueWork("fanned_out", fanned.messages)
-        outcome = await deliver(services, request, source="queue", key=key, record_failures=False, notification_id=key)
-        await _record_single_best_effort(services, request, key, outcome)
+        notification_id = notification_id_for(key)
+        await open_notification(services, request, notification_id, "queue")
+        outcome = await deliver(
+            services, request, source="queue", key=key, record_failures=False, notification_id=notification_id
+        )
+        await _record_single_best_effort(services, request, notification_id, outcome)
     except TransientError:
         raise
     except NotifyError as err:

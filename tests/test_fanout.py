@@ -448,10 +448,10 @@ async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lett
     assert mine.state == "pending" and mine.error is not None and mine.error.code == "delivery_unconfirmed"
 
 
-def _queue_message(body: bytes, count: int) -> ServiceBusMessage:
+def _queue_message(body: bytes, count: int, message_id: str | None = None) -> ServiceBusMessage:
     return ServiceBusMessage(
         body=body,
-        message_id=str(uuid.uuid4()),
+        message_id=message_id or str(uuid.uuid4()),
         delivery_count=count,
         application_properties={},
         user_properties={},
@@ -494,3 +494,54 @@ async def test_a_tenant_pause_longer_than_the_retry_policy_fails_fast_with_retry
     assert second.status_code == 503 and int(second.headers["Retry-After"]) >= 500
     assert json.loads(second.get_body())["error"]["code"] == "upstream_unavailable"
     assert world.tenant.calls("connector.send") == 1 and not world.tenant.messages_for(bob)
+
+
+# --- notification ids: one per key, per source and tenant, always reachable --------------------------
+
+
+async def test_a_key_used_for_a_broadcast_is_refused_for_a_different_single_send(world: World) -> None:
+    users = add_users(world, 25)
+    await post({"recipients": [u.upn for u in users], "text": "Broadcast"}, "k1")
+
+    single, _ = await post({"recipient": "alice@contoso.com", "text": "Something else"}, "k1")
+
+    assert single.status_code == 422
+    assert json.loads(single.get_body())["error"]["code"] == "idempotency_key_reused"
+    assert not world.tenant.messages_for(world.user("alice"))
+    result = await status("k1")
+    assert result.total == 25 and result.counts.sent == 0 and result.counts.pending == 25
+
+
+async def test_an_http_key_equal_to_a_service_bus_message_id_is_not_merged_into_its_notification(
+    world: World,
+) -> None:
+    from shared.bootstrap import get_services
+    from shared.failures import list_failures
+
+    response, _ = await post({"recipient": "alice@contoso.com", "text": "Order 42 shipped"}, "order-42")
+    assert response.status_code == 200
+    queued = _queue_message(
+        json.dumps({"recipient": "bob@contoso.com", "text": "Order 42 shipped"}).encode(), 1, "order-42"
+    )
+
+    await user_function("notify_queue")(queued, OutputMessages())
+
+    [kept] = await list_failures(get_services())
+    assert kept.message_id == "order-42" and kept.code == "idempotency_key_reused"
+    assert not world.tenant.messages_for(world.user("bob"))
+    code, body, _ = await call("notification_recall", "DELETE", "order-42")
+    assert code == 200 and [r["recipient"] for r in body["results"]] == ["alice@contoso.com"]
+
+
+@pytest.mark.parametrize("count", [1, 3], ids=["single", "batch"])
+async def test_a_key_with_a_slash_gives_a_notification_id_that_can_be_reached(world: World, count: int) -> None:
+    recipients = ["alice@contoso.com", "bob@contoso.com", "o'neil@contoso.com"][:count]
+    body = {"recipient": recipients[0]} if count == 1 else {"recipients": recipients}
+
+    response, _ = await post({**body, "text": "Invoice"}, "invoices/2026/1001")
+
+    notification_id = json.loads(response.get_body())["notificationId"]
+    assert response.status_code == 200 and "/" not in notification_id
+    assert (await status(notification_id)).counts.sent == count
+    again, _ = await post({**body, "text": "Invoice"}, "invoices/2026/1001")
+    assert json.loads(again.get_body())["notificationId"] == notification_id
