@@ -370,15 +370,23 @@ def _encode_token(raw: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def _decode_token(token: str) -> Any:
+def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK takes this dict
+    """The Table Storage continuation (``{"PartitionKey": ..., "RowKey": ...}``) a page token carries."""
+    invalid = RequestError(
+        "continuationToken is not one this API returned.", code="invalid_continuation_token", target="continuationToken"
+    )
     try:
-        return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (binascii.Error, ValueError) as err:
-        raise RequestError(
-            "continuationToken is not one this API returned.",
-            code="invalid_continuation_token",
-            target="continuationToken",
-        ) from err
+        raise invalid from err
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not set(raw) <= {"PartitionKey", "RowKey"}
+        or not all(isinstance(v, str) for v in raw.values())
+    ):
+        raise invalid
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 # --- sending ------------------------------------------------------------------------------------------

@@ -545,3 +545,13 @@ async def test_a_key_with_a_slash_gives_a_notification_id_that_can_be_reached(wo
     assert (await status(notification_id)).counts.sent == count
     again, _ = await post({**body, "text": "Invoice"}, "invoices/2026/1001")
     assert json.loads(again.get_body())["notificationId"] == notification_id
+
+
+@pytest.mark.parametrize("token", ["%%%", "WzFd", "eyJ4IjogMX0", "eyJSb3dLZXkiOiAxfQ", "bnVsbA"])
+async def test_a_garbled_continuation_token_is_a_400(world: World, token: str) -> None:
+    response, _ = await post({"recipients": ["alice@contoso.com", "bob@contoso.com"], "text": "hi"}, "paged")
+    assert response.status_code == 200
+
+    code, body, _ = await call("notification_status", "GET", "paged", {"top": "1", "continuationToken": token})
+
+    assert code == 400 and body["error"]["code"] == "invalid_continuation_token"
