@@ -751,13 +751,51 @@ def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
 
 
 async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[ChangeResponse, float | None]:
-    results: list[ChangeResult] = list(await asyncio.gather(*(one(r) for r in rows)))
+    """Run ``one`` for every row, at most ``_APPLY_CONCURRENCY`` at a time (a 10,000-recipient change
+    does not start 10,000 coroutines of storage reads at once); an error of one recipient (a storage
+    blip while recording it) is reported for that recipient, not raised for all."""
+    gate = asyncio.Semaphore(_APPLY_CONCURRENCY)
+
+    async def bounded(row: Delivery) -> ChangeResult:
+        async with gate:
+            result: ChangeResult = await one(row)
+            return result
+
+    outcomes = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
+    results: list[ChangeResult] = []
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if isinstance(outcome, ChangeResult):
+            results.append(outcome)
+        elif isinstance(outcome, NotifyError):
+            results.append(_failed(row, outcome))
+        elif isinstance(outcome, Exception):
+            logger.error(
+                "change for %s failed unexpectedly", recipient_hash(row.tenant_id, row.recipient), exc_info=outcome
+            )
+            results.append(
+                ChangeResult(
+                    recipient=row.recipient,
+                    outcome="failed",
+                    error=ErrorDetail(code="internal_error", message="Unexpected error; it has been logged."),
+                )
+            )
+        else:
+            raise outcome  # cancellation: the whole request is being cancelled
     transient = [r for r in results if r.error is not None and r.error.code in _TRANSIENT_CODES]
     retry_after = 5.0 if transient else None
     return ChangeResponse(notification_id=notification_id, results=results), retry_after
 
 
-_TRANSIENT_CODES = frozenset({"upstream_unavailable", "request_in_progress", "conversation_unavailable"})
+_APPLY_CONCURRENCY = 64
+_TRANSIENT_CODES = frozenset(
+    {
+        "upstream_unavailable",
+        "request_in_progress",
+        "conversation_unavailable",
+        "delivery_unconfirmed",
+        "internal_error",
+    }
+)
 
 __all__ = [
     "ChangeOutcome",
