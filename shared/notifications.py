@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime
 import hashlib
 import json
@@ -212,6 +213,9 @@ class NotificationStore:
 
     async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]:
         """Make sure every recipient has a row (new ones pending); returns all rows, in request order."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import TableTransactionError
+
         await self._ensure_tables()
         existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
         missing = [r for r in recipients if recipient_row(r) not in existing]
@@ -222,7 +226,7 @@ class NotificationStore:
                 chunk = missing[start : start + _TRANSACTION]
                 operations: list[Any] = [
                     (
-                        "upsert",
+                        "create",
                         {
                             "PartitionKey": partition,
                             "RowKey": recipient_row(r),
@@ -236,7 +240,14 @@ class NotificationStore:
                     )
                     for r in chunk
                 ]
-                await self._deliveries.submit_transaction(operations)
+                try:
+                    await self._deliveries.submit_transaction(operations)
+                except TableTransactionError:
+                    # A concurrent repeat of the request inserted some of them (and they may have been
+                    # sent since): insert the others one by one, never overwriting a row.
+                    for _kind, entity in operations:
+                        with contextlib.suppress(ResourceExistsError):
+                            await self._deliveries.create_entity(entity)
         for r in missing:
             existing[recipient_row(r)] = Delivery(notification_id, r, tenant_id, "pending")
         return [existing[recipient_row(r)] for r in recipients]
@@ -272,6 +283,33 @@ class NotificationStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
+
+    async def create(self, delivery: Delivery) -> bool:
+        """Insert a recipient's row if it has none (False when another attempt wrote one first)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        await self._ensure_tables()
+        try:
+            with translate_storage_errors():
+                await self._deliveries.create_entity(_entity(delivery))
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def settle(self, delivery: Delivery) -> Delivery:
+        """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
+        never over one that became final meanwhile (sent, failed, recalled by another attempt or a
+        recall). Returns the row as it is afterwards."""
+        for _ in range(5):
+            current = await self.get(delivery.notification_id, delivery.recipient)
+            if current is None:
+                if await self.create(delivery):
+                    return delivery
+            elif current.state != "pending":
+                return current
+            elif await self.record(delivery, if_match=current.etag):
+                return delivery
+        raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
 
     async def all(self, notification_id: str) -> list[Delivery]:
         await self._ensure_tables()
@@ -421,28 +459,35 @@ async def send_to_recipient(
         # Another attempt holds the key (or an unconfirmed send keeps it held): its error, if any,
         # says more than "in progress", so the row is left as it is.
         if pending.error_code is None:
-            await store.record(
+            await _note(
+                store,
                 replace(
                     pending, error_code="request_in_progress", error_message="A send is in progress.", error_status=409
                 ),
-                if_match=pending.etag,
             )
         raise
     except TransientError as err:
-        await store.record(
-            replace(pending, error_code=err.code, error_message=err.message, error_status=err.http_status),
-            if_match=pending.etag,
+        await _note(
+            store, replace(pending, error_code=err.code, error_message=err.message, error_status=err.http_status)
         )
         raise
     delivery = delivery_from_outcome(services, pending, outcome)
-    if not await store.record(delivery, if_match=pending.etag):
-        # The row changed while we sent: a recall of the whole notification marked it. Honour it.
-        current = await store.get(header.notification_id, recipient)
-        if current is not None and current.state == "recalled" and delivery.activity_id:
+    if await _note(store, delivery):
+        return delivery
+    # The row changed while we sent: a recall of the whole notification marked it. Honour it.
+    current = await store.get(header.notification_id, recipient)
+    if current is not None and current.state == "recalled":
+        if delivery.state == "sent" and delivery.activity_id:
             await _delete_activity(services, delivery)
-            return current
-        await store.record(delivery)
-    return delivery
+        return current
+    return await store.settle(delivery)
+
+
+async def _note(store: NotificationStore, row: Delivery) -> bool:
+    """Write a row read as ``row.etag`` only if unchanged since (insert-if-absent when it had none)."""
+    if row.etag is None:
+        return await store.create(row)
+    return await store.record(row, if_match=row.etag)
 
 
 def delivery_from_outcome(services: Services, pending: Delivery, outcome: Outcome) -> Delivery:
@@ -581,7 +626,7 @@ async def record_single(services: Services, request: NotifyRequest, notification
         existing = await services.notifications.get(notification_id, request.recipient)
         if existing is not None:
             return
-    await services.notifications.record(delivery_from_outcome(services, pending, outcome))
+    await services.notifications.settle(delivery_from_outcome(services, pending, outcome))
 
 
 # --- status -------------------------------------------------------------------------------------------
@@ -687,11 +732,19 @@ async def update_notification(
                 )
         except StaleConversationError:
             # The message (or the conversation) is gone: it was deleted.
-            await services.notifications.record(replace(row, state="recalled"))
+            await services.notifications.record(replace(row, state="recalled"), if_match=row.etag)
             return ChangeResult(recipient=row.recipient, outcome="recalled")
         except NotifyError as err:
             return _failed(row, err)
-        await services.notifications.record(replace(row, content_fingerprint=fingerprint))
+        # ETag match: a recall that ran meanwhile must not be turned back into "sent" by this write.
+        if not await services.notifications.record(replace(row, content_fingerprint=fingerprint), if_match=row.etag):
+            current = await services.notifications.get(notification_id, row.recipient)
+            if current is not None and current.state == "recalled":
+                return ChangeResult(recipient=row.recipient, outcome="recalled")
+            if current is not None and current.state == "sent" and current.activity_id == row.activity_id:
+                await services.notifications.record(
+                    replace(current, content_fingerprint=fingerprint), if_match=current.etag
+                )
         return ChangeResult(recipient=row.recipient, outcome="updated")
 
     return await _apply(notification_id, rows, one)
@@ -720,7 +773,13 @@ async def recall_notification(
             await _delete_activity(services, row)
         except NotifyError as err:
             return _failed(row, err)
-        await services.notifications.record(replace(row, state="recalled"))
+        # The message is deleted: "recalled" is right whatever changed meanwhile (an update's write),
+        # so a lost ETag race is settled by writing it over the row as it is now.
+        while not await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+            current = await services.notifications.get(notification_id, row.recipient)
+            if current is None or current.state == "recalled":
+                break
+            row = current
         return ChangeResult(recipient=row.recipient, outcome="recalled")
 
     return await _apply(notification_id, rows, one)

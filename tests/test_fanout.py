@@ -555,3 +555,23 @@ async def test_a_garbled_continuation_token_is_a_400(world: World, token: str) -
     code, body, _ = await call("notification_status", "GET", "paged", {"top": "1", "continuationToken": token})
 
     assert code == 400 and body["error"]["code"] == "invalid_continuation_token"
+
+
+async def test_an_update_racing_a_recall_never_brings_the_recalled_rows_back(world: World) -> None:
+    """Rows are rewritten with an ETag match: whichever of the two finishes last, what the status shows
+    is what Teams shows (recalled, deleted), never a 'sent' written from a stale read."""
+    users = add_users(world, 3)
+    await warm(world, users)
+    await post({"recipients": [u.upn for u in users], "text": "v1"}, "race-1")
+    world.tenant.add_fault("connector.delete", 200, count=3, delay=0.3)  # the recall is slow
+
+    (recall_code, recall, _), (update_code, _, _) = await asyncio.gather(
+        call("notification_recall", "DELETE", "race-1"),
+        call("notification_update", "PUT", "race-1", body={"text": "v2"}),
+    )
+
+    assert recall_code == 200 and update_code == 200
+    assert {r["outcome"] for r in recall["results"]} == {"recalled"}
+    assert all(world.tenant.messages_for(u) == [] for u in users)
+    result = await status("race-1")
+    assert result.counts.recalled == 3 and result.counts.sent == 0
