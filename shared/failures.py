@@ -6,9 +6,10 @@ and not lost: it is written to table ``{TableNamePrefix}failures`` with its reas
 the original body, delivery count, message id and times, and only then is the message completed.
 
 The operator's functions (the command-line tool calls these):
-``list_failures``, ``get_failure``, ``replay_failure`` (send again after fixing the cause; sends once,
-because the idempotency record keyed by the message id makes a replay of an already-sent message a
-no-op, then clears the record) and ``drop_failure``.
+``list_failures``, ``get_failure``, ``replay_failure`` (send again after fixing the cause, through
+the same path as the queue message, so a fan-out recipient's delivery row is updated too; sends once,
+because the idempotency records make a replay of an already-sent message a no-op, then clears the
+record) and ``drop_failure``.
 
 PartitionKey = ``queue``, RowKey = the escaped message id. The body is kept byte for byte as binary
 properties of up to 63 KiB each (Table Storage caps a property at 64 KiB and an entity at 1 MiB);

@@ -3,12 +3,18 @@
 Every send has a notification id (the Idempotency-Key, or the Service Bus message id, when given;
 otherwise generated). Two tables in Table Storage:
 
-- ``{TableNamePrefix}notifications``: one row per notification that names several recipients
-  (PartitionKey = escaped id, RowKey = ``notification``): tenant, recipient count, the content (so
-  a queued per-recipient send carries only ids), the request fingerprint.
+- ``{TableNamePrefix}notifications``: one row per notification that names several recipients, or
+  one keyed by an Idempotency-Key / message id (PartitionKey = escaped id, RowKey = ``notification``):
+  tenant, recipient count, the content (so a queued per-recipient send carries only ids), the request
+  fingerprint and the source (http or queue); a key reused for another request, tenant or source is
+  refused, so one id is one notification.
 - ``{TableNamePrefix}deliveries``: one row per recipient of every notification (PartitionKey =
   escaped notification id, RowKey = escaped lower-cased recipient): state (pending, sent, failed,
   recalled), conversation id, service URL, activity id, error code and message, times.
+
+Only the caller's fault (4xx) makes a recipient ``failed``; a failure on our side or upstream's leaves
+it ``pending`` with the error, to be sent by a repeat of the request or an operator's replay. Rows
+are inserted if absent and rewritten under an ETag match, so concurrent attempts never move one back.
 
 A recipient's send is exactly-once through shared.service.deliver, keyed by a deterministic
 ``deliveryId`` = hash(notification id, recipient), so a retried request or a redelivered message

@@ -9,7 +9,11 @@
 
 An in-flight repeat over HTTP waits briefly (``IN_FLIGHT_WAIT_SECONDS``) for the first attempt's
 result and returns it; if the first attempt is still sending after that, it answers 409
-``request_in_progress`` with Retry-After. Over Service Bus it raises, so the message is redelivered.
+``request_in_progress`` with Retry-After. Over Service Bus it raises with the holder's remaining
+lease as retry_after; the trigger waits up to ``IN_FLIGHT_QUEUE_WAIT_SECONDS`` of it before the
+message is redelivered, so the queue's delivery attempts outlast the lease.
+``process_queue_body`` is what a queue message comes to, shared by the trigger and the operator's
+replay (shared.failures).
 """
 
 from __future__ import annotations

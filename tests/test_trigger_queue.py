@@ -259,3 +259,35 @@ async def test_queue_log_lines_carry_the_message_correlation_id(world: World, ca
 
     ours = [r for r in caplog.records if r.name.startswith("shared.")]
     assert ours and {getattr(r, "correlation_id", None) for r in ours} == {"erp-batch-77"}
+
+
+async def test_a_kept_many_recipient_message_is_replayed_and_its_recipients_are_sent_once(world: World) -> None:
+    """A message with ``recipients`` that failed on our side (missing consent) is kept, not retried;
+    the replay goes through the queue path: only the recipients still pending are sent, once."""
+    body = {"recipients": ["alice@contoso.com", "bob@contoso.com"], "text": "Town hall at 3"}
+    roles = set(world.tenant.consented_roles)
+    world.tenant.consented_roles.clear()
+
+    await deliver(message(body, "m-many"))  # completes: kept, not redelivered
+
+    [kept] = await list_failures(get_services())
+    assert kept.message_id == "m-many" and kept.code == "missing_permission"
+    world.tenant.consented_roles.update(roles)
+    await reset_services()
+    result = await replay_failure(get_services(), "m-many")
+
+    assert result.outcome == "sent"
+    assert await list_failures(get_services()) == []
+    assert len(world.tenant.messages_for(world.user("alice"))) == 1
+    assert len(world.tenant.messages_for(world.user("bob"))) == 1
+    again = await replay_failure_or_none("m-many")
+    assert again is None
+    assert len(world.tenant.activities()) == 2
+
+
+async def replay_failure_or_none(message_id: str) -> object | None:
+    try:
+        return await replay_failure(get_services(), message_id)
+    except RequestError as err:
+        assert err.code == "failure_not_found"
+        return None
