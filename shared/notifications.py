@@ -60,7 +60,7 @@ from shared.models import (
     UpdateRequest,
 )
 from shared.notify import Message, recipient_hash
-from shared.store import create_table_if_missing, escape_key, translate_storage_errors
+from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -140,27 +140,19 @@ class Header:
     source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
 
 
-class NotificationStore:
+class NotificationStore(TableBacked):
+    """Notification headers and per-recipient delivery rows (see the module docstring)."""
+
     def __init__(self, headers: TableClient, deliveries: TableClient) -> None:
+        super().__init__(headers, deliveries)
         self._headers = headers
         self._deliveries = deliveries
-        self._ready = False
-        self._ready_lock = asyncio.Lock()
-
-    async def _ensure_tables(self) -> None:
-        if self._ready:
-            return
-        async with self._ready_lock:
-            if not self._ready:
-                await create_table_if_missing(self._headers)
-                await create_table_if_missing(self._deliveries)
-                self._ready = True
 
     async def create_header(self, header: Header) -> Header:
         """Insert the header, or return the one already there (a retried request)."""
         from azure.core.exceptions import ResourceExistsError
 
-        await self._ensure_tables()
+        await self._ensure_table()
         entity = {
             "PartitionKey": escape_key(header.notification_id),
             "RowKey": HEADER_ROW,
@@ -187,7 +179,7 @@ class NotificationStore:
     async def get_header(self, notification_id: str) -> Header | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        await self._ensure_tables()
+        await self._ensure_table()
         try:
             with translate_storage_errors():
                 entity = await self._headers.get_entity(escape_key(notification_id), HEADER_ROW)
@@ -222,7 +214,7 @@ class NotificationStore:
         from azure.core.exceptions import ResourceExistsError
         from azure.data.tables import TableTransactionError
 
-        await self._ensure_tables()
+        await self._ensure_table()
         existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
         missing = [r for r in recipients if recipient_row(r) not in existing]
         partition = escape_key(notification_id)
@@ -261,7 +253,7 @@ class NotificationStore:
     async def get(self, notification_id: str, recipient: str) -> Delivery | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        await self._ensure_tables()
+        await self._ensure_table()
         try:
             with translate_storage_errors():
                 entity = await self._deliveries.get_entity(escape_key(notification_id), recipient_row(recipient))
@@ -276,7 +268,7 @@ class NotificationStore:
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        await self._ensure_tables()
+        await self._ensure_table()
         entity = _entity(delivery)
         try:
             with translate_storage_errors():
@@ -294,7 +286,7 @@ class NotificationStore:
         """Insert a recipient's row if it has none (False when another attempt wrote one first)."""
         from azure.core.exceptions import ResourceExistsError
 
-        await self._ensure_tables()
+        await self._ensure_table()
         try:
             with translate_storage_errors():
                 await self._deliveries.create_entity(_entity(delivery))
@@ -318,7 +310,7 @@ class NotificationStore:
         raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
 
     async def all(self, notification_id: str) -> list[Delivery]:
-        await self._ensure_tables()
+        await self._ensure_table()
         rows: list[Delivery] = []
         with translate_storage_errors():
             async for entity in self._deliveries.query_entities(
@@ -328,7 +320,7 @@ class NotificationStore:
         return rows
 
     async def counts(self, notification_id: str) -> DeliveryCounts:
-        await self._ensure_tables()
+        await self._ensure_table()
         counts: dict[str, int] = {}
         with translate_storage_errors():
             async for entity in self._deliveries.query_entities(
@@ -339,7 +331,7 @@ class NotificationStore:
         return DeliveryCounts(**counts)
 
     async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
-        await self._ensure_tables()
+        await self._ensure_table()
         continuation = _decode_token(token) if token else None
         rows: list[Delivery] = []
         next_token: str | None = None

@@ -118,10 +118,12 @@ class MemoryRecipientStore:
 
 
 class TableBacked:
-    """Base of the app's Table Storage stores: one TableClient, its table created on first use."""
+    """Base of the app's Table Storage stores: their TableClients (the first is ``_table``), each
+    table created on first use."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, *more: TableClient) -> None:
         self._table = table
+        self._all_tables = (table, *more)
         self._ready = False
         self._ready_lock = asyncio.Lock()
 
@@ -130,7 +132,8 @@ class TableBacked:
             return
         async with self._ready_lock:
             if not self._ready:
-                await create_table_if_missing(self._table)
+                for table in self._all_tables:
+                    await create_table_if_missing(table)
                 self._ready = True
 
 
