@@ -205,7 +205,7 @@ def _codes_in_library() -> set[str]:
 
 
 def test_every_error_code_is_documented_with_its_status() -> None:
-    section = README.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    section = README.split("## Error codes (troubleshooting)", 1)[1].split("\n## ", 1)[0]
     documented = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([a-z_]+)` \| (\d{3})", section, re.M)}
     missing = _codes_in_library() - set(documented)
     assert not missing, f"error codes missing from README's Error codes table: {sorted(missing)}"
