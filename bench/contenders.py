@@ -3,6 +3,8 @@
 - ``FloorSender``: raw httpx, a fixed token, POST the activity. Nothing can be cheaper.
 - ``FunctionSender``: the product: the HTTP function through the app object (validation,
   notification record, store, throttle, logging).
+- ``LibrarySender``: the library's ``Notifier.send`` alone (info: the send path without the HTTP
+  function's request handling and notification record).
 - ``AdapterSender``: botbuilder's ``BotFrameworkAdapter.continue_conversation`` + ``send_activity``
   with a cached ConversationReference (the Bot Framework way of proactive messaging).
 - ``SeedSender``: the naive flow that resolves on every send: Graph installed app + chat with
@@ -92,6 +94,20 @@ class FunctionSender:
         response = await self._function(request, OutputMessages())
         if response.status_code != 200:
             raise RuntimeError(f"function answered {response.status_code}: {response.get_body()[:200]!r}")
+
+
+class LibrarySender:
+    """The library's send path alone (``Notifier.send`` of the process's services): what the HTTP
+    function adds on top is request parsing, the notification record and logging."""
+
+    def __init__(self, recipients: list[str]) -> None:
+        self._recipients = recipients
+        self._message = Message(text=TEXT)
+
+    async def send(self, i: int) -> None:
+        from shared.bootstrap import get_services
+
+        await get_services().notifier.send(self._recipients[i % len(self._recipients)], self._message)
 
 
 class AdapterSender:
