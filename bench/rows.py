@@ -40,7 +40,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(5, 2, 2, 100, 2, 8, 300, 20, 10, 8)
+        return cls(5, 2, 2, 100, 5, 20, 300, 20, 10, 8)  # 25 fan-out recipients: > 20 are queued
 
 
 def host_like_logging() -> None:
