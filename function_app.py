@@ -1,7 +1,9 @@
 """The Azure Functions app (Python v2 programming model): triggers only.
 
 Each function parses its input, calls one library function in shared/, and maps the outcome to its
-transport. Nothing is built at import time: shared.bootstrap builds the clients on first use.
+transport. Nothing is built at import time: shared.bootstrap builds the clients on first use, and
+each function imports the library inside its body, so indexing the app (``import function_app`` +
+``app.get_functions()``, the host's cold start) loads neither httpx, pydantic, MSAL nor the Azure SDKs.
 
 | function            | trigger                                                  | library call                   |
 | ------------------- | -------------------------------------------------------- | ------------------------------ |
@@ -23,21 +25,12 @@ deterministic ``deliveryId``, the idempotency key of that recipient's send.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from shared.bootstrap import get_services
-from shared.errors import NotifyError, TransientError
-from shared.inbound import handle_activity
-from shared.service import (
-    Outcome,
-    QueueDelivery,
-    handle_notify,
-    handle_queue_message,
-    handle_recall,
-    handle_status,
-    handle_update,
-)
+if TYPE_CHECKING:
+    from shared.service import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -68,6 +61,8 @@ def _emit(out: func.Out[str], messages: tuple[str, ...]) -> None:
 @app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 @app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
 async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
+    from shared.service import handle_notify
+
     outcome = await handle_notify(
         req.get_body(),
         content_type=req.headers.get("content-type"),
@@ -84,6 +79,8 @@ async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpRespo
 async def notify_queue(msg: func.ServiceBusMessage, fanout: func.Out[str]) -> None:
     # Returning completes the message (host.json autoCompleteMessages); raising abandons it, so
     # Service Bus redelivers it and dead-letters it after the queue's maxDeliveryCount.
+    from shared.service import QueueDelivery, handle_queue_message
+
     outcome = await handle_queue_message(
         QueueDelivery(
             body=msg.get_body(),
@@ -99,6 +96,8 @@ async def notify_queue(msg: func.ServiceBusMessage, fanout: func.Out[str]) -> No
 @app.function_name("notification_status")
 @app.route(route="notifications/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def notification_status(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.service import handle_status
+
     outcome = await handle_status(
         req.route_params["id"],
         top=req.params.get("top"),
@@ -111,6 +110,8 @@ async def notification_status(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("notification_update")
 @app.route(route="notifications/{id}", methods=["PUT"], auth_level=func.AuthLevel.FUNCTION)
 async def notification_update(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.service import handle_update
+
     outcome = await handle_update(
         req.route_params["id"],
         req.get_body(),
@@ -124,6 +125,8 @@ async def notification_update(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("notification_recall")
 @app.route(route="notifications/{id}", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
 async def notification_recall(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.service import handle_recall
+
     outcome = await handle_recall(
         req.route_params["id"], recipient=req.params.get("recipient"), correlation_id=_correlation_id(req)
     )
@@ -135,6 +138,10 @@ async def notification_recall(req: func.HttpRequest) -> func.HttpResponse:
 async def messages(req: func.HttpRequest) -> func.HttpResponse:
     """Bot Framework activities from Teams. Anonymous at the function level: the channel's JWT in the
     Authorization header is the authentication (401 without a valid one)."""
+    from shared.bootstrap import get_services
+    from shared.errors import NotifyError, TransientError
+    from shared.inbound import handle_activity
+
     try:
         await handle_activity(get_services(), req.headers.get("Authorization"), req.get_body())
     except NotifyError as err:

@@ -1,12 +1,17 @@
 """The ways to send a warm message that the benchmark compares, all pointed at the same fake.
 
 - ``FloorSender``: raw httpx, a fixed token, POST the activity. Nothing can be cheaper.
-- ``FunctionSender``: the product: the HTTP function through the app object when it exists
-  (validation, idempotency, store, logging), else the library's ``Notifier.send``.
+- ``FunctionSender``: the product: the HTTP function through the app object (validation,
+  notification record, store, throttle, logging).
+- ``LibrarySender``: the library's ``Notifier.send`` alone (info: the send path without the HTTP
+  function's request handling and notification record).
 - ``AdapterSender``: botbuilder's ``BotFrameworkAdapter.continue_conversation`` + ``send_activity``
   with a cached ConversationReference (the Bot Framework way of proactive messaging).
 - ``SeedSender``: the naive flow that resolves on every send: Graph installed app + chat with
   requests, then botbuilder's (sync) ConnectorClient for members, create conversation and send.
+
+The warm contenders rotate over the same conversations (``i`` counts sends), so no conversation
+reaches Teams' per-conversation limits, which the product's throttle enforces client-side.
 """
 
 from __future__ import annotations
@@ -45,15 +50,15 @@ def fetch_token(world: World, scope: str) -> str:
 
 
 class FloorSender:
-    def __init__(self, world: World, conversation_id: str) -> None:
+    def __init__(self, world: World, conversation_ids: list[str]) -> None:
         self._token = fetch_token(world, BOT_SCOPE)
         self._client = httpx.AsyncClient(timeout=10)
-        self._url = f"{world.service_url}v3/conversations/{conversation_id}/activities"
+        self._urls = [f"{world.service_url}v3/conversations/{c}/activities" for c in conversation_ids]
         self._activity = activity_dict()
 
-    async def send(self, _i: int) -> None:
+    async def send(self, i: int) -> None:
         response = await self._client.post(
-            self._url, json=self._activity, headers={"Authorization": f"Bearer {self._token}"}
+            self._urls[i % len(self._urls)], json=self._activity, headers={"Authorization": f"Bearer {self._token}"}
         )
         if response.status_code != 201:
             raise RuntimeError(f"floor send failed: {response.status_code}")
@@ -62,47 +67,52 @@ class FloorSender:
         await self._client.aclose()
 
 
-def notify_function() -> Any | None:
-    """The HTTP trigger's user function when function_app has one (issue 4), else None."""
-    from function_app import app
-
-    functions = {f.get_function_name(): f for f in app.get_functions()}
-    fn = functions.get("notify")
-    return fn.get_user_function() if fn is not None else None
-
-
 class FunctionSender:
-    """Through the real function if it exists; ``via`` says which."""
+    """The product: the HTTP function ``notify`` as the host calls it (with its fan-out output binding)."""
 
-    def __init__(self, recipient: str) -> None:
-        self._recipient = recipient
-        self._function = notify_function()
-        self.via = "HTTP function (function_app.notify)" if self._function is not None else "library Notifier.send"
-        self._body = json.dumps({"recipient": recipient, "text": TEXT}).encode()
+    via = "HTTP function (function_app.notify)"
 
-    async def send(self, _i: int) -> None:
-        if self._function is not None:
-            import azure.functions as func
+    def __init__(self, recipients: list[str]) -> None:
+        from tests.functions import user_function
 
-            request = func.HttpRequest(
-                "POST",
-                "http://localhost:7071/api/notify",
-                headers={"content-type": "application/json"},
-                params={},
-                route_params={},
-                body=self._body,
-            )
-            response = await self._function(request)
-            if response.status_code != 200:
-                raise RuntimeError(f"function answered {response.status_code}: {response.get_body()[:200]!r}")
-            return
+        self._function = user_function("notify")
+        self._bodies = [json.dumps({"recipient": r, "text": TEXT}).encode() for r in recipients]
+
+    async def send(self, i: int) -> None:
+        import azure.functions as func
+
+        from tests.functions import OutputMessages
+
+        request = func.HttpRequest(
+            "POST",
+            "http://localhost:7071/api/notify",
+            headers={"content-type": "application/json"},
+            params={},
+            route_params={},
+            body=self._bodies[i % len(self._bodies)],
+        )
+        response = await self._function(request, OutputMessages())
+        if response.status_code != 200:
+            raise RuntimeError(f"function answered {response.status_code}: {response.get_body()[:200]!r}")
+
+
+class LibrarySender:
+    """The library's send path alone (``Notifier.send`` of the process's services): what the HTTP
+    function adds on top is request parsing, the notification record and logging."""
+
+    def __init__(self, recipients: list[str]) -> None:
+        self._recipients = recipients
+        self._message = Message(text=TEXT)
+
+    async def send(self, i: int) -> None:
         from shared.bootstrap import get_services
 
-        await get_services().notifier.send(self._recipient, Message(text=TEXT))
+        await get_services().notifier.send(self._recipients[i % len(self._recipients)], self._message)
 
 
 class AdapterSender:
-    def __init__(self, world: World, conversation_id: str, account_id: str) -> None:
+    def __init__(self, world: World, conversations: list[tuple[str, str]]) -> None:
+        """``conversations``: (conversation id, account id) pairs, rotated over like the others."""
         from botbuilder.core import BotFrameworkAdapter, BotFrameworkAdapterSettings, TurnContext
         from botbuilder.schema import Activity, ChannelAccount, ConversationAccount, ConversationReference
         from botframework.connector.auth import MicrosoftAppCredentials
@@ -117,15 +127,18 @@ class AdapterSender:
                 world.app_id, world.secret, channel_auth_tenant=world.tenant_id, app_credentials=credentials
             )
         )
-        self._reference = ConversationReference(
-            channel_id="msteams",
-            service_url=world.service_url,
-            conversation=ConversationAccount(
-                id=conversation_id, tenant_id=world.tenant_id, conversation_type="personal"
-            ),
-            bot=ChannelAccount(id=f"28:{world.app_id}"),
-            user=ChannelAccount(id=account_id),
-        )
+        self._references = [
+            ConversationReference(
+                channel_id="msteams",
+                service_url=world.service_url,
+                conversation=ConversationAccount(
+                    id=conversation_id, tenant_id=world.tenant_id, conversation_type="personal"
+                ),
+                bot=ChannelAccount(id=f"28:{world.app_id}"),
+                user=ChannelAccount(id=account_id),
+            )
+            for conversation_id, account_id in conversations
+        ]
         self._app_id = world.app_id
         activity = activity_dict()
         self._activity_fields = {
@@ -137,11 +150,12 @@ class AdapterSender:
         self._activity_type = Activity
         self._turn_context = TurnContext
 
-    async def send(self, _i: int) -> None:
+    async def send(self, i: int) -> None:
         async def callback(context: Any) -> None:
             await context.send_activity(self._activity_type(**self._activity_fields))
 
-        await self._adapter.continue_conversation(self._reference, callback, bot_id=self._app_id)
+        reference = self._references[i % len(self._references)]
+        await self._adapter.continue_conversation(reference, callback, bot_id=self._app_id)
 
 
 def _msal_app(world: World) -> Any:

@@ -24,6 +24,10 @@ from tests.azurite import Azurite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# Distinct conversations a sequential warm-send loop rotates over. At ~1 ms per send (up to the 1000/s
+# tenant rate), Teams' per-conversation windows, enforced client-side by shared.throttle, need
+# >= 1000/7 for 7/1 s, >= 1000/4 for 8/2 s and >= 1000/2 for 60/30 s: with 512 no send ever waits.
+WARM_RECIPIENTS = 512
 
 
 def _loopback_only(event: str, args: tuple[Any, ...]) -> None:
@@ -206,9 +210,14 @@ def start_world() -> World:
         "ServiceBusConnection": "Endpoint=sb://localhost/;SharedAccessKeyName=bench;SharedAccessKey=bench",
         "RetryMaxAttempts": "6",
         "RetryMaxDelaySeconds": "10",
-        # Per-send cost rows run with the fake's rate limits off and no client pacing (a sequential
-        # loop of ~1 ms sends would otherwise be held to 30/s); row 5 turns both on.
-        "ConnectorRatePerSecond": "0",
+        # Per-send cost rows (1-3, 6) run with the fake's rate limits off and shared.throttle's
+        # per-tenant rates at the highest allowed value (1000/s, above what a sequential loop of ~1 ms
+        # sends reaches), so pacing never waits and only its CPU is measured. Throttle still spaces
+        # sends per conversation (Teams' 7/1 s, 8/2 s, 60/30 s), so those loops rotate over
+        # WARM_RECIPIENTS conversations. Row 5 sets deployed-like values and turns the fake's limits on.
+        "SendRatePerSecond": "1000",
+        "GraphRatePerSecond": "1000",
+        "MaxConcurrentSends": "8",
         "BotOpenIdMetadata": info["base_url"] + "/botframework/v1/.well-known/openidconfiguration",
     }
     os.environ.update(env)

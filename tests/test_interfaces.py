@@ -5,7 +5,10 @@ host.json is what the triggers assume, and every error code the library can prod
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +214,25 @@ def test_every_error_code_is_documented_with_its_status() -> None:
     assert not missing, f"error codes missing from README's Error codes table: {sorted(missing)}"
     stale = set(documented) - _codes_in_library()
     assert not stale, f"README documents codes the library no longer produces: {sorted(stale)}"
+
+
+def test_indexing_the_app_loads_no_library() -> None:
+    """The host's cold start imports function_app and indexes it: the functions import the library on
+    first invocation, so none of its heavy dependencies load then (bench row 4)."""
+    probe = (
+        "import sys\n"
+        "from function_app import app\n"
+        "names = [f.get_function_name() for f in app.get_functions()]\n"
+        "heavy = ('shared', 'httpx', 'pydantic', 'msal', 'botbuilder', 'botframework', 'aiohttp', 'azure.data')\n"
+        "print(sorted({m for m in sys.modules if m.startswith(heavy)}), len(names))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert run.stdout.split() == ["[]", "7"], run.stdout
