@@ -294,10 +294,13 @@ class NotificationStore(TableBacked):
             return False
         return True
 
-    async def settle(self, delivery: Delivery) -> Delivery:
+    async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
         """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
         never over one that became final meanwhile (sent, failed, recalled by another attempt or a
-        recall). Returns the row as it is afterwards."""
+        recall). Returns the row as it is afterwards. ``likely_new`` (a single send's own row) tries
+        the insert first: one storage request instead of a read and a write in the common case."""
+        if likely_new and await self.create(delivery):
+            return delivery
         for _ in range(5):
             current = await self.get(delivery.notification_id, delivery.recipient)
             if current is None:
@@ -624,7 +627,7 @@ async def record_single(services: Services, request: NotifyRequest, notification
         existing = await services.notifications.get(notification_id, request.recipient)
         if existing is not None:
             return
-    await services.notifications.settle(delivery_from_outcome(services, pending, outcome))
+    await services.notifications.settle(delivery_from_outcome(services, pending, outcome), likely_new=True)
 
 
 # --- status -------------------------------------------------------------------------------------------
