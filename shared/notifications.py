@@ -1,7 +1,9 @@
 """Notifications: what was sent to whom, and the life of a sent message (status, update, recall).
 
 Every send has a notification id (the Idempotency-Key, or the Service Bus message id, when given;
-otherwise generated). Two tables in Table Storage:
+otherwise generated). A single send over HTTP without a key gets a self-contained id instead
+(``single_send_handle``: tenant, recipient, conversation, activity) and no row until an update or a
+recall writes one. Two tables in Table Storage:
 
 - ``{TableNamePrefix}notifications``: one row per notification that names several recipients, or
   one keyed by an Idempotency-Key / message id (PartitionKey = escaped id, RowKey = ``notification``):
@@ -35,7 +37,7 @@ import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from shared.errors import (
     NotifyError,
@@ -98,6 +100,81 @@ def delivery_id(notification_id: str, recipient: str) -> str:
     """The idempotency key of one recipient's send: the same for every retry and redelivery."""
     digest = hashlib.sha256(f"{notification_id}\n{recipient.strip().lower()}".encode()).hexdigest()
     return "d-" + digest[:40]
+
+
+# A single send without an Idempotency-Key gets a self-contained id instead of a delivery row (a
+# storage write on the hot path): "s1." + base64url of the compact JSON below. Status answers from it;
+# update and recall decode it into the Delivery its row would have held, then write that row.
+HANDLE_PREFIX = "s1."
+_HANDLE_MAX = 900  # it may become a PartitionKey (Table Storage keys: at most 1 KiB)
+_HANDLE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# A service URL other than the configured one is accepted in a handle only on Bot Framework hosts:
+# a forged handle must never send the bot's token elsewhere.
+_TRUSTED_SERVICE_HOSTS = ("smba.trafficmanager.net", ".botframework.com", ".botframework.us", ".botframework.azure.us")
+
+
+def single_send_handle(delivery: Delivery, default_service_url: str) -> str | None:
+    """The self-contained notification id of a sent single send, or None when it cannot be one (no
+    conversation, an untrusted service URL, too long): the caller then records a row as before."""
+    if delivery.state != "sent" or not delivery.conversation_id:
+        return None
+    fields: dict[str, str | None] = {
+        "t": delivery.tenant_id,
+        "r": delivery.recipient,
+        "c": delivery.conversation_id,
+        "a": delivery.activity_id,
+    }
+    service_url = delivery.service_url or default_service_url
+    if service_url != default_service_url:
+        if not _trusted_service_url(service_url):
+            return None
+        fields["u"] = service_url
+    raw = json.dumps(fields, separators=(",", ":")).encode()
+    handle = HANDLE_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return handle if len(handle) <= _HANDLE_MAX else None
+
+
+def delivery_from_handle(notification_id: str, default_service_url: str) -> Delivery | None:
+    """The sent Delivery a handle stands for, or None when it is not a handle this API returned."""
+    if not notification_id.startswith(HANDLE_PREFIX) or len(notification_id) > _HANDLE_MAX:
+        return None
+    encoded = notification_id[len(HANDLE_PREFIX) :]
+    if not encoded or not set(encoded) <= _HANDLE_CHARS:
+        return None
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u"}:
+        return None
+    tenant, recipient, conversation = fields.get("t"), fields.get("r"), fields.get("c")
+    activity, service_url = fields.get("a"), fields.get("u", default_service_url)
+    if not (
+        isinstance(tenant, str)
+        and isinstance(recipient, str)
+        and isinstance(conversation, str)
+        and isinstance(service_url, str)
+        and tenant
+        and recipient
+        and conversation
+        and service_url
+    ):
+        return None
+    if activity is not None and not isinstance(activity, str):
+        return None
+    delivery = Delivery(notification_id, recipient, tenant, "sent", activity, conversation, service_url)
+    # One send, one id: only the exact encoding this API returns is accepted.
+    if single_send_handle(delivery, default_service_url) != notification_id:
+        return None
+    return delivery
+
+
+def _trusted_service_url(url: str) -> bool:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and any(
+        host == h or (h.startswith(".") and host.endswith(h)) for h in _TRUSTED_SERVICE_HOSTS
+    )
 
 
 def status_location(notification_id: str) -> str:
@@ -644,7 +721,10 @@ async def get_status(
     counts = await store.counts(notification_id)
     total = header.total if header is not None else sum(counts.model_dump().values())
     if total == 0:
-        raise _not_found(notification_id)
+        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        if sent is None:
+            raise _not_found(notification_id)
+        return _status(notification_id, 1, [sent], [sent], None)
     rows, next_token = await store.page(notification_id, size, token)
     return _status(notification_id, total, None, rows, next_token, counts)
 
@@ -688,18 +768,30 @@ async def _targets(services: Services, notification_id: str, recipient: str | No
     if recipient is not None:
         row = await store.get(notification_id, recipient)
         if row is None:
-            if not await store.all(notification_id):
+            rows = await _rows(services, notification_id)
+            if not rows:
                 raise _not_found(notification_id)
-            raise RequestError(
-                "That recipient is not part of this notification.",
-                code="recipient_not_in_notification",
-                target="recipient",
-                http_status=404,
-            )
+            row = next((r for r in rows if recipient_row(r.recipient) == recipient_row(recipient)), None)
+            if row is None:
+                raise RequestError(
+                    "That recipient is not part of this notification.",
+                    code="recipient_not_in_notification",
+                    target="recipient",
+                    http_status=404,
+                )
         return [row]
-    rows = await store.all(notification_id)
+    rows = await _rows(services, notification_id)
     if not rows:
         raise _not_found(notification_id)
+    return rows
+
+
+async def _rows(services: Services, notification_id: str) -> list[Delivery]:
+    """The notification's delivery rows; for a single send's handle not yet changed, the one it decodes to."""
+    rows = await services.notifications.all(notification_id)
+    if not rows:
+        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        rows = [sent] if sent is not None else []
     return rows
 
 
@@ -733,12 +825,13 @@ async def update_notification(
                 )
         except StaleConversationError:
             # The message (or the conversation) is gone: it was deleted.
-            await services.notifications.record(replace(row, state="recalled"), if_match=row.etag)
+            await _note(services.notifications, replace(row, state="recalled"))
             return ChangeResult(recipient=row.recipient, outcome="recalled")
         except NotifyError as err:
             return _failed(row, err)
-        # ETag match: a recall that ran meanwhile must not be turned back into "sent" by this write.
-        if not await services.notifications.record(replace(row, content_fingerprint=fingerprint), if_match=row.etag):
+        # ETag match (insert-if-absent for a handle's first row): a recall that ran meanwhile must not
+        # be turned back into "sent" by this write.
+        if not await _note(services.notifications, replace(row, content_fingerprint=fingerprint)):
             current = await services.notifications.get(notification_id, row.recipient)
             if current is not None and current.state == "recalled":
                 return ChangeResult(recipient=row.recipient, outcome="recalled")
@@ -776,7 +869,7 @@ async def recall_notification(
             return _failed(row, err)
         # The message is deleted: "recalled" is right whatever changed meanwhile (an update's write),
         # so a lost ETag race is settled by writing it over the row as it is now.
-        while not await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+        while not await _note(services.notifications, replace(row, state="recalled")):
             current = await services.notifications.get(notification_id, row.recipient)
             if current is None or current.state == "recalled":
                 break
@@ -862,6 +955,7 @@ __all__ = [
     "Delivery",
     "Header",
     "NotificationStore",
+    "delivery_from_handle",
     "delivery_id",
     "get_status",
     "handle_fan_out_item",
@@ -871,6 +965,7 @@ __all__ = [
     "recall_notification",
     "record_single",
     "send_to_recipient",
+    "single_send_handle",
     "start_notification",
     "update_notification",
 ]

@@ -30,6 +30,8 @@ from shared.idempotency import Claimed, InFlight, Recorded, Source, check_key
 from shared.logcontext import accept_correlation_id, correlation
 from shared.models import FanOutItem, NotifyRequest, NotifyResponse, parse_notify_request, parse_update_request
 from shared.notifications import (
+    Delivery,
+    delivery_from_outcome,
     get_status,
     handle_fan_out_item,
     new_notification_id,
@@ -37,6 +39,7 @@ from shared.notifications import (
     open_notification,
     recall_notification,
     record_single,
+    single_send_handle,
     start_notification,
     update_notification,
 )
@@ -220,9 +223,12 @@ async def handle_notify(
                     key=key,
                     record_failures=True,
                     wait_seconds=IN_FLIGHT_WAIT_SECONDS,
-                    notification_id=notification_id,
+                    notification_id=notification_id if key is not None else None,
                 )
-                await _record_single_best_effort(services, request, notification_id, outcome)
+                if key is not None:
+                    await _record_single_best_effort(services, request, notification_id, outcome)
+                else:
+                    outcome = await _identify_unkeyed(services, request, notification_id, outcome)
         except NotifyError as err:
             log = logger.warning if err.http_status >= 500 else logger.info
             log("notify request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
@@ -310,6 +316,22 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
 
 def _str_or_none(value: Any) -> str | None:
     return str(value) if value is not None else None
+
+
+async def _identify_unkeyed(
+    services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome
+) -> Outcome:
+    """A single send without a key: a sent one gets a self-contained id (no storage write on the hot
+    path); one that cannot (see ``single_send_handle``) gets ``notification_id`` and a row, as before.
+    A failure names no id, so it needs no row."""
+    if not outcome.sent or request.recipient is None:
+        return outcome
+    tenant = request.tenant_id or services.settings.tenant_id
+    sent = delivery_from_outcome(services, Delivery("", request.recipient, tenant, "pending"), outcome)
+    handle = single_send_handle(sent, services.settings.service_url)
+    if handle is None:
+        await _record_single_best_effort(services, request, notification_id, outcome)
+    return replace(outcome, body={**outcome.body, "notificationId": handle or notification_id})
 
 
 async def _record_single_best_effort(

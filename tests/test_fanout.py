@@ -284,6 +284,64 @@ async def test_single_send_has_a_notification_id_that_can_be_updated_and_recalle
     assert world.tenant.messages_for(world.user("alice")) == []
 
 
+async def test_unkeyed_single_send_id_is_self_contained_and_its_whole_life_works(world: World) -> None:
+    """No row is written for a sent single send without a key; status, update and recall work from the
+    id itself, and the first change records the row (a second recall is a no-op; status shows it)."""
+    from shared.bootstrap import get_services
+
+    alice = world.user("alice")
+    await post({"recipient": alice.upn, "text": "Warm-up"})  # resolves the conversation (cold path)
+    response, _ = await post({"recipient": alice.upn, "text": "Draft"})  # warm
+    sent = NotifyResponse.model_validate(json.loads(response.get_body()))
+    handle = sent.notification_id
+    assert handle is not None and handle.startswith("s1.") and "/" not in handle and "\\" not in handle
+    store = get_services().notifications
+    assert await store.all(handle) == [] and await store.get(handle, alice.upn) is None
+
+    result = await status(handle)
+    assert result.finished and result.total == 1 and result.counts.sent == 1
+    assert [(r.recipient, r.state, r.activity_id) for r in result.recipients] == [(alice.upn, "sent", sent.activity_id)]
+
+    code, body, _ = await call("notification_update", "PUT", handle, body={"text": "Final"})
+    assert code == 200 and body["results"] == [{"recipient": alice.upn, "outcome": "updated", "error": None}]
+    assert [m["activity"]["text"] for m in world.tenant.messages_for(alice)] == ["Warm-up", "Final"]
+    updates = world.tenant.calls("connector.update")
+    assert (await call("notification_update", "PUT", handle, body={"text": "Final"}))[0] == 200
+    assert world.tenant.calls("connector.update") == updates  # the row written by the update remembers it
+
+    code, body, _ = await call("notification_recall", "DELETE", handle)
+    assert code == 200 and body["results"] == [{"recipient": alice.upn, "outcome": "recalled", "error": None}]
+    assert [m["activity"]["text"] for m in world.tenant.messages_for(alice)] == ["Warm-up"]
+    deletes = world.tenant.calls("connector.delete")
+    code, body, _ = await call("notification_recall", "DELETE", handle, {"recipient": alice.upn})
+    assert code == 200 and body["results"][0]["outcome"] == "recalled"
+    assert world.tenant.calls("connector.delete") == deletes
+    result = await status(handle)
+    assert result.finished and result.counts.recalled == 1 and result.counts.sent == 0
+    assert result.recipients[0].state == "recalled"
+
+
+@pytest.mark.parametrize(
+    "notification_id",
+    [
+        "s1.",
+        "s1.!!!!",
+        "s1.bm90IGpzb24",  # "not json"
+        "s1.WzFd",  # [1]
+        "s1.eyJ0IjoieCJ9",  # {"t":"x"}: fields missing
+        # a forged handle naming a service URL that is not Bot Framework's
+        "s1.eyJ0IjoidCIsInIiOiJyIiwiYyI6ImMiLCJhIjoiYSIsInUiOiJodHRwczovL2V2aWwuZXhhbXBsZS8ifQ",
+    ],
+)
+@pytest.mark.parametrize("method", ["notification_status", "notification_update", "notification_recall"])
+async def test_a_malformed_single_send_id_is_not_found(world: World, notification_id: str, method: str) -> None:
+    verb = {"notification_status": "GET", "notification_update": "PUT", "notification_recall": "DELETE"}[method]
+    body = {"text": "x"} if verb == "PUT" else None
+    code, answer, _ = await call(method, verb, notification_id, body=body)
+    assert code == 404 and answer["error"]["code"] == "notification_not_found"
+    assert world.tenant.calls("connector.update") == world.tenant.calls("connector.delete") == 0
+
+
 async def test_update_for_a_user_who_blocked_the_bot_is_reported_not_retried(world: World) -> None:
     alice = world.user("alice")
     await post({"recipients": [alice.upn, "bob@contoso.com"], "text": "v1"}, "n-blocked")
