@@ -93,28 +93,28 @@ class ConnectorClient:
         self, service_url: str, conversation_id: str, activity: dict[str, Any], *, tenant_id: str | None = None
     ) -> str | None:
         """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
-        response = await self._call(
-            "POST",
-            service_url,
-            f"v3/conversations/{_segment(conversation_id)}/activities",
-            content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
-            accept=(200, 201, 202),
-            gate=self._gate(tenant_id, conversation_id),
-            idempotent=False,
-            operation="send",
-        )
-        return _activity_id(response)
+        path = f"v3/conversations/{_segment(conversation_id)}/activities"
+        return await self._post_activity(service_url, path, activity, self._gate(tenant_id, conversation_id))
 
     async def reply(
         self, service_url: str, conversation_id: str, reply_to_id: str, activity: dict[str, Any]
     ) -> str | None:
         """Answer an inbound activity (Bot Framework ReplyToActivity): threaded under it in the chat."""
+        path = f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(reply_to_id)}"
+        return await self._post_activity(service_url, path, activity, None)
+
+    async def _post_activity(
+        self, service_url: str, path: str, activity: dict[str, Any], gate: Gate | None
+    ) -> str | None:
+        """POST a message activity: not idempotent (an unconfirmed answer is not resent), a 400 is
+        the caller's message's fault."""
         response = await self._call(
             "POST",
             service_url,
-            f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(reply_to_id)}",
+            path,
             content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
             accept=(200, 201, 202),
+            gate=gate,
             idempotent=False,
             operation="send",
         )
