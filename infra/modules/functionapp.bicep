@@ -21,10 +21,21 @@ param appInsightsConnectionString string
 param serviceBusFullyQualifiedNamespace string
 param serviceBusQueueName string
 
+// Flex Consumption accepts 40 to 1000 ("Scale: the lowest maximum scale is currently 40; the highest
+// currently supported value is 1000", https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations).
+@minValue(40)
+@maxValue(1000)
+@description('Upper bound on instances. main.bicep divides the tenant send budget by it to get SendRatePerSecond, so instances x rate stays under the Teams limit.')
+param maximumInstanceCount int = 40
+// HTTP trigger concurrency per instance. Flex Consumption's default for Python is 1 request per
+// instance (https://learn.microsoft.com/azure/azure-functions/functions-concurrency#http-trigger-concurrency):
+// one slow Bot Connector call would hold up every other notify, status and /api/messages request on
+// that instance, and each extra concurrent request would start another instance. Our HTTP functions are
+// async (they await I/O on one event loop), so one instance serves many at once; sends inside them stay
+// bounded by MaxConcurrentSends and the rate limits whatever this is.
 @minValue(1)
 @maxValue(1000)
-@description('Upper bound on instances; with host.json maxConcurrentCalls it bounds the global send rate (Teams rate limits).')
-param maximumInstanceCount int = 4
+param httpPerInstanceConcurrency int = 16
 @allowed([
   2048
   4096
@@ -41,10 +52,10 @@ param tableNamePrefix string
 param httpTimeoutSeconds string
 param retryMaxAttempts string
 param retryMaxDelaySeconds string
-@description('Per-instance send limits (README, Sending to many recipients): maximumInstanceCount x sendRatePerSecond must stay under the Teams per-app-per-tenant limit (30/s).')
+@description('Per-instance send limits (README, Rate limits: instances x rate). main.bicep derives the two rates from the tenant budgets divided by maximumInstanceCount.')
 param maxConcurrentSends string = '8'
-param sendRatePerSecond string = '7'
-param graphRatePerSecond string = '7'
+param sendRatePerSecond string
+param graphRatePerSecond string
 
 // Every app setting of the Function App. tests/test_infra.py parses the keys of this object and
 // checks them against shared/settings.py SETTING_NAMES.
@@ -131,6 +142,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
