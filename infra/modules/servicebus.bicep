@@ -9,7 +9,7 @@ param identityPrincipalId string
 param deployerPrincipalId string = ''
 
 // Built-in roles. Source: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/integration
-var serviceBusDataReceiverRoleId = '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+var serviceBusDataOwnerRoleId = '090c5cfd-751d-490a-894a-3ce6f1109419'
 var serviceBusDataSenderRoleId = '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
@@ -37,23 +37,27 @@ resource queue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
   }
 }
 
-// Receiver: the queue trigger. Sender: replaying dead-lettered messages from the app.
-var identityRoleIds = [
-  serviceBusDataReceiverRoleId
-  serviceBusDataSenderRoleId
-]
-
-resource identityRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for roleId in identityRoleIds: {
-    name: guid(namespace.id, identityPrincipalId, roleId)
-    scope: namespace
-    properties: {
-      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
-      principalId: identityPrincipalId
-      principalType: 'ServicePrincipal'
-    }
+// The app's identity gets Azure Service Bus Data Owner on the queue only (not the namespace).
+// - The Functions scale controller reads the queue's message count with the app's connection to
+//   decide how many instances to run; reading an entity's runtime properties needs Manage rights,
+//   which no Data Receiver/Sender role carries: without them scaling falls back to guesses and
+//   unauthorized-access warnings (Azure/azure-functions-host#1048, Azure/Azure-Functions#2379).
+// - Azure Functions lists "Azure Service Bus Data Receiver, Azure Service Bus Data Owner" for the
+//   Service Bus trigger (https://learn.microsoft.com/azure/azure-functions/functions-bindings-service-bus#grant-permission-to-the-identity),
+//   and Microsoft's azd Service Bus template (Azure-Samples/functions-quickstart-dotnet-azd-service-bus,
+//   infra/main.bicep) grants Data Owner (plus Data Receiver) on the whole namespace for the same reason.
+// Data Owner includes receive (the trigger, its dead-letter subqueue) and send (the fan-out output
+// binding re-queues per-recipient items), so no other data role is needed. Scoped to the queue, it
+// cannot touch any other entity of the namespace.
+resource identityQueueOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(queue.id, identityPrincipalId, serviceBusDataOwnerRoleId)
+  scope: queue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusDataOwnerRoleId)
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
   }
-]
+}
 
 resource deployerSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
   name: guid(namespace.id, deployerPrincipalId, serviceBusDataSenderRoleId)
