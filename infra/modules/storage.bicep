@@ -6,6 +6,8 @@ param location string
 param tags object = {}
 param deploymentContainerName string
 param identityPrincipalId string
+@description('Optional object id of the deployer (azd AZURE_PRINCIPAL_ID); gets Storage Table Data Contributor so the operator CLI can read and repair the app tables. Empty: no grant.')
+param deployerPrincipalId string = ''
 
 // Built-in roles. Source: https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -65,6 +67,17 @@ resource roleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
     }
   }
 ]
+
+// The operator (README, Operating) runs the CLI against the app's tables as themselves: table data
+// only, no blob or queue rights, no shared key (it is disabled).
+resource deployerTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(account.id, deployerPrincipalId, storageTableDataContributorRoleId)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: deployerPrincipalId
+  }
+}
 
 output name string = account.name
 output blobEndpoint string = account.properties.primaryEndpoints.blob
