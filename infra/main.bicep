@@ -14,7 +14,7 @@ param environmentName string
 @description('Azure region for every regional resource (must offer Flex Consumption).')
 param location string
 
-@description('Object id of the deploying user (azd sets AZURE_PRINCIPAL_ID); gets Service Bus Data Sender so it can send test messages. Empty: no grant.')
+@description('Object id of the deploying user (azd sets AZURE_PRINCIPAL_ID); gets Service Bus Data Sender (send test messages) and Storage Table Data Contributor (the operator CLI reads and repairs the app tables). Empty: no grant.')
 param principalId string = ''
 
 @description('Grant the Graph application permissions (admin consent) in the deployment. Needs a deployer with Privileged Role Administrator or Global Administrator; otherwise leave false and consent once in the portal.')
@@ -23,10 +23,36 @@ param grantGraphPermissions bool = false
 @description('Teams app manifest id (the org catalog externalId). Empty: a deterministic GUID derived from subscription and environment, which the app package build reads back from the TEAMS_APP_ID output.')
 param teamsAppId string = ''
 
+// Flex Consumption accepts maximumInstanceCount from 40 to 1000
+// (https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations).
+@minValue(40)
+@maxValue(1000)
+@description('Upper bound on Function App instances (Flex Consumption: 40 to 1000). Every instance gets tenantSendRatePerSecond / maximumInstanceCount as its SendRatePerSecond, so all instances together stay within the tenant budget however far the app scales.')
+param maximumInstanceCount int = 40
+
+// Teams allows about 30-50 Bot Connector requests per second per app per tenant (sends, conversation
+// creation) and Graph about 30 per second per app per tenant for the install calls
+// (PROTOCOL.md, rate limits). These budgets are what ALL instances together may use; each instance
+// gets budget / maximumInstanceCount (app settings SendRatePerSecond and GraphRatePerSecond), which the
+// app enforces per process (shared/throttle.py). The default 28 stays under the lower end.
+@minValue(4)
+@maxValue(1000)
+@description('Bot Connector requests per second per tenant for the whole app (Teams: ~30-50 per app per tenant). Split evenly over maximumInstanceCount instances.')
+param tenantSendRatePerSecond int = 28
+
+@minValue(4)
+@maxValue(1000)
+@description('Graph requests per second per tenant for the whole app (cold resolutions: install, chat lookup). Split evenly over maximumInstanceCount instances.')
+param tenantGraphRatePerSecond int = 28
+
 @minValue(1)
 @maxValue(1000)
-@description('Upper bound on Function App instances. maximumInstanceCount x sendRatePerSecond is the global send rate, which must stay under the Teams per-app-per-tenant limit (30/s): 4 x 7 = 28. Raise it only together with a lower sendRatePerSecond.')
-param maximumInstanceCount int = 4
+@description('Concurrent HTTP requests per instance (Flex Consumption perInstanceConcurrency). The Python default is 1; the functions are async, so one instance serves many requests at once.')
+param httpPerInstanceConcurrency int = 16
+
+@description('Optional suffix of the app registration uniqueName. Set a new value to start with a fresh app registration, e.g. after deleting the old one without purging it from deleted items (a deleted application keeps its uniqueName for 30 days).')
+@maxLength(20)
+param appRegistrationSuffix string = ''
 
 @allowed([
   'F0'
@@ -62,10 +88,6 @@ param retryMaxAttempts string = '4'
 param retryMaxDelaySeconds string = '30'
 @description('Sends in flight per instance (app setting MaxConcurrentSends).')
 param maxConcurrentSends string = '8'
-@description('Bot Connector requests per second per tenant per instance (app setting SendRatePerSecond).')
-param sendRatePerSecond string = '7'
-@description('Graph requests per second per tenant per instance, cold resolutions (app setting GraphRatePerSecond).')
-param graphRatePerSecond string = '7'
 
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -74,6 +96,18 @@ var tags = {
 }
 var effectiveTeamsAppId = empty(teamsAppId) ? guid(subscription().id, environmentName, 'teams-app-manifest') : teamsAppId
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
+var appRegistrationUniqueName = '${abbrs.entraApplications}teams-notify-${resourceToken}${empty(appRegistrationSuffix) ? '' : '-${appRegistrationSuffix}'}'
+
+// Per-instance rates = tenant budget / instance cap, as decimal strings with three decimals (Bicep
+// integers only: the budget is scaled to thousandths first and the division rounds down, so the sum
+// over all instances never exceeds the budget). The app refuses a rate under 0.1, so the cap is
+// limited to 10 x the smaller budget (280 at the default 28): more instances could not each get 0.1/s.
+// Budgets start at 4, so the limited cap never falls under Flex Consumption's lowest maximum (40).
+var effectiveMaximumInstanceCount = min(maximumInstanceCount, tenantSendRatePerSecond * 10, tenantGraphRatePerSecond * 10)
+var sendRateMilli = (tenantSendRatePerSecond * 1000) / effectiveMaximumInstanceCount
+var graphRateMilli = (tenantGraphRatePerSecond * 1000) / effectiveMaximumInstanceCount
+var sendRatePerSecond = '${sendRateMilli / 1000}.${padLeft(string(sendRateMilli % 1000), 3, '0')}'
+var graphRatePerSecond = '${graphRateMilli / 1000}.${padLeft(string(graphRateMilli % 1000), 3, '0')}'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -112,6 +146,7 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     deploymentContainerName: 'app-package-${resourceToken}'
     identityPrincipalId: identity.outputs.principalId
+    deployerPrincipalId: principalId
   }
 }
 
@@ -133,7 +168,7 @@ module appRegistration 'modules/appregistration.bicep' = {
   name: 'appregistration'
   scope: rg
   params: {
-    uniqueName: '${abbrs.entraApplications}teams-notify-${resourceToken}'
+    uniqueName: appRegistrationUniqueName
     displayName: 'Teams proactive notifications (${environmentName})'
     managedIdentityPrincipalId: identity.outputs.principalId
     grantGraphPermissions: grantGraphPermissions
@@ -158,7 +193,8 @@ module functionApp 'modules/functionapp.bicep' = {
     appInsightsConnectionString: monitoring.outputs.appInsightsConnectionString
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     serviceBusQueueName: serviceBus.outputs.queueName
-    maximumInstanceCount: maximumInstanceCount
+    maximumInstanceCount: effectiveMaximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     microsoftAppId: appRegistration.outputs.appId
     microsoftAppTenantId: tenant().tenantId
     teamsAppId: effectiveTeamsAppId
@@ -199,6 +235,13 @@ output FUNCTION_URL string = 'https://${functionApp.outputs.defaultHostName}'
 output BOT_ENDPOINT string = 'https://${functionApp.outputs.defaultHostName}/api/messages'
 output BOT_NAME string = bot.outputs.name
 output MICROSOFT_APP_ID string = appRegistration.outputs.appId
+// Object id and uniqueName of the app registration: what `az rest ... directory/deletedItems/<id>`
+// needs to purge it after deletion (docs/DEPLOYMENT.md, Remove).
+output APP_REGISTRATION_OBJECT_ID string = appRegistration.outputs.objectId
+output APP_REGISTRATION_UNIQUE_NAME string = appRegistration.outputs.uniqueName
+output MAXIMUM_INSTANCE_COUNT_EFFECTIVE int = effectiveMaximumInstanceCount
+output SEND_RATE_PER_SECOND_PER_INSTANCE string = sendRatePerSecond
+output GRAPH_RATE_PER_SECOND_PER_INSTANCE string = graphRatePerSecond
 output MICROSOFT_APP_TENANT_ID string = tenant().tenantId
 output TEAMS_APP_ID string = effectiveTeamsAppId
 output SERVICE_BUS_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace
