@@ -8,7 +8,15 @@ placeholders. Each id is taken from, in order:
    azd postprovision hook and ``azd env get-values`` exports work as is);
 3. ``local.settings.json`` (``Values.TeamsAppId``, ``Values.MicrosoftAppId``).
 
-Usage: ``python scripts/build_app_package.py [--teams-app-id ID] [--app-id ID] [--out dist/appPackage.zip]``
+The publisher's pages fill ``${{WEBSITE_URL}}``, ``${{PRIVACY_URL}}`` and ``${{TERMS_OF_USE_URL}}``
+(the manifest's developer.websiteUrl, privacyUrl, termsOfUseUrl: Teams shows them to every user who
+opens the app's details), from ``--website-url``/``--privacy-url``/``--terms-url`` or the environment
+(``WEBSITE_URL``, ``PRIVACY_URL``, ``TERMS_OF_USE_URL``; ``azd env set PRIVACY_URL ...`` reaches the
+postprovision hook). They must be https URLs of your organisation: placeholders (example.com and the
+other reserved example/test names, localhost) are refused, so no package ships with them.
+
+Usage: ``python scripts/build_app_package.py [--teams-app-id ID] [--app-id ID] [--website-url URL]
+[--privacy-url URL] [--terms-url URL] [--out dist/appPackage.zip]``
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import urllib.parse
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -33,12 +42,69 @@ ZIP_DATE = (2024, 1, 1, 0, 0, 0)
 class PackageError(Exception):
     """A problem the user has to fix; the message says how."""
 
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+
+def _problems_error(problems: Sequence[str]) -> PackageError:
+    return PackageError("Cannot build the app package:\n  - " + "\n  - ".join(problems), problems)
+
 
 # (placeholder, command-line flag, environment variable, local.settings.json key, meaning)
 IDS = (
     ("TEAMS_APP_ID", "--teams-app-id", "TEAMS_APP_ID", "TeamsAppId", "the Teams app manifest id"),
     ("MICROSOFT_APP_ID", "--app-id", "MICROSOFT_APP_ID", "MicrosoftAppId", "the bot's Entra app (client) id"),
 )
+
+
+# (placeholder, command-line flag, environment variable, meaning)
+URLS = (
+    ("WEBSITE_URL", "--website-url", "WEBSITE_URL", "the publisher's website URL (developer.websiteUrl)"),
+    ("PRIVACY_URL", "--privacy-url", "PRIVACY_URL", "the privacy statement URL (developer.privacyUrl)"),
+    ("TERMS_OF_USE_URL", "--terms-url", "TERMS_OF_USE_URL", "the terms of use URL (developer.termsOfUseUrl)"),
+)
+# Names reserved for documentation and testing (RFC 2606, RFC 6761): never a real publisher's page.
+PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net", "localhost")
+PLACEHOLDER_TLDS = ("example", "test", "invalid", "localhost")
+
+
+def _url_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a published page of the app's publisher, or None if it can."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        host = (parts.hostname or "").rstrip(".").lower()
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme != "https" or not host:
+        return "must be an https:// URL"
+    if any(host == d or host.endswith("." + d) for d in PLACEHOLDER_DOMAINS) or host.rsplit(".", 1)[-1] in (
+        PLACEHOLDER_TLDS
+    ):
+        return f"is a placeholder ({host} is reserved for examples); use your organisation's real page"
+    if len(value) > 2048:
+        return "is longer than 2048 characters"
+    return None
+
+
+def resolve_urls(flags: Mapping[str, str | None], env: Mapping[str, str]) -> dict[str, str]:
+    """Pick each publisher URL from flags, then environment; refuse missing ones and placeholders."""
+    resolved: dict[str, str] = {}
+    problems: list[str] = []
+    for placeholder, flag, env_name, meaning in URLS:
+        candidates = ((flags.get(placeholder), flag), (env.get(env_name), f"environment variable {env_name}"))
+        value, source = next(((v.strip(), s) for v, s in candidates if v and v.strip()), (None, None))
+        if value is None:
+            problems.append(f"{meaning} is missing: pass {flag} or set {env_name} (with azd: azd env set {env_name} URL)")
+            continue
+        problem = _url_problem(value)
+        if problem is not None:
+            problems.append(f"{meaning} from {source} {problem}: {value!r}")
+            continue
+        resolved[placeholder] = value
+    if problems:
+        raise _problems_error(problems)
+    return resolved
 
 
 def _read_local_settings(path: Path) -> Mapping[str, str]:
@@ -83,14 +149,15 @@ def resolve_ids(
             continue
         resolved[placeholder] = str(parsed)
     if problems:
-        raise PackageError("Cannot build the app package:\n  - " + "\n  - ".join(problems))
+        raise _problems_error(problems)
     return resolved
 
 
 def render_manifest(template: str, ids: Mapping[str, str]) -> str:
+    """Fill the ``${{NAME}}`` placeholders (ids and URLs); values go in JSON-escaped."""
     text = template
     for placeholder, value in ids.items():
-        text = text.replace("${{" + placeholder + "}}", value)
+        text = text.replace("${{" + placeholder + "}}", json.dumps(value)[1:-1])
     if "${{" in text:
         start = text.index("${{")
         raise PackageError(f"manifest.json has an unfilled placeholder: {text[start : start + 40]!r}")
@@ -123,6 +190,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     parser = argparse.ArgumentParser(description="Build the Teams app package (dist/appPackage.zip).")
     parser.add_argument("--teams-app-id", help="Teams app manifest id (default: $TEAMS_APP_ID)")
     parser.add_argument("--app-id", help="bot's Entra app (client) id (default: $MICROSOFT_APP_ID)")
+    parser.add_argument("--website-url", help="publisher's website, https (default: $WEBSITE_URL)")
+    parser.add_argument("--privacy-url", help="privacy statement, https (default: $PRIVACY_URL)")
+    parser.add_argument("--terms-url", help="terms of use, https (default: $TERMS_OF_USE_URL)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output zip (default: dist/appPackage.zip)")
     parser.add_argument(
         "--local-settings",
@@ -131,13 +201,29 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         help="fallback source of TeamsAppId/MicrosoftAppId (default: local.settings.json)",
     )
     args = parser.parse_args(argv)
+    environ = os.environ if env is None else env
     try:
-        ids = resolve_ids(
-            {"TEAMS_APP_ID": args.teams_app_id, "MICROSOFT_APP_ID": args.app_id},
-            os.environ if env is None else env,
-            _read_local_settings(args.local_settings),
-        )
-        out = build(ids, args.out)
+        problems: list[str] = []
+        ids: dict[str, str] = {}
+        urls: dict[str, str] = {}
+        try:
+            ids = resolve_ids(
+                {"TEAMS_APP_ID": args.teams_app_id, "MICROSOFT_APP_ID": args.app_id},
+                environ,
+                _read_local_settings(args.local_settings),
+            )
+        except PackageError as exc:
+            problems.extend(exc.problems)
+        try:
+            urls = resolve_urls(
+                {"WEBSITE_URL": args.website_url, "PRIVACY_URL": args.privacy_url, "TERMS_OF_USE_URL": args.terms_url},
+                environ,
+            )
+        except PackageError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise _problems_error(problems)
+        out = build({**ids, **urls}, args.out)
     except PackageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
