@@ -95,7 +95,9 @@ def resolve_urls(flags: Mapping[str, str | None], env: Mapping[str, str]) -> dic
         candidates = ((flags.get(placeholder), flag), (env.get(env_name), f"environment variable {env_name}"))
         value, source = next(((v.strip(), s) for v, s in candidates if v and v.strip()), (None, None))
         if value is None:
-            problems.append(f"{meaning} is missing: pass {flag} or set {env_name} (with azd: azd env set {env_name} URL)")
+            problems.append(
+                f"{meaning} is missing: pass {flag} or set {env_name} (with azd: azd env set {env_name} URL)"
+            )
             continue
         problem = _url_problem(value)
         if problem is not None:
