@@ -412,8 +412,8 @@ async def cmd_failures(args: argparse.Namespace, source: SettingsSource, out: Ou
 
 
 async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
+    from shared.lifecycle import get_status, recall_notification, update_notification
     from shared.models import parse_update_request
-    from shared.notifications import get_status, recall_notification, update_notification
 
     async with _services(source) as services:
         if args.notification_command == "status":
