@@ -23,7 +23,7 @@ from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
 from shared.idempotency import IdempotencyStore
 from shared.notification_store import NotificationStore
-from shared.notify import Notifier
+from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.throttle import Throttle

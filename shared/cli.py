@@ -162,7 +162,7 @@ def _read_card(path: str) -> dict[str, Any]:
 
 async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
     from shared.models import parse_notify_request
-    from shared.notify import Message
+    from shared.pipeline import Message
 
     if args.text is None and args.card is None:
         raise UsageError("give --text, --card, or both")
@@ -302,9 +302,9 @@ async def _failures_list(services: Any, out: Output) -> int:
 
 
 def _not_kept(message_id: str) -> NotifyError:
-    from shared.errors import RequestError
+    from shared.errors import InvalidRequestError
 
-    return RequestError(
+    return InvalidRequestError(
         f"No kept failure for message id '{message_id}'.", code="failure_not_found", target="messageId", http_status=404
     )
 

@@ -18,9 +18,9 @@ import httpx
 from shared.botframework import Member, conversation_parameters, parse_member
 from shared.errors import (
     ConfigurationError,
+    InvalidRequestError,
     NotifyError,
     RecipientError,
-    RequestError,
     StaleConversationError,
     TransientError,
     UpstreamError,
@@ -61,8 +61,8 @@ class ConnectorClient:
             return None
         return Gate(self._throttle, "connector", tenant_id, conversation_id)
 
-    async def chat_member(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
-        """PROTOCOL step 5: the user's ChannelAccount in the installation's 1:1 chat."""
+    async def get_conversation_members(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
+        """GetConversationMembers (PROTOCOL step 5): the user's ChannelAccount in the installation's 1:1 chat."""
         response = await self._call(
             "GET",
             service_url,
@@ -89,14 +89,14 @@ class ConnectorClient:
             raise UpstreamError("The connector created a conversation without an id.", target="connector")
         return conversation_id
 
-    async def send(
+    async def send_to_conversation(
         self, service_url: str, conversation_id: str, activity: dict[str, Any], *, tenant_id: str | None = None
     ) -> str | None:
         """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
         path = f"v3/conversations/{_segment(conversation_id)}/activities"
         return await self._post_activity(service_url, path, activity, self._gate(tenant_id, conversation_id))
 
-    async def reply(
+    async def reply_to_activity(
         self, service_url: str, conversation_id: str, reply_to_id: str, activity: dict[str, Any]
     ) -> str | None:
         """Answer an inbound activity (Bot Framework ReplyToActivity): threaded under it in the chat."""
@@ -120,7 +120,7 @@ class ConnectorClient:
         )
         return _activity_id(response)
 
-    async def update(
+    async def update_activity(
         self,
         service_url: str,
         conversation_id: str,
@@ -142,7 +142,7 @@ class ConnectorClient:
             operation="update",
         )
 
-    async def delete(
+    async def delete_activity(
         self, service_url: str, conversation_id: str, activity_id: str, *, tenant_id: str | None = None
     ) -> bool:
         """Delete a sent activity. Returns False when it was already gone (404)."""
@@ -267,7 +267,7 @@ def connector_error(response: httpx.Response, operation: str = "send") -> Notify
             target="MicrosoftAppId",
         )
     if status == 413 or code == "MessageSizeTooBig":
-        return RequestError(
+        return InvalidRequestError(
             "The message is too large for Teams.", code="message_too_large", target="body", http_status=413
         )
     if status == 400 and operation not in ("send", "update"):
@@ -277,7 +277,7 @@ def connector_error(response: httpx.Response, operation: str = "send") -> Notify
             target="connector",
         )
     if status == 400:
-        return RequestError(
+        return InvalidRequestError(
             f"Teams rejected the message ({code or 'BadArgument'}): check the text and the Adaptive Card.",
             code="message_rejected",
             target="card",

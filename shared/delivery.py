@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source
 from shared.models import NotifyRequest, NotifyResponse
-from shared.notify import Message, recipient_hash
+from shared.pipeline import Message, recipient_hash
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

@@ -34,7 +34,7 @@ class NotifyError(Exception):
         return True
 
 
-class RequestError(NotifyError):
+class InvalidRequestError(NotifyError):
     """The caller's fault: bad input, unknown user, a user who blocked the bot."""
 
     code = "invalid_request"
@@ -53,7 +53,7 @@ class RequestError(NotifyError):
             self.http_status = http_status
 
 
-class RecipientError(RequestError):
+class RecipientError(InvalidRequestError):
     """The recipient cannot be messaged (unknown, blocked the bot, app blocked by the tenant admin)."""
 
     code = "recipient_not_found"
@@ -116,7 +116,7 @@ class RequestInProgressError(TransientError):
     http_status = 409
 
 
-class AuthenticationError(RequestError):
+class AuthenticationError(InvalidRequestError):
     """An inbound request without a valid credential (the bot's messaging endpoint: a Bot Framework
     channel token). The message says what is wrong in general terms, never echoing the credential."""
 

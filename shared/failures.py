@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import RequestError
+from shared.errors import InvalidRequestError
 from shared.failure_store import FailureRecord
 from shared.queue_delivery import process_queue_body
 
@@ -50,14 +50,14 @@ async def replay_failure(services: Services, message_id: str) -> ReplayResult:
     a transient failure raises ``TransientError`` and keeps the record."""
     record = await services.failures.get(message_id)
     if record is None:
-        raise RequestError(
+        raise InvalidRequestError(
             f"No kept failure for message id '{message_id}'.",
             code="failure_not_found",
             target="messageId",
             http_status=404,
         )
     if record.body_truncated:
-        raise RequestError(
+        raise InvalidRequestError(
             "The kept body was truncated and cannot be replayed; resend the message from its source.",
             code="body_truncated",
             target="messageId",

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared.delivery import Outcome, deliver
-from shared.errors import NotifyError, RequestError, RequestInProgressError, TransientError
+from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
 from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 from shared.notification_ids import delivery_id, status_location
@@ -119,7 +119,7 @@ async def open_notification(services: Services, request: NotifyRequest, notifica
     )
     same_source = header.source in ("", source)
     if header.fingerprint != request.fingerprint() or header.tenant_id != tenant or not same_source:
-        raise RequestError(
+        raise InvalidRequestError(
             "This idempotency key was already used for a different request: use a new key for a new message.",
             code="idempotency_key_reused",
             target="Idempotency-Key" if source == "http" else "messageId",
@@ -191,12 +191,12 @@ def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
 async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
     """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered."""
     if item.delivery_id != delivery_id(item.notification_id, item.recipient):
-        raise RequestError(
+        raise InvalidRequestError(
             "deliveryId does not match notificationId and recipient.", code="invalid_request", target="deliveryId"
         )
     header = await services.notifications.get_header(item.notification_id)
     if header is None:
-        raise RequestError(
+        raise InvalidRequestError(
             f"Notification '{item.notification_id}' does not exist.",
             code="notification_not_found",
             target="notificationId",

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import RequestError, TransientError
+from shared.errors import InvalidRequestError, TransientError
 from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _now() -> datetime.datetime:
 def check_key(key: str, target: str = "Idempotency-Key") -> str:
     key = key.strip()
     if not key or len(key) > MAX_KEY_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-        raise RequestError(
+        raise InvalidRequestError(
             f"{target} must be 1-{MAX_KEY_LENGTH} printable characters.", code="invalid_idempotency_key", target=target
         )
     return key
@@ -129,7 +129,7 @@ class IdempotencyStore(TableBacked):
             except ResourceNotFoundError:
                 continue  # released between our insert and read: try to claim again
             if entity.get("Fingerprint") != fingerprint:
-                raise RequestError(
+                raise InvalidRequestError(
                     "This idempotency key was already used for a different request: use a new key for a new message.",
                     code="idempotency_key_reused",
                     target="Idempotency-Key" if source == "http" else "messageId",

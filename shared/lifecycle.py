@@ -7,11 +7,11 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import NotifyError, RecipientError, RequestError, StaleConversationError
+from shared.errors import InvalidRequestError, NotifyError, RecipientError, StaleConversationError
 from shared.models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus, UpdateRequest
 from shared.notification_ids import delivery_from_handle
 from shared.notification_store import Delivery, note, recipient_row
-from shared.notify import Message, recipient_hash
+from shared.pipeline import Message, recipient_hash
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
@@ -27,7 +27,7 @@ async def get_status(
 ) -> NotificationStatus:
     size = DEFAULT_PAGE if top is None else top
     if not 1 <= size <= MAX_PAGE:
-        raise RequestError(f"top must be between 1 and {MAX_PAGE}.", code="invalid_request", target="top")
+        raise InvalidRequestError(f"top must be between 1 and {MAX_PAGE}.", code="invalid_request", target="top")
     store = services.notifications
     header = await store.get_header(notification_id)
     counts = await store.counts(notification_id)
@@ -66,8 +66,8 @@ def status_of(
     )
 
 
-def _not_found(notification_id: str) -> RequestError:
-    return RequestError(
+def _not_found(notification_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
         f"No notification has the id '{notification_id}'.", code="notification_not_found", target="id", http_status=404
     )
 
@@ -85,7 +85,7 @@ async def _targets(services: Services, notification_id: str, recipient: str | No
                 raise _not_found(notification_id)
             row = next((r for r in rows if recipient_row(r.recipient) == recipient_row(recipient)), None)
             if row is None:
-                raise RequestError(
+                raise InvalidRequestError(
                     "That recipient is not part of this notification.",
                     code="recipient_not_in_notification",
                     target="recipient",
@@ -128,7 +128,7 @@ async def update_notification(
             return ChangeResult(recipient=row.recipient, outcome="updated")
         try:
             async with services.notifier.throttle.slot():
-                await services.connector.update(
+                await services.connector.update_activity(
                     row.service_url or services.settings.service_url,
                     row.conversation_id,
                     row.activity_id,
@@ -195,7 +195,7 @@ async def delete_activity(services: Services, row: Delivery) -> None:
     assert row.activity_id is not None and row.conversation_id is not None
     async with services.notifier.throttle.slot():
         try:
-            await services.connector.delete(
+            await services.connector.delete_activity(
                 row.service_url or services.settings.service_url,
                 row.conversation_id,
                 row.activity_id,

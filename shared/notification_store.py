@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import RequestError, TransientError
+from shared.errors import InvalidRequestError, TransientError
 from shared.models import (
     DeliveryCounts,
     DeliveryResult,
@@ -353,7 +353,7 @@ def _encode_token(raw: Any) -> str:
 
 def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK takes this dict
     """The Table Storage continuation (``{"PartitionKey": ..., "RowKey": ...}``) a page token carries."""
-    invalid = RequestError(
+    invalid = InvalidRequestError(
         "continuationToken is not one this API returned.", code="invalid_continuation_token", target="continuationToken"
     )
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.bootstrap import Services, get_services
 from shared.delivery import Outcome, deliver, error_outcome
-from shared.errors import NotifyError, RequestError
+from shared.errors import InvalidRequestError, NotifyError
 from shared.fanout import delivery_from_outcome, open_notification, record_single_best_effort, start_notification
 from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
@@ -117,7 +117,7 @@ def _int_param(value: str | None, name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise RequestError(f"{name} must be an integer.", code="invalid_request", target=name) from None
+        raise InvalidRequestError(f"{name} must be an integer.", code="invalid_request", target=name) from None
 
 
 async def handle_status(

@@ -114,14 +114,14 @@ async def warm(world: World, users: list[FakeUser]) -> None:
     """Recipients messaged before: app installed, conversation open, and memoised in the app's store
     (so the run measures fan-out, not 1,000 cold resolutions)."""
     from shared.bootstrap import build_services
-    from shared.store import CachedRecipient
+    from shared.store import ConversationReference
 
     services = build_services(world.settings)
     try:
         for user in users:
             world.tenant.install_app(user)
             conversation = world.tenant.open_conversation(user)
-            entry = CachedRecipient(
+            entry = ConversationReference(
                 world.tenant.tenant_id, user.account_id, conversation, world.env["ServiceUrl"], user.oid, user.upn
             )
             await services.store.put(entry, [user.upn])

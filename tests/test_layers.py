@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.notification_store",
         },
     ),
-    ("domain", {"shared.notify", "shared.notification_ids"}),
+    ("domain", {"shared.pipeline", "shared.notification_ids"}),
     ("wiring", {"shared.bootstrap"}),
     (
         "use cases",
