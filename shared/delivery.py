@@ -43,11 +43,6 @@ class Outcome:
     def sent(self) -> bool:
         return self.status == 200
 
-    @property
-    def code(self) -> str | None:
-        error = self.body.get("error")
-        return str(error.get("code")) if isinstance(error, dict) else None
-
 
 def error_outcome(err: NotifyError) -> Outcome:
     retry_after = err.retry_after if isinstance(err, TransientError) else None

@@ -28,11 +28,6 @@ class NotifyError(Exception):
             error["target"] = self.target
         return {"error": error}
 
-    @property
-    def permanent(self) -> bool:
-        """True when retrying the same request cannot succeed without someone changing something."""
-        return True
-
 
 class InvalidRequestError(NotifyError):
     """The caller's fault: bad input, unknown user, a user who blocked the bot."""
@@ -83,10 +78,6 @@ class TransientError(NotifyError):
     ) -> None:
         super().__init__(message, code=code, target=target)
         self.retry_after = retry_after
-
-    @property
-    def permanent(self) -> bool:
-        return False
 
 
 class UpstreamError(NotifyError):

@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-async def send_to_recipient(
-    services: Services, header: Header, recipient: str, *, key_source: str = "delivery"
-) -> Delivery:
+async def send_to_recipient(services: Services, header: Header, recipient: str) -> Delivery:
     """One recipient of a notification, exactly once: skipped when already final (sent, failed,
     recalled), else sent through ``deliver`` keyed by the delivery id and recorded. Only the caller's
     fault (4xx) makes the row ``failed``; a failure on our side or upstream's (5xx) leaves it

@@ -56,7 +56,6 @@ class Claimed:
     partition: str
     row: str
     etag: str
-    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ class IdempotencyStore(TableBacked):
             except (ResourceModifiedError, ResourceNotFoundError):
                 continue
             logger.warning("took over a stale in-flight marker (lease ended %.0fs ago)", -remaining)
-            return Claimed(partition, row, str(meta["etag"]), taken_over=True)
+            return Claimed(partition, row, str(meta["etag"]))
         raise TransientError("The idempotency record is contended; try again.", target="storage", retry_after=2.0)
 
     async def wait(self, source: Source, tenant_id: str, key: str, within: float) -> Recorded | None:
@@ -212,11 +211,6 @@ class IdempotencyStore(TableBacked):
                 )
         except ResourceModifiedError:
             logger.warning("the in-flight marker was taken over before this attempt released it")
-
-    async def forget(self, source: Source, tenant_id: str, key: str) -> None:
-        """Delete a key's record whatever it holds (operator use)."""
-        with translate_storage_errors():
-            await self._table.delete_entity(tenant_id.lower(), self.row_key(source, key))
 
     async def close(self) -> None:
         await self._table.close()
