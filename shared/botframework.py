@@ -62,7 +62,7 @@ def _member(account: Any) -> Member:
 
 
 def conversation_parameters(bot_id: str, member_id: str, tenant_id: str) -> dict[str, Any]:
-    """The body of POST /v3/conversations for a 1:1 chat (PROTOCOL.md step 6)."""
+    """The body of POST /v3/conversations for a 1:1 chat (Bot Connector CreateConversation)."""
     from botbuilder.schema import ChannelAccount, ConversationParameters
 
     parameters = ConversationParameters(

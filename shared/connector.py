@@ -1,9 +1,9 @@
 """Bot Connector helpers: conversation members, create the 1:1 conversation, send/update/delete.
 
-Error answers are translated per PROTOCOL.md's table: a gone conversation or an uninstalled bot
-raises ``StaleConversationError`` (the pipeline evicts and re-resolves once), a user who blocked the
-bot or a tenant that disabled it is the caller's to know about, 401 names our settings, 429/412/5xx
-gateway errors are retried, 500 ServiceError is not retried blindly.
+Error answers are translated per Teams' bot error codes (learn.microsoft.com, "Handle bot errors"): a gone
+conversation or an uninstalled bot raises ``StaleConversationError`` (the pipeline evicts and re-resolves
+once), a user who blocked the bot or a tenant that disabled it is the caller's to know about, 401 names our
+settings, 429/412/5xx gateway errors are retried, 500 ServiceError is not retried blindly.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class ConnectorClient:
         return Gate(self._throttle, "connector", tenant_id, conversation_id)
 
     async def get_conversation_members(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
-        """GetConversationMembers (PROTOCOL step 5): the user's ChannelAccount in the installation's 1:1 chat."""
+        """GetConversationMembers (GET /v3/conversations/{id}/members): the user's ChannelAccount in the
+        installation's 1:1 chat."""
         response = await self._call(
             "GET",
             service_url,
@@ -78,7 +79,7 @@ class ConnectorClient:
         raise TransientError("The 1:1 chat has no user member yet.", target="connector", retry_after=5.0)
 
     async def create_conversation(self, service_url: str, account_id: str, tenant_id: str) -> str:
-        """PROTOCOL step 6: the 1:1 conversation id (idempotent per member)."""
+        """CreateConversation (POST /v3/conversations): the 1:1 conversation id (idempotent per member)."""
         body = conversation_parameters(self._settings.bot_id, account_id, tenant_id)
         response = await self._call(
             "POST", service_url, "v3/conversations", json=body, accept=(200, 201), gate=self._gate(tenant_id)
@@ -92,7 +93,8 @@ class ConnectorClient:
     async def send_to_conversation(
         self, service_url: str, conversation_id: str, activity: dict[str, Any], *, tenant_id: str | None = None
     ) -> str | None:
-        """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
+        """SendToConversation (POST /v3/conversations/{id}/activities). Returns the activity id (None for
+        an observed 202 with no body)."""
         path = f"v3/conversations/{_segment(conversation_id)}/activities"
         return await self._post_activity(service_url, path, activity, self._gate(tenant_id, conversation_id))
 

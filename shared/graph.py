@@ -1,9 +1,9 @@
 """Microsoft Graph helpers: is our Teams app installed for a user, install it, and its 1:1 chat.
 
-Requests and answers follow PROTOCOL.md (Graph v1.0). Path segments are URL-encoded (guest UPNs
-contain '#EXT#'), OData string literals are quoted by doubling single quotes. Graph errors are
-translated here: unknown user -> RecipientError, missing application permission -> ConfigurationError
-naming the permission, throttling and 5xx -> retried, then TransientError.
+Requests and answers follow the Graph v1.0 reference (userTeamwork: list and add installedApps, get chat).
+Path segments are URL-encoded (guest UPNs contain '#EXT#'), OData string literals are quoted by doubling
+single quotes. Graph errors are translated here: unknown user -> RecipientError, missing application
+permission -> ConfigurationError naming the permission, throttling and 5xx -> retried, then TransientError.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ INSTALL_PERMISSION = "TeamsAppInstallation.ReadWriteSelfForUser.All"
 CATALOG_PERMISSION = "AppCatalog.Read.All"
 # Graph answers 500 for some transient faults too; GETs and the install are safe to repeat.
 _GRAPH_RETRY = DEFAULT_RETRY_STATUSES | {500}
-# Right after an install the installation's chat may briefly be missing (PROTOCOL.md step 4).
+# Right after an install the installation's chat may briefly be missing (reports: tens of seconds to minutes).
 _CHAT_RETRY = _GRAPH_RETRY | {404}
 
 
@@ -64,7 +64,7 @@ class GraphClient:
         self._catalog_ids: dict[str, str] = {}
 
     async def find_installation(self, tenant_id: str, user: str) -> Installation | None:
-        """PROTOCOL step 1: our app's installation for the user, or None."""
+        """GET /users/{id}/teamwork/installedApps: our app's installation for the user, or None."""
         response = await self._call(
             tenant_id,
             "GET",
@@ -82,7 +82,7 @@ class GraphClient:
         return None
 
     async def catalog_app_id(self, tenant_id: str) -> str:
-        """PROTOCOL step 3a: the org catalog id of TeamsAppId (memoised per tenant)."""
+        """GET /appCatalogs/teamsApps: the org catalog id of TeamsAppId (memoised per tenant)."""
         cached = self._catalog_ids.get(tenant_id)
         if cached is not None:
             return cached
@@ -109,9 +109,9 @@ class GraphClient:
         return catalog_id
 
     async def install(self, tenant_id: str, user: str) -> None:
-        """PROTOCOL step 3: install our app for the user from the org catalog; 409 Conflict means it
-        already is. The catalog id is memoised; when the install rejects it (the app was re-uploaded
-        and got a new id), it is looked up again once."""
+        """POST /users/{id}/teamwork/installedApps: install our app for the user from the org catalog; 409
+        Conflict means it already is. The catalog id is memoised; when the install rejects it (the app was
+        re-uploaded and got a new id), it is looked up again once."""
         for attempt in (1, 2):
             catalog_id = await self.catalog_app_id(tenant_id)
             response = await self._call(
@@ -138,7 +138,7 @@ class GraphClient:
             return
 
     async def installation_chat(self, tenant_id: str, user: str, installation_id: str, *, just_installed: bool) -> str:
-        """PROTOCOL step 4: the 1:1 chat between the user and the bot."""
+        """GET /users/{id}/teamwork/installedApps/{installationId}/chat: the 1:1 chat between the user and the bot."""
         response = await self._call(
             tenant_id,
             "GET",

@@ -1,4 +1,5 @@
-"""The request and response models of the notify interface (DESIGN.md, "Interfaces").
+"""The request and response models of the notify interface (README, "Sending from Power Automate,
+scripts and Service Bus").
 
 One model, one validation, for every way a send request arrives: the HTTP body of ``POST /api/notify``
 and the body of a Service Bus message are both parsed by ``parse_notify_request``. The Power Automate

@@ -1,6 +1,6 @@
 """The notify pipeline: resolve a recipient's Teams identity on demand and send to them.
 
-Cold path (PROTOCOL.md steps 1-7): app token -> installed app? -> install if missing -> the
+Cold path: app token -> installed app? -> install if missing -> the
 installation's 1:1 chat -> the chat member (ChannelAccount) -> create the conversation -> send.
 Warm path: the memoised entry and a memoised token, so the send is the only HTTP request.
 
@@ -128,7 +128,7 @@ class Notifier:
             )
         except RecipientError as err:
             if err.code == "recipient_blocked_bot":
-                # PROTOCOL.md: evict, so an unblock later goes through a fresh resolution.
+                # A 403 ConversationBlockedByUser: evict, so an unblock later goes through a fresh resolution.
                 await self._store.evict(tenant, recipient)
             raise
 

@@ -96,7 +96,7 @@ class TokenProvider:
 
     async def bot_token(self) -> str:
         # Single-tenant bots get Bot Framework tokens from their own tenant, multi-tenant ones from
-        # the botframework.com tenant (PROTOCOL.md, Tokens).
+        # the botframework.com tenant (Bot Framework docs, "Authentication with the Bot Connector API").
         tenant = "botframework.com" if self._settings.app_type == "MultiTenant" else self._settings.tenant_id
         return await self._token(tenant, BOT_SCOPE, recipient_tenant=False)
 
