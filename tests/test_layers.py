@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.service",
         },
     ),
-    ("entry points", {"shared.cli"}),
+    ("entry points", {"shared.cli", "shared.cli_io", "shared.cli_failures"}),
 ]
 LEVEL = {module: level for level, (_name, modules) in enumerate(LAYERS) for module in modules}
 
