@@ -1,4 +1,4 @@
-"""The ChannelAccount store: what a warm send needs about a recipient, memoised in Table Storage.
+"""The conversation reference store: what a warm send needs about a recipient, memoised in Table Storage.
 
 ``RecipientStore`` is the small protocol; ``MemoryRecipientStore`` and ``TableRecipientStore`` (Azure
 Table Storage through azure-data-tables' async client) implement it and pass one behaviour suite;
