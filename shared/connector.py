@@ -28,7 +28,7 @@ from shared.errors import (
 from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
 from shared.settings import Settings
 from shared.throttle import Gate, Throttle
-from shared.tokens import BOT_SCOPE, TokenProvider
+from shared.tokens import BOT_SCOPE, TokenProvider, bot_token_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -193,13 +193,10 @@ class ConnectorClient:
             if response.status_code in accept:
                 return response
             if response.status_code == 401 and attempt == 1:
-                self._tokens.forget(self._token_tenant(), BOT_SCOPE)
+                self._tokens.forget(bot_token_tenant(self._settings), BOT_SCOPE)
                 continue
             raise connector_error(response, operation)
         raise AssertionError("unreachable")
-
-    def _token_tenant(self) -> str:
-        return "botframework.com" if self._settings.app_type == "MultiTenant" else self._settings.tenant_id
 
 
 def _json(response: httpx.Response) -> Any:
