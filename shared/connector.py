@@ -25,7 +25,7 @@ from shared.errors import (
     TransientError,
     UpstreamError,
 )
-from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
+from shared.http import DEFAULT_RETRY_STATUSES, BearerAuth, RetryPolicy, request_with_retry
 from shared.settings import Settings
 from shared.throttle import Gate, Throttle
 from shared.tokens import BOT_SCOPE, TokenProvider, bot_token_tenant
@@ -55,6 +55,7 @@ class ConnectorClient:
         self._tokens = tokens
         self._policy = policy
         self._throttle = throttle
+        self._auth = BearerAuth(tokens.bot_token, lambda: tokens.forget(bot_token_tenant(settings), BOT_SCOPE))
 
     def _gate(self, tenant_id: str | None, conversation_id: str | None = None) -> Gate | None:
         if self._throttle is None or tenant_id is None:
@@ -171,32 +172,24 @@ class ConnectorClient:
         idempotent: bool = True,
         operation: str = "other",
     ) -> httpx.Response:
-        url = service_url + path
-        for attempt in (1, 2):
-            token = await self._tokens.bot_token()
-            headers = {"Authorization": f"Bearer {token}"}
-            if content is not None:
-                headers["Content-Type"] = "application/json"
-            response = await request_with_retry(
-                self._client,
-                method,
-                url,
-                policy=self._policy,
-                service="connector",
-                retry_statuses=retry_statuses,
-                headers=headers,
-                json=json,
-                content=content,
-                gate=gate,
-                idempotent=idempotent,
-            )
-            if response.status_code in accept:
-                return response
-            if response.status_code == 401 and attempt == 1:
-                self._tokens.forget(bot_token_tenant(self._settings), BOT_SCOPE)
-                continue
-            raise connector_error(response, operation)
-        raise AssertionError("unreachable")
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        response = await request_with_retry(
+            self._client,
+            method,
+            service_url + path,
+            policy=self._policy,
+            service="connector",
+            retry_statuses=retry_statuses,
+            headers=headers,
+            json=json,
+            content=content,
+            gate=gate,
+            idempotent=idempotent,
+            auth=self._auth,
+        )
+        if response.status_code in accept:
+            return response
+        raise connector_error(response, operation)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError, UpstreamError
-from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
+from shared.http import DEFAULT_RETRY_STATUSES, BearerAuth, RetryPolicy, request_with_retry
 from shared.settings import Settings
 from shared.throttle import Gate, Throttle
 from shared.tokens import GRAPH_SCOPE, TokenProvider
@@ -167,28 +167,24 @@ class GraphClient:
         retry_statuses: frozenset[int] = _GRAPH_RETRY,
     ) -> httpx.Response:
         gate = Gate(self._throttle, "graph", tenant_id) if self._throttle is not None else None
-        for attempt in (1, 2):
-            token = await self._tokens.graph_token(tenant_id)
-            response = await request_with_retry(
-                self._client,
-                method,
-                self._base + path,
-                policy=self._policy,
-                service="graph",
-                retry_statuses=retry_statuses,
-                headers={"Authorization": f"Bearer {token}"},
-                params=params,
-                json=json,
-                gate=gate,
-            )
-            if response.status_code == 401 and attempt == 1:
-                # A token revoked or expired early: ask for a fresh one once.
-                self._tokens.forget(tenant_id, GRAPH_SCOPE)
-                continue
-            if response.status_code in accept:
-                return response
-            raise _graph_error(response, permission)
-        raise AssertionError("unreachable")
+        auth = BearerAuth(
+            lambda: self._tokens.graph_token(tenant_id), lambda: self._tokens.forget(tenant_id, GRAPH_SCOPE)
+        )
+        response = await request_with_retry(
+            self._client,
+            method,
+            self._base + path,
+            policy=self._policy,
+            service="graph",
+            retry_statuses=retry_statuses,
+            params=params,
+            json=json,
+            gate=gate,
+            auth=auth,
+        )
+        if response.status_code in accept:
+            return response
+        raise _graph_error(response, permission)
 
 
 def _json(response: httpx.Response) -> Any:
