@@ -21,7 +21,7 @@ from shared.errors import InvalidRequestError, NotifyError, RequestInProgressErr
 from shared.lifecycle import delete_activity, status_of
 from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 from shared.notification_ids import delivery_id, status_location
-from shared.notification_store import Delivery, Header, _content_fields, note
+from shared.notification_store import Delivery, Header, content_fields, note
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
@@ -44,7 +44,7 @@ async def send_to_recipient(services: Services, header: Header, recipient: str) 
         {
             "recipient": recipient,
             "tenantId": header.tenant_id,
-            **{k: v for k, v in _content_fields(header.content.model_dump()).items() if v is not None},
+            **{k: v for k, v in content_fields(header.content.model_dump()).items() if v is not None},
         }
     )
     key = delivery_id(header.notification_id, recipient)

@@ -132,7 +132,7 @@ class NotificationStore(TableBacked):
             tenant_id=str(entity["TenantId"]),
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
-            content=NotifyRequest.model_construct(**_content_fields(json.loads(str(entity["Content"])))),
+            content=NotifyRequest.model_construct(**content_fields(json.loads(str(entity["Content"])))),
             source=str(entity.get("Source") or ""),
         )
 
@@ -301,7 +301,8 @@ def recipient_row(recipient: str) -> str:
     return escape_key(recipient.strip().lower())
 
 
-def _content_fields(content: dict[str, Any]) -> dict[str, Any]:
+def content_fields(content: dict[str, Any]) -> dict[str, Any]:
+    """The message content (text, card, summary) of a stored notification's content."""
     return {"text": content.get("text"), "card": content.get("card"), "summary": content.get("summary")}
 
 
