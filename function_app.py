@@ -5,15 +5,15 @@ transport. Nothing is built at import time: shared.bootstrap builds the clients 
 each function imports the library inside its body, so indexing the app (``import function_app`` +
 ``app.get_functions()``, the host's cold start) loads neither httpx, pydantic, MSAL nor the Azure SDKs.
 
-| function            | trigger                                                  | library call                   |
-| ------------------- | -------------------------------------------------------- | ------------------------------ |
-| notify              | HTTP POST /api/notify (function key)                     | service.handle_notify          |
-| notify_queue        | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | service.handle_queue_message   |
-| notification_status | HTTP GET /api/notifications/{id}                         | service.handle_status          |
-| notification_update | HTTP PUT /api/notifications/{id}                         | service.handle_update          |
-| notification_recall | HTTP DELETE /api/notifications/{id}                      | service.handle_recall          |
-| messages            | HTTP POST /api/messages (anonymous; Bot Framework JWT)   | shared.inbound.handle_activity |
-| health              | HTTP GET /api/health (anonymous)                         | shared.health.check_health     |
+| function            | trigger                                                  | library call                        |
+| ------------------- | -------------------------------------------------------- | ----------------------------------- |
+| notify              | HTTP POST /api/notify (function key)                     | service.handle_notify               |
+| notify_queue        | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | queue_delivery.handle_queue_message |
+| notification_status | HTTP GET /api/notifications/{id}                         | service.handle_status               |
+| notification_update | HTTP PUT /api/notifications/{id}                         | service.handle_update               |
+| notification_recall | HTTP DELETE /api/notifications/{id}                      | service.handle_recall               |
+| messages            | HTTP POST /api/messages (anonymous; Bot Framework JWT)   | shared.inbound.handle_activity      |
+| health              | HTTP GET /api/health (anonymous)                         | shared.health.check_health          |
 
 notify and notify_queue also have a Service Bus OUTPUT binding to the same queue: a notification to
 more recipients than are sent inline is spread as one message per recipient. The Python worker's
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from shared.service import Outcome
+    from shared.delivery import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -79,7 +79,7 @@ async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpRespo
 async def notify_queue(msg: func.ServiceBusMessage, fanout: func.Out[str]) -> None:
     # Returning completes the message (host.json autoCompleteMessages); raising abandons it, so
     # Service Bus redelivers it and dead-letters it after the queue's maxDeliveryCount.
-    from shared.service import QueueDelivery, handle_queue_message
+    from shared.queue_delivery import QueueDelivery, handle_queue_message
 
     outcome = await handle_queue_message(
         QueueDelivery(

@@ -20,9 +20,9 @@ from bench.report import Line
 from bench.rows import Sizes
 from bench.world import World
 from shared.bootstrap import build_services
-from shared.notify import Message
+from shared.pipeline import Message
 from shared.settings import load_settings
-from shared.store import CachedRecipient, CachedRecipientStore, TableRecipientStore, escape_key, recipient_key
+from shared.store import CachedRecipientStore, ConversationReference, TableRecipientStore, escape_key, recipient_key
 
 BATCH = 100  # Table Storage's limit per transaction
 
@@ -37,11 +37,11 @@ def probe_stride(count: int, probes: int) -> int:
     return max(1, count // probes)
 
 
-def target(real: list[CachedRecipient], i: int, stride: int) -> CachedRecipient:
+def target(real: list[ConversationReference], i: int, stride: int) -> ConversationReference:
     return real[(i // stride) % len(real)]
 
 
-async def populate(world: World, table_name: str, count: int, real: list[CachedRecipient], stride: int) -> float:
+async def populate(world: World, table_name: str, count: int, real: list[ConversationReference], stride: int) -> float:
     from azure.data.tables.aio import TableServiceClient
 
     started = time.perf_counter()
@@ -77,13 +77,13 @@ async def populate(world: World, table_name: str, count: int, real: list[CachedR
     return time.perf_counter() - started
 
 
-async def _real_entries(world: World, count: int) -> list[CachedRecipient]:
+async def _real_entries(world: World, count: int) -> list[ConversationReference]:
     """Resolve ``count`` real recipients once (their conversations exist in the fake)."""
     world.fresh_table_prefix()
     services = build_services(load_settings(world.env))
     gate = asyncio.Semaphore(16)
 
-    async def one(upn: str) -> CachedRecipient:
+    async def one(upn: str) -> ConversationReference:
         async with gate:
             return await services.notifier.resolve(upn)
 
@@ -94,7 +94,7 @@ async def _real_entries(world: World, count: int) -> list[CachedRecipient]:
 
 
 async def _measure_size(
-    world: World, sizes: Sizes, count: int, real: list[CachedRecipient]
+    world: World, sizes: Sizes, count: int, real: list[ConversationReference]
 ) -> tuple[Timing, Timing, float]:
     prefix = world.fresh_table_prefix()
     stride = probe_stride(count, len(real))
@@ -112,7 +112,7 @@ async def _measure_size(
         assert isinstance(store, CachedRecipientStore)
         for i in [*(i for i in range(count) if i not in probed), *sorted(probed)]:
             real_entry = target(real, i, stride)
-            entry = CachedRecipient(
+            entry = ConversationReference(
                 real_entry.tenant_id,
                 real_entry.account_id,
                 real_entry.conversation_id,

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from bench.world import World
-from shared.notify import Message
+from shared.pipeline import Message
 
 TEXT = "Your **report** is ready"
 BOT_SCOPE = "https://api.botframework.com/.default"

@@ -14,7 +14,7 @@ from bench.measure import Timing, measure, measure_sync
 from bench.report import Line
 from bench.world import WARM_RECIPIENTS, World
 from shared.bootstrap import build_services, reset_services
-from shared.notify import Message
+from shared.pipeline import Message
 from shared.settings import load_settings
 from shared.throttle import Throttle
 

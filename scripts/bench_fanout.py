@@ -53,7 +53,7 @@ async def run_fanout(
     from shared.bootstrap import build_services, reset_services
     from shared.errors import TransientError
     from shared.settings import load_settings
-    from shared.store import CachedRecipient
+    from shared.store import ConversationReference
     from tests.azurite import Azurite
     from tests.functions import OutputMessages, user_function
 
@@ -88,7 +88,7 @@ async def run_fanout(
                 tenant.install_app(user)
                 conversation = tenant.open_conversation(user)
                 await services.store.put(
-                    CachedRecipient(tenant.tenant_id, user.account_id, conversation, env["ServiceUrl"], user.oid),
+                    ConversationReference(tenant.tenant_id, user.account_id, conversation, env["ServiceUrl"], user.oid),
                     [user.upn],
                 )
             await services.aclose()

@@ -12,23 +12,21 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from shared.botframework import ChannelAuthenticator
 from shared.connector import ConnectorClient
-from shared.failures import FailureStore
+from shared.failure_store import FailureStore
 from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
 from shared.idempotency import IdempotencyStore
-from shared.notify import Notifier
+from shared.notification_store import NotificationStore
+from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.throttle import Throttle
-
-if TYPE_CHECKING:
-    from shared.notifications import NotificationStore
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +56,6 @@ class Services:
     @functools.cached_property
     def notifications(self) -> NotificationStore:
         """Notifications and their per-recipient deliveries: {TableNamePrefix}notifications, ...deliveries."""
-        from shared.notifications import NotificationStore
-
         return NotificationStore(self.table("notifications"), self.table("deliveries"))
 
     @functools.cached_property

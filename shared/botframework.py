@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from shared.errors import AuthenticationError, ConfigurationError, NotifyError, RequestError, TransientError
+from shared.errors import AuthenticationError, ConfigurationError, InvalidRequestError, NotifyError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _member(account: Any) -> Member:
 
 
 def conversation_parameters(bot_id: str, member_id: str, tenant_id: str) -> dict[str, Any]:
-    """The body of POST /v3/conversations for a 1:1 chat (PROTOCOL.md step 6)."""
+    """The body of POST /v3/conversations for a 1:1 chat (Bot Connector CreateConversation)."""
     from botbuilder.schema import ChannelAccount, ConversationParameters
 
     parameters = ConversationParameters(
@@ -192,7 +192,7 @@ class ChannelAuthenticator:
         """Validate the channel token for this activity (signature, issuer, audience = our app id,
         expiry, the key's endorsement of the channel, serviceurl claim = the activity's serviceUrl).
 
-        Raises AuthenticationError (401), RequestError (400: a valid token with a body that is not an
+        Raises AuthenticationError (401), InvalidRequestError (400: a valid token with a body that is not an
         activity), TransientError (the signing keys could not be fetched).
         """
         from botbuilder.schema import Activity
@@ -207,7 +207,7 @@ class ChannelAuthenticator:
         if activity is None or not activity.type or not activity.service_url or not activity.channel_id:
             # Without serviceUrl and channelId the SDK would skip the serviceurl and endorsement checks.
             await self.authenticate_token(authorization)
-            raise RequestError(
+            raise InvalidRequestError(
                 "The body is not a Bot Framework activity (type, serviceUrl and channelId are required).",
                 code="invalid_activity",
                 target="body",

@@ -17,99 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from shared.cli_failures import cmd_failures
+from shared.cli_io import Handler, Output, SettingsSource, UsageError, print_fields, services_for
 from shared.errors import NotifyError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SETTINGS_FILE = "local.settings.json"
-# Process-level variables a settings file may carry that are not app settings: applied to the
-# environment while the command runs, as the function host applies every value.
-_PROCESS_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
-
-
-class UsageError(Exception):
-    """Wrong arguments or an unreadable input file (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class SettingsSource:
-    values: Mapping[str, str]
-    description: str
-
-    @classmethod
-    def locate(cls, path: str | None) -> SettingsSource:
-        if path is None and Path(DEFAULT_SETTINGS_FILE).is_file():
-            path = DEFAULT_SETTINGS_FILE
-        if path is None:
-            return cls(dict(os.environ), "the environment")
-        try:
-            document = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as err:
-            raise UsageError(f"cannot read settings file {path}: {err.strerror}") from err
-        except ValueError as err:
-            raise UsageError(f"settings file {path} is not valid JSON: {err}") from err
-        values = document.get("Values") if isinstance(document, dict) else None
-        if not isinstance(values, dict):
-            raise UsageError(f'settings file {path} has no "Values" object')
-        as_text = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items() if v is not None}
-        return cls(as_text, path)
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Apply the process-level variables of the settings file for the duration of a command."""
-        saved = {name: os.environ.get(name) for name in _PROCESS_VARIABLES}
-        for name in _PROCESS_VARIABLES:
-            value = self.values.get(name)
-            if value:
-                os.environ[name] = value
-        try:
-            yield
-        finally:
-            for name, old in saved.items():
-                if old is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = old
-
-
-class Output:
-    """Human lines or one JSON document per command."""
-
-    def __init__(self, as_json: bool, stream: TextIO) -> None:
-        self.as_json = as_json
-        self._stream = stream
-
-    def line(self, text: str = "") -> None:
-        if not self.as_json:
-            self._stream.write(text + "\n")
-            self._stream.flush()
-
-    def document(self, payload: Any) -> None:
-        if self.as_json:
-            self._stream.write(json.dumps(payload, indent=2, default=str) + "\n")
-            self._stream.flush()
-
-    def error(self, err: NotifyError) -> int:
-        if self.as_json:
-            self.document(err.to_body())
-        else:
-            target = f" [{err.target}]" if err.target else ""
-            self.line(f"error: {err.code}{target}: {err.message}")
-        return 1
-
-
-Handler = Callable[[argparse.Namespace, SettingsSource, Output], Coroutine[Any, Any, int]]
-
 
 # --- doctor -------------------------------------------------------------------------------------
 
@@ -134,18 +52,6 @@ async def cmd_doctor(args: argparse.Namespace, source: SettingsSource, out: Outp
 # --- the commands that need the library's services ----------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _services(source: SettingsSource) -> Any:
-    from shared.bootstrap import build_services
-    from shared.settings import load_settings
-
-    services = build_services(load_settings(source.values))
-    try:
-        yield services
-    finally:
-        await services.aclose()
-
-
 def _read_card(path: str) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
@@ -162,7 +68,7 @@ def _read_card(path: str) -> dict[str, Any]:
 
 async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
     from shared.models import parse_notify_request
-    from shared.notify import Message
+    from shared.pipeline import Message
 
     if args.text is None and args.card is None:
         raise UsageError("give --text, --card, or both")
@@ -172,7 +78,7 @@ async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output
     # The HTTP API's request model: the same validation and error codes as POST /api/notify.
     request = parse_notify_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
     message = Message(text=request.text, card=request.card, summary=request.summary)
-    async with _services(source) as services:
+    async with services_for(source) as services:
         result = await services.notifier.send(request.recipient, message, request.tenant_id)
     out.document(
         {
@@ -203,24 +109,8 @@ def _entry_fields(entry: Any) -> dict[str, Any]:
     }
 
 
-_FIELD_LABELS = {
-    "tenantId": "tenant",
-    "accountId": "Teams account",
-    "conversationId": "conversation",
-    "serviceUrl": "service URL",
-    "objectId": "object id",
-    "upn": "UPN",
-    "updatedAt": "cached at",
-}
-
-
-def _print_fields(out: Output, fields: Mapping[str, Any]) -> None:
-    for name, value in fields.items():
-        out.line(f"  {_FIELD_LABELS.get(name, name):<14} {value if value is not None else '-'}")
-
-
 async def cmd_cache(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
-    async with _services(source) as services:
+    async with services_for(source) as services:
         tenant = args.tenant or services.settings.tenant_id
         if args.cache_command == "show":
             entry = await services.store.get(tenant, args.recipient)
@@ -234,175 +124,11 @@ async def cmd_cache(args: argparse.Namespace, source: SettingsSource, out: Outpu
     if args.cache_command == "show":
         out.document({"recipient": args.recipient, "cached": True, **fields})
         out.line(f"{args.recipient} in tenant {tenant}:")
-        _print_fields(out, fields)
+        print_fields(out, fields)
     else:
         out.document({"recipient": args.recipient, "evicted": True, **fields})
         out.line(f"Evicted {args.recipient} (Teams account {entry.account_id}); the next send resolves them again.")
     return 0
-
-
-# --- failures ------------------------------------------------------------------------------------
-
-
-def _failure_recipient(body: bytes) -> str | None:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return None
-    recipient = parsed.get("recipient") if isinstance(parsed, dict) else None
-    return str(recipient) if recipient is not None else None
-
-
-def _failure_fields(record: Any, *, with_body: bool) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "messageId": record.message_id,
-        "code": record.code,
-        "message": record.message,
-        "target": record.target,
-        "httpStatus": record.http_status,
-        "recipient": _failure_recipient(record.body),
-        "firstFailedAt": record.first_failed_at.isoformat(),
-        "lastFailedAt": record.last_failed_at.isoformat(),
-        "failures": record.failures,
-        "replays": record.replays,
-        "deliveryCount": record.delivery_count,
-        "enqueuedTime": record.enqueued_time.isoformat() if record.enqueued_time else None,
-        "correlationId": record.correlation_id,
-    }
-    if with_body:
-        try:
-            fields["body"] = json.loads(record.body)
-        except ValueError:
-            fields["body"] = record.body_text()
-        fields["bodyTruncated"] = record.body_truncated
-    return fields
-
-
-def _short_time(value: Any) -> str:
-    return str(value.strftime("%Y-%m-%d %H:%M:%S"))
-
-
-async def _failures_list(services: Any, out: Output) -> int:
-    from shared.failures import list_failures
-
-    records = await list_failures(services)
-    out.document({"failures": [_failure_fields(r, with_body=False) for r in records]})
-    if not records:
-        out.line("No kept failures.")
-        return 0
-    out.line(f"{len(records)} kept failure(s), oldest first:")
-    rows = [("MESSAGE ID", "CODE", "RECIPIENT", "LAST FAILED (UTC)", "TIMES")] + [
-        (r.message_id, r.code, _failure_recipient(r.body) or "-", _short_time(r.last_failed_at), str(r.failures))
-        for r in records
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        out.line("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
-    return 0
-
-
-def _not_kept(message_id: str) -> NotifyError:
-    from shared.errors import RequestError
-
-    return RequestError(
-        f"No kept failure for message id '{message_id}'.", code="failure_not_found", target="messageId", http_status=404
-    )
-
-
-async def _failures_show(services: Any, out: Output, message_id: str) -> int:
-    from shared.failures import get_failure
-
-    record = await get_failure(services, message_id)
-    if record is None:
-        return out.error(_not_kept(message_id))
-    fields = _failure_fields(record, with_body=True)
-    out.document(fields)
-    out.line(f"Message {record.message_id}")
-    out.line(f"  reason          {record.code}: {record.message}" + (f" [{record.target}]" if record.target else ""))
-    out.line(f"  recipient       {fields['recipient'] or '-'}")
-    out.line(f"  first failed    {record.first_failed_at.isoformat()}")
-    out.line(
-        f"  last failed     {record.last_failed_at.isoformat()} ({record.failures} time(s), {record.replays} replay(s))"
-    )
-    out.line(f"  delivery count  {record.delivery_count if record.delivery_count is not None else '-'}")
-    out.line(f"  enqueued        {record.enqueued_time.isoformat() if record.enqueued_time else '-'}")
-    if record.correlation_id:
-        out.line(f"  correlation id  {record.correlation_id}")
-    out.line("  body" + (" (truncated)" if record.body_truncated else "") + ":")
-    body = fields["body"]
-    text = json.dumps(body, indent=2) if not isinstance(body, str) else body
-    for line in text.splitlines():
-        out.line("    " + line)
-    return 0
-
-
-async def _failures_replay(services: Any, out: Output, message_id: str | None, replay_all: bool) -> int:
-    from shared.failures import list_failures, replay_failure
-
-    if replay_all:
-        ids = [r.message_id for r in await list_failures(services)]
-    elif message_id is not None:
-        ids = [message_id]
-    else:
-        raise UsageError("give a message id or --all")
-    results: list[dict[str, Any]] = []
-    for index, current in enumerate(ids, start=1):
-        try:
-            result = await replay_failure(services, current)
-        except NotifyError as err:
-            if not replay_all:
-                raise
-            entry: dict[str, Any] = {
-                "messageId": current,
-                "outcome": "failed",
-                "code": err.code,
-                "message": err.message,
-            }
-        else:
-            entry = {"messageId": current, "outcome": result.outcome}
-            if result.outcome == "failed":
-                entry.update(code=result.code, message=result.message)
-            else:
-                entry.update(activityId=result.activity_id, conversationId=result.conversation_id)
-        results.append(entry)
-        progress = f"[{index}/{len(ids)}] " if replay_all else ""
-        if entry["outcome"] == "failed":
-            text = f"{progress}{current}: still failing: {entry['code']}: {entry['message']}"
-        elif entry["outcome"] == "already_sent":
-            text = f"{progress}{current}: had been sent already; record cleared"
-        else:
-            text = f"{progress}{current}: sent (activity {entry['activityId']}); record cleared"
-        out.line(text)
-        if out.as_json and replay_all:
-            sys.stderr.write(text + "\n")
-    failed = sum(1 for r in results if r["outcome"] == "failed")
-    out.document({"replayed": results, "failed": failed})
-    if replay_all:
-        out.line(f"{len(ids) - failed} of {len(ids)} replayed." if ids else "No kept failures.")
-    return 1 if failed else 0
-
-
-async def _failures_drop(services: Any, out: Output, message_id: str) -> int:
-    from shared.failures import drop_failure
-
-    if not await drop_failure(services, message_id):
-        return out.error(_not_kept(message_id))
-    out.document({"messageId": message_id, "dropped": True})
-    out.line(f"Dropped {message_id} (not sent).")
-    return 0
-
-
-async def cmd_failures(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
-    if args.failures_command == "replay" and (args.message_id is None) == (not args.all):
-        raise UsageError("give a message id or --all (not both)")
-    async with _services(source) as services:
-        if args.failures_command == "list":
-            return await _failures_list(services, out)
-        if args.failures_command == "show":
-            return await _failures_show(services, out, args.message_id)
-        if args.failures_command == "replay":
-            return await _failures_replay(services, out, args.message_id, args.all)
-        return await _failures_drop(services, out, args.message_id)
 
 
 # --- parser and entry point -------------------------------------------------------------------
@@ -412,10 +138,10 @@ async def cmd_failures(args: argparse.Namespace, source: SettingsSource, out: Ou
 
 
 async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
+    from shared.lifecycle import get_status, recall_notification, update_notification
     from shared.models import parse_update_request
-    from shared.notifications import get_status, recall_notification, update_notification
 
-    async with _services(source) as services:
+    async with services_for(source) as services:
         if args.notification_command == "status":
             status = await get_status(services, args.id, top=args.top, token=args.continuation_token)
             out.document(status.model_dump(by_alias=True))

@@ -1,9 +1,9 @@
 """Bot Connector helpers: conversation members, create the 1:1 conversation, send/update/delete.
 
-Error answers are translated per PROTOCOL.md's table: a gone conversation or an uninstalled bot
-raises ``StaleConversationError`` (the pipeline evicts and re-resolves once), a user who blocked the
-bot or a tenant that disabled it is the caller's to know about, 401 names our settings, 429/412/5xx
-gateway errors are retried, 500 ServiceError is not retried blindly.
+Error answers are translated per Teams' bot error codes (learn.microsoft.com, "Handle bot errors"): a gone
+conversation or an uninstalled bot raises ``StaleConversationError`` (the pipeline evicts and re-resolves
+once), a user who blocked the bot or a tenant that disabled it is the caller's to know about, 401 names our
+settings, 429/412/5xx gateway errors are retried, 500 ServiceError is not retried blindly.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import httpx
 from shared.botframework import Member, conversation_parameters, parse_member
 from shared.errors import (
     ConfigurationError,
+    InvalidRequestError,
     NotifyError,
     RecipientError,
-    RequestError,
     StaleConversationError,
     TransientError,
     UpstreamError,
 )
-from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
+from shared.http import DEFAULT_RETRY_STATUSES, BearerAuth, RetryPolicy, request_with_retry
 from shared.settings import Settings
 from shared.throttle import Gate, Throttle
-from shared.tokens import BOT_SCOPE, TokenProvider
+from shared.tokens import BOT_SCOPE, TokenProvider, bot_token_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,16 @@ class ConnectorClient:
         self._tokens = tokens
         self._policy = policy
         self._throttle = throttle
+        self._auth = BearerAuth(tokens.bot_token, lambda: tokens.forget(bot_token_tenant(settings), BOT_SCOPE))
 
     def _gate(self, tenant_id: str | None, conversation_id: str | None = None) -> Gate | None:
         if self._throttle is None or tenant_id is None:
             return None
         return Gate(self._throttle, "connector", tenant_id, conversation_id)
 
-    async def chat_member(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
-        """PROTOCOL step 5: the user's ChannelAccount in the installation's 1:1 chat."""
+    async def get_conversation_members(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
+        """GetConversationMembers (GET /v3/conversations/{id}/members): the user's ChannelAccount in the
+        installation's 1:1 chat."""
         response = await self._call(
             "GET",
             service_url,
@@ -78,7 +80,7 @@ class ConnectorClient:
         raise TransientError("The 1:1 chat has no user member yet.", target="connector", retry_after=5.0)
 
     async def create_conversation(self, service_url: str, account_id: str, tenant_id: str) -> str:
-        """PROTOCOL step 6: the 1:1 conversation id (idempotent per member)."""
+        """CreateConversation (POST /v3/conversations): the 1:1 conversation id (idempotent per member)."""
         body = conversation_parameters(self._settings.bot_id, account_id, tenant_id)
         response = await self._call(
             "POST", service_url, "v3/conversations", json=body, accept=(200, 201), gate=self._gate(tenant_id)
@@ -89,14 +91,15 @@ class ConnectorClient:
             raise UpstreamError("The connector created a conversation without an id.", target="connector")
         return conversation_id
 
-    async def send(
+    async def send_to_conversation(
         self, service_url: str, conversation_id: str, activity: dict[str, Any], *, tenant_id: str | None = None
     ) -> str | None:
-        """PROTOCOL step 7. Returns the activity id (None for an observed 202 with no body)."""
+        """SendToConversation (POST /v3/conversations/{id}/activities). Returns the activity id (None for
+        an observed 202 with no body)."""
         path = f"v3/conversations/{_segment(conversation_id)}/activities"
         return await self._post_activity(service_url, path, activity, self._gate(tenant_id, conversation_id))
 
-    async def reply(
+    async def reply_to_activity(
         self, service_url: str, conversation_id: str, reply_to_id: str, activity: dict[str, Any]
     ) -> str | None:
         """Answer an inbound activity (Bot Framework ReplyToActivity): threaded under it in the chat."""
@@ -120,7 +123,7 @@ class ConnectorClient:
         )
         return _activity_id(response)
 
-    async def update(
+    async def update_activity(
         self,
         service_url: str,
         conversation_id: str,
@@ -142,7 +145,7 @@ class ConnectorClient:
             operation="update",
         )
 
-    async def delete(
+    async def delete_activity(
         self, service_url: str, conversation_id: str, activity_id: str, *, tenant_id: str | None = None
     ) -> bool:
         """Delete a sent activity. Returns False when it was already gone (404)."""
@@ -169,35 +172,24 @@ class ConnectorClient:
         idempotent: bool = True,
         operation: str = "other",
     ) -> httpx.Response:
-        url = service_url + path
-        for attempt in (1, 2):
-            token = await self._tokens.bot_token()
-            headers = {"Authorization": f"Bearer {token}"}
-            if content is not None:
-                headers["Content-Type"] = "application/json"
-            response = await request_with_retry(
-                self._client,
-                method,
-                url,
-                policy=self._policy,
-                service="connector",
-                retry_statuses=retry_statuses,
-                headers=headers,
-                json=json,
-                content=content,
-                gate=gate,
-                idempotent=idempotent,
-            )
-            if response.status_code in accept:
-                return response
-            if response.status_code == 401 and attempt == 1:
-                self._tokens.forget(self._token_tenant(), BOT_SCOPE)
-                continue
-            raise connector_error(response, operation)
-        raise AssertionError("unreachable")
-
-    def _token_tenant(self) -> str:
-        return "botframework.com" if self._settings.app_type == "MultiTenant" else self._settings.tenant_id
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        response = await request_with_retry(
+            self._client,
+            method,
+            service_url + path,
+            policy=self._policy,
+            service="connector",
+            retry_statuses=retry_statuses,
+            headers=headers,
+            json=json,
+            content=content,
+            gate=gate,
+            idempotent=idempotent,
+            auth=self._auth,
+        )
+        if response.status_code in accept:
+            return response
+        raise connector_error(response, operation)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -267,7 +259,7 @@ def connector_error(response: httpx.Response, operation: str = "send") -> Notify
             target="MicrosoftAppId",
         )
     if status == 413 or code == "MessageSizeTooBig":
-        return RequestError(
+        return InvalidRequestError(
             "The message is too large for Teams.", code="message_too_large", target="body", http_status=413
         )
     if status == 400 and operation not in ("send", "update"):
@@ -277,7 +269,7 @@ def connector_error(response: httpx.Response, operation: str = "send") -> Notify
             target="connector",
         )
     if status == 400:
-        return RequestError(
+        return InvalidRequestError(
             f"Teams rejected the message ({code or 'BadArgument'}): check the text and the Adaptive Card.",
             code="message_rejected",
             target="card",

@@ -24,6 +24,7 @@ from shared.errors import NotifyError
 from shared.graph import CATALOG_PERMISSION, INSTALL_PERMISSION
 from shared.health import PROBE_TABLE_SUFFIX, probe_store
 from shared.settings import Settings, load_settings
+from shared.tokens import bot_token_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ async def diagnose(
             yield _fail("bot_token", err)
         else:
             ok["bot_token"] = True
-            authority = "botframework.com" if settings.app_type == "MultiTenant" else settings.tenant_id
-            yield CheckResult("bot_token", "ok", f"issued by {authority}")
+            yield CheckResult("bot_token", "ok", f"issued by {bot_token_tenant(settings)}")
 
         # Table Storage.
         table_name = settings.table_prefix + PROBE_TABLE_SUFFIX

@@ -28,13 +28,8 @@ class NotifyError(Exception):
             error["target"] = self.target
         return {"error": error}
 
-    @property
-    def permanent(self) -> bool:
-        """True when retrying the same request cannot succeed without someone changing something."""
-        return True
 
-
-class RequestError(NotifyError):
+class InvalidRequestError(NotifyError):
     """The caller's fault: bad input, unknown user, a user who blocked the bot."""
 
     code = "invalid_request"
@@ -53,7 +48,7 @@ class RequestError(NotifyError):
             self.http_status = http_status
 
 
-class RecipientError(RequestError):
+class RecipientError(InvalidRequestError):
     """The recipient cannot be messaged (unknown, blocked the bot, app blocked by the tenant admin)."""
 
     code = "recipient_not_found"
@@ -84,10 +79,6 @@ class TransientError(NotifyError):
         super().__init__(message, code=code, target=target)
         self.retry_after = retry_after
 
-    @property
-    def permanent(self) -> bool:
-        return False
-
 
 class UpstreamError(NotifyError):
     """Upstream rejected a request for a reason that retrying will not fix (a 500 ServiceError, a 400
@@ -116,7 +107,7 @@ class RequestInProgressError(TransientError):
     http_status = 409
 
 
-class AuthenticationError(RequestError):
+class AuthenticationError(InvalidRequestError):
     """An inbound request without a valid credential (the bot's messaging endpoint: a Bot Framework
     channel token). The message says what is wrong in general terms, never echoing the credential."""
 

@@ -1,61 +1,23 @@
-"""Service Bus messages that failed permanently: kept where an operator can see and replay them.
+"""The operator's work on kept failures (the command-line tool calls these): ``list_failures``,
+``get_failure``, ``replay_failure`` and ``drop_failure``.
 
-A queued request that cannot succeed without someone changing something (the caller's fault: bad
-body, unknown user, a user who blocked the bot; or ours: configuration, permissions) is not retried
-and not lost: it is written to table ``{TableNamePrefix}failures`` with its reason code, message,
-the original body, delivery count, message id and times, and only then is the message completed.
-
-The operator's functions (the command-line tool calls these):
-``list_failures``, ``get_failure``, ``replay_failure`` (send again after fixing the cause, through
-the same path as the queue message, so a fan-out recipient's delivery row is updated too; sends once,
-because the idempotency records make a replay of an already-sent message a no-op, then clears the
-record) and ``drop_failure``.
-
-PartitionKey = ``queue``, RowKey = the escaped message id. The body is kept byte for byte as binary
-properties of up to 63 KiB each (Table Storage caps a property at 64 KiB and an entity at 1 MiB);
-a body larger than ``MAX_KEPT_BODY`` is cut and flagged ``body_truncated`` (and logged).
+A replay sends again after fixing the cause, through the same path as the queue message, so a fan-out
+recipient's delivery row is updated too; it sends once, because the idempotency records make a replay
+of an already-sent message a no-op, then clears the record. The failures themselves are kept by
+shared.failure_store.
 """
 
 from __future__ import annotations
 
-import datetime
-import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import RequestError
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.errors import InvalidRequestError
+from shared.failure_store import FailureRecord
+from shared.queue_delivery import process_queue_body
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
-
-logger = logging.getLogger(__name__)
-
-PARTITION = "queue"
-_CHUNK = 63 * 1024
-_MAX_CHUNKS = 14
-MAX_KEPT_BODY = _CHUNK * _MAX_CHUNKS
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    message_id: str
-    code: str
-    message: str
-    target: str | None
-    http_status: int
-    body: bytes
-    body_truncated: bool
-    delivery_count: int | None
-    enqueued_time: datetime.datetime | None
-    first_failed_at: datetime.datetime
-    last_failed_at: datetime.datetime
-    failures: int = 1
-    replays: int = 0
-    correlation_id: str | None = None
-
-    def body_text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -66,159 +28,6 @@ class ReplayResult:
     message: str | None = None
     activity_id: str | None = None
     conversation_id: str | None = None
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-class FailureStore(TableBacked):
-    """Permanent failures of queue messages (see the module docstring for the row layout)."""
-
-    async def keep(
-        self,
-        *,
-        message_id: str,
-        error: dict[str, Any],
-        http_status: int,
-        body: bytes,
-        delivery_count: int | None,
-        enqueued_time: datetime.datetime | None,
-        correlation_id: str | None,
-    ) -> FailureRecord:
-        """Record (or update) the failure of one message. Raises when the record cannot be written, so
-        the trigger lets the message be redelivered rather than losing it."""
-        now = _now()
-        previous = await self.get(message_id)
-        truncated = len(body) > MAX_KEPT_BODY
-        if truncated:
-            logger.error("message body of %d bytes is larger than a failure record holds; keeping the start", len(body))
-        record = FailureRecord(
-            message_id=message_id,
-            code=str(error.get("code", "notify_error")),
-            message=str(error.get("message", "")),
-            target=str(error["target"]) if error.get("target") else None,
-            http_status=http_status,
-            body=body[:MAX_KEPT_BODY],
-            body_truncated=truncated,
-            delivery_count=delivery_count,
-            enqueued_time=enqueued_time,
-            first_failed_at=previous.first_failed_at if previous else now,
-            last_failed_at=now,
-            failures=previous.failures + 1 if previous else 1,
-            replays=previous.replays if previous else 0,
-            correlation_id=correlation_id,
-        )
-        await self._put(record)
-        return record
-
-    async def _put(self, record: FailureRecord) -> None:
-        from azure.data.tables import UpdateMode
-
-        await self._ensure_table()
-        with translate_storage_errors():
-            await self._table.upsert_entity(_to_entity(record), mode=UpdateMode.REPLACE)
-
-    async def get(self, message_id: str) -> FailureRecord | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        await self._ensure_table()
-        try:
-            with translate_storage_errors():
-                entity = await self._table.get_entity(PARTITION, escape_key(message_id))
-        except ResourceNotFoundError:
-            return None
-        return _from_entity(entity)
-
-    async def list(self, limit: int | None = None) -> list[FailureRecord]:
-        await self._ensure_table()
-        records: list[FailureRecord] = []
-        with translate_storage_errors():
-            async for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
-                records.append(_from_entity(entity))
-        records.sort(key=lambda r: r.first_failed_at)
-        return records if limit is None else records[:limit]
-
-    async def delete(self, message_id: str) -> bool:
-        if await self.get(message_id) is None:
-            return False
-        with translate_storage_errors():
-            await self._table.delete_entity(PARTITION, escape_key(message_id))
-        return True
-
-    async def note_replay_failed(self, record: FailureRecord, error: dict[str, Any], http_status: int) -> FailureRecord:
-        updated = replace(
-            record,
-            code=str(error.get("code", record.code)),
-            message=str(error.get("message", record.message)),
-            target=str(error["target"]) if error.get("target") else None,
-            http_status=http_status,
-            last_failed_at=_now(),
-            replays=record.replays + 1,
-        )
-        await self._put(updated)
-        return updated
-
-    async def close(self) -> None:
-        await self._table.close()
-
-
-def _to_entity(record: FailureRecord) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": PARTITION,
-        "RowKey": escape_key(record.message_id),
-        "MessageId": record.message_id,
-        "Code": record.code,
-        "Message": record.message,
-        "HttpStatus": record.http_status,
-        "BodyLength": len(record.body),
-        "BodyTruncated": record.body_truncated,
-        "FirstFailedAt": record.first_failed_at,
-        "LastFailedAt": record.last_failed_at,
-        "Failures": record.failures,
-        "Replays": record.replays,
-    }
-    for index in range(0, max(1, len(record.body)), _CHUNK):
-        entity[f"Body{index // _CHUNK}"] = record.body[index : index + _CHUNK]
-    optional: dict[str, Any] = {
-        "Target": record.target,
-        "DeliveryCount": record.delivery_count,
-        "EnqueuedTime": record.enqueued_time,
-        "CorrelationId": record.correlation_id,
-    }
-    entity.update({k: v for k, v in optional.items() if v is not None})
-    return entity
-
-
-def _from_entity(entity: Any) -> FailureRecord:
-    chunks: list[bytes] = []
-    for index in range(_MAX_CHUNKS):
-        chunk = entity.get(f"Body{index}")
-        if chunk is None:
-            break
-        chunks.append(bytes(chunk))
-    body = b"".join(chunks)[: int(entity.get("BodyLength", 0))]
-    enqueued = entity.get("EnqueuedTime")
-    delivery = entity.get("DeliveryCount")
-    return FailureRecord(
-        message_id=str(entity["MessageId"]),
-        code=str(entity["Code"]),
-        message=str(entity.get("Message", "")),
-        target=entity.get("Target"),
-        http_status=int(entity.get("HttpStatus", 400)),
-        body=body,
-        body_truncated=bool(entity.get("BodyTruncated", False)),
-        delivery_count=int(delivery) if delivery is not None else None,
-        enqueued_time=enqueued if isinstance(enqueued, datetime.datetime) else None,
-        first_failed_at=entity["FirstFailedAt"],
-        last_failed_at=entity["LastFailedAt"],
-        failures=int(entity.get("Failures", 1)),
-        replays=int(entity.get("Replays", 0)),
-        correlation_id=entity.get("CorrelationId"),
-    )
-
-
-# --- the operator's functions --------------------------------------------------------------------
 
 
 async def list_failures(services: Services, *, limit: int | None = None) -> list[FailureRecord]:
@@ -239,18 +48,16 @@ async def replay_failure(services: Services, message_id: str) -> ReplayResult:
     """Send a kept message again, once. On success (or when it had been sent already) the failure
     record is cleared; when it fails permanently again the record is updated with the new reason;
     a transient failure raises ``TransientError`` and keeps the record."""
-    from shared.service import process_queue_body
-
     record = await services.failures.get(message_id)
     if record is None:
-        raise RequestError(
+        raise InvalidRequestError(
             f"No kept failure for message id '{message_id}'.",
             code="failure_not_found",
             target="messageId",
             http_status=404,
         )
     if record.body_truncated:
-        raise RequestError(
+        raise InvalidRequestError(
             "The kept body was truncated and cannot be replayed; resend the message from its source.",
             code="body_truncated",
             target="messageId",

@@ -1,9 +1,9 @@
 """Microsoft Graph helpers: is our Teams app installed for a user, install it, and its 1:1 chat.
 
-Requests and answers follow PROTOCOL.md (Graph v1.0). Path segments are URL-encoded (guest UPNs
-contain '#EXT#'), OData string literals are quoted by doubling single quotes. Graph errors are
-translated here: unknown user -> RecipientError, missing application permission -> ConfigurationError
-naming the permission, throttling and 5xx -> retried, then TransientError.
+Requests and answers follow the Graph v1.0 reference (userTeamwork: list and add installedApps, get chat).
+Path segments are URL-encoded (guest UPNs contain '#EXT#'), OData string literals are quoted by doubling
+single quotes. Graph errors are translated here: unknown user -> RecipientError, missing application
+permission -> ConfigurationError naming the permission, throttling and 5xx -> retried, then TransientError.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError, UpstreamError
-from shared.http import DEFAULT_RETRY_STATUSES, RetryPolicy, request_with_retry
+from shared.http import DEFAULT_RETRY_STATUSES, BearerAuth, RetryPolicy, request_with_retry
 from shared.settings import Settings
 from shared.throttle import Gate, Throttle
 from shared.tokens import GRAPH_SCOPE, TokenProvider
@@ -27,7 +27,7 @@ INSTALL_PERMISSION = "TeamsAppInstallation.ReadWriteSelfForUser.All"
 CATALOG_PERMISSION = "AppCatalog.Read.All"
 # Graph answers 500 for some transient faults too; GETs and the install are safe to repeat.
 _GRAPH_RETRY = DEFAULT_RETRY_STATUSES | {500}
-# Right after an install the installation's chat may briefly be missing (PROTOCOL.md step 4).
+# Right after an install the installation's chat may briefly be missing (reports: tens of seconds to minutes).
 _CHAT_RETRY = _GRAPH_RETRY | {404}
 
 
@@ -64,7 +64,7 @@ class GraphClient:
         self._catalog_ids: dict[str, str] = {}
 
     async def find_installation(self, tenant_id: str, user: str) -> Installation | None:
-        """PROTOCOL step 1: our app's installation for the user, or None."""
+        """GET /users/{id}/teamwork/installedApps: our app's installation for the user, or None."""
         response = await self._call(
             tenant_id,
             "GET",
@@ -82,7 +82,7 @@ class GraphClient:
         return None
 
     async def catalog_app_id(self, tenant_id: str) -> str:
-        """PROTOCOL step 3a: the org catalog id of TeamsAppId (memoised per tenant)."""
+        """GET /appCatalogs/teamsApps: the org catalog id of TeamsAppId (memoised per tenant)."""
         cached = self._catalog_ids.get(tenant_id)
         if cached is not None:
             return cached
@@ -109,9 +109,9 @@ class GraphClient:
         return catalog_id
 
     async def install(self, tenant_id: str, user: str) -> None:
-        """PROTOCOL step 3: install our app for the user from the org catalog; 409 Conflict means it
-        already is. The catalog id is memoised; when the install rejects it (the app was re-uploaded
-        and got a new id), it is looked up again once."""
+        """POST /users/{id}/teamwork/installedApps: install our app for the user from the org catalog; 409
+        Conflict means it already is. The catalog id is memoised; when the install rejects it (the app was
+        re-uploaded and got a new id), it is looked up again once."""
         for attempt in (1, 2):
             catalog_id = await self.catalog_app_id(tenant_id)
             response = await self._call(
@@ -138,7 +138,7 @@ class GraphClient:
             return
 
     async def installation_chat(self, tenant_id: str, user: str, installation_id: str, *, just_installed: bool) -> str:
-        """PROTOCOL step 4: the 1:1 chat between the user and the bot."""
+        """GET /users/{id}/teamwork/installedApps/{installationId}/chat: the 1:1 chat between the user and the bot."""
         response = await self._call(
             tenant_id,
             "GET",
@@ -167,28 +167,24 @@ class GraphClient:
         retry_statuses: frozenset[int] = _GRAPH_RETRY,
     ) -> httpx.Response:
         gate = Gate(self._throttle, "graph", tenant_id) if self._throttle is not None else None
-        for attempt in (1, 2):
-            token = await self._tokens.graph_token(tenant_id)
-            response = await request_with_retry(
-                self._client,
-                method,
-                self._base + path,
-                policy=self._policy,
-                service="graph",
-                retry_statuses=retry_statuses,
-                headers={"Authorization": f"Bearer {token}"},
-                params=params,
-                json=json,
-                gate=gate,
-            )
-            if response.status_code == 401 and attempt == 1:
-                # A token revoked or expired early: ask for a fresh one once.
-                self._tokens.forget(tenant_id, GRAPH_SCOPE)
-                continue
-            if response.status_code in accept:
-                return response
-            raise _graph_error(response, permission)
-        raise AssertionError("unreachable")
+        auth = BearerAuth(
+            lambda: self._tokens.graph_token(tenant_id), lambda: self._tokens.forget(tenant_id, GRAPH_SCOPE)
+        )
+        response = await request_with_retry(
+            self._client,
+            method,
+            self._base + path,
+            policy=self._policy,
+            service="graph",
+            retry_statuses=retry_statuses,
+            params=params,
+            json=json,
+            gate=gate,
+            auth=auth,
+        )
+        if response.status_code in accept:
+            return response
+        raise _graph_error(response, permission)
 
 
 def _json(response: httpx.Response) -> Any:

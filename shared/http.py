@@ -13,7 +13,7 @@ import asyncio
 import datetime
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,23 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
+class BearerAuth(httpx.Auth):
+    """The app token as ``Authorization: Bearer``, for Graph and the Bot Connector alike. A 401 (a token
+    revoked or expired early) makes it ``forget`` the token and send once more with a fresh one."""
+
+    def __init__(self, token: Callable[[], Awaitable[str]], forget: Callable[[], None]) -> None:
+        self._token = token
+        self._forget = forget
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        request.headers["Authorization"] = f"Bearer {await self._token()}"
+        response = yield request
+        if response.status_code == 401:
+            self._forget()
+            request.headers["Authorization"] = f"Bearer {await self._token()}"
+            yield request
+
+
 async def request_with_retry(
     client: httpx.AsyncClient,
     method: str,
@@ -90,6 +107,7 @@ async def request_with_retry(
     content: bytes | None = None,
     idempotent: bool = True,
     gate: Gate | None = None,
+    auth: httpx.Auth | None = None,
 ) -> httpx.Response:
     """Send one request, retrying transient failures. ``service`` names the upstream in errors/logs.
 
@@ -108,7 +126,9 @@ async def request_with_retry(
         if gate is not None:
             await gate.before()
         try:
-            response = await client.request(method, url, headers=headers, params=params, json=json, content=content)
+            response = await client.request(
+                method, url, headers=headers, params=params, json=json, content=content, auth=auth
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
             reason, wait = f"{service} could not be reached ({type(err).__name__})", None
             last_err: BaseException | None = err

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.errors import RequestError, TransientError
+from shared.errors import InvalidRequestError, TransientError
 from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ class Claimed:
     partition: str
     row: str
     etag: str
-    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def _now() -> datetime.datetime:
 def check_key(key: str, target: str = "Idempotency-Key") -> str:
     key = key.strip()
     if not key or len(key) > MAX_KEY_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
-        raise RequestError(
+        raise InvalidRequestError(
             f"{target} must be 1-{MAX_KEY_LENGTH} printable characters.", code="invalid_idempotency_key", target=target
         )
     return key
@@ -129,7 +128,7 @@ class IdempotencyStore(TableBacked):
             except ResourceNotFoundError:
                 continue  # released between our insert and read: try to claim again
             if entity.get("Fingerprint") != fingerprint:
-                raise RequestError(
+                raise InvalidRequestError(
                     "This idempotency key was already used for a different request: use a new key for a new message.",
                     code="idempotency_key_reused",
                     target="Idempotency-Key" if source == "http" else "messageId",
@@ -154,7 +153,7 @@ class IdempotencyStore(TableBacked):
             except (ResourceModifiedError, ResourceNotFoundError):
                 continue
             logger.warning("took over a stale in-flight marker (lease ended %.0fs ago)", -remaining)
-            return Claimed(partition, row, str(meta["etag"]), taken_over=True)
+            return Claimed(partition, row, str(meta["etag"]))
         raise TransientError("The idempotency record is contended; try again.", target="storage", retry_after=2.0)
 
     async def wait(self, source: Source, tenant_id: str, key: str, within: float) -> Recorded | None:
@@ -212,11 +211,6 @@ class IdempotencyStore(TableBacked):
                 )
         except ResourceModifiedError:
             logger.warning("the in-flight marker was taken over before this attempt released it")
-
-    async def forget(self, source: Source, tenant_id: str, key: str) -> None:
-        """Delete a key's record whatever it holds (operator use)."""
-        with translate_storage_errors():
-            await self._table.delete_entity(tenant_id.lower(), self.row_key(source, key))
 
     async def close(self) -> None:
         await self._table.close()

@@ -3,7 +3,7 @@
 Teams tells the bot about every personal install (``installationUpdate`` add, ``conversationUpdate``
 with the user or the bot in ``membersAdded``), the ones the notify pipeline makes through Graph
 included, and the activity carries exactly what a send needs: the user's ChannelAccount id, the 1:1
-conversation id and the user's regional service URL. That becomes the user's ``CachedRecipient``, so
+conversation id and the user's regional service URL. That becomes the user's ``ConversationReference``, so
 the next send to them is warm and goes to their regional service URL. An uninstall
 (``installationUpdate`` remove, or the bot or user removed from the personal conversation) evicts it,
 so the next send resolves, and installs, again. Teams sends no activity when a user blocks the bot:
@@ -31,9 +31,9 @@ from shared.botframework import (
 )
 from shared.connector import ConnectorClient
 from shared.errors import NotifyError
-from shared.notify import recipient_hash
+from shared.pipeline import recipient_hash
 from shared.settings import Settings
-from shared.store import CachedRecipient, RecipientStore
+from shared.store import ConversationReference, RecipientStore
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
@@ -84,7 +84,7 @@ class InboundHandler:
     async def handle(self, authorization: str | None, body: bytes) -> InboundResult:
         """Authenticate and act on one inbound activity.
 
-        Raises AuthenticationError (401: no or invalid channel token), RequestError (400: a valid token
+        Raises AuthenticationError (401: no or invalid channel token), InvalidRequestError (400: a valid token
         with a body that is not an activity), TransientError / ConfigurationError (the signing keys could
         not be fetched; Table Storage is down).
         """
@@ -137,7 +137,7 @@ class InboundHandler:
             upn = existing.upn
         if upn is None and look_up_upn:
             upn = await self._look_up_upn(activity, tenant, user)
-        entry = CachedRecipient(
+        entry = ConversationReference(
             tenant_id=tenant,
             account_id=user.account_id,
             conversation_id=conversation_id,
@@ -158,7 +158,7 @@ class InboundHandler:
         assert activity.conversation_id is not None and user.object_id is not None
         try:
             async with asyncio.timeout(UPN_LOOKUP_TIMEOUT):
-                member = await self._connector.chat_member(activity.service_url, activity.conversation_id)
+                member = await self._connector.get_conversation_members(activity.service_url, activity.conversation_id)
         except NotifyError as err:
             reason = err.code
         except TimeoutError:
@@ -191,9 +191,11 @@ class InboundHandler:
         reply = reply_activity(HELP_TEXT, activity.activity_id)
         try:
             if activity.activity_id:
-                await self._connector.reply(activity.service_url, activity.conversation_id, activity.activity_id, reply)
+                await self._connector.reply_to_activity(
+                    activity.service_url, activity.conversation_id, activity.activity_id, reply
+                )
             else:
-                await self._connector.send(activity.service_url, activity.conversation_id, reply)
+                await self._connector.send_to_conversation(activity.service_url, activity.conversation_id, reply)
         except NotifyError as err:
             # The user must never see an error for chatting with the bot: acknowledge and log.
             logger.warning("could not answer an inbound message (%s)", err.code)
@@ -201,7 +203,7 @@ class InboundHandler:
         return InboundResult("replied", activity.type)
 
 
-def _same(a: CachedRecipient, b: CachedRecipient) -> bool:
+def _same(a: ConversationReference, b: ConversationReference) -> bool:
     return a.tenant_id.lower() == b.tenant_id.lower() and (
         a.account_id,
         a.conversation_id,

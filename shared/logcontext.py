@@ -22,10 +22,6 @@ _installed = False
 _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def current_correlation_id() -> str | None:
-    return _current.get()
-
-
 def accept_correlation_id(candidate: str | None) -> str:
     """The caller's id when it is a sane token, else a new one."""
     if candidate and _ACCEPTABLE.match(candidate.strip()):

@@ -1,4 +1,5 @@
-"""The request and response models of the notify interface (DESIGN.md, "Interfaces").
+"""The request and response models of the notify interface (README, "Sending from Power Automate,
+scripts and Service Bus").
 
 One model, one validation, for every way a send request arrives: the HTTP body of ``POST /api/notify``
 and the body of a Service Bus message are both parsed by ``parse_notify_request``. The Power Automate
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from shared.errors import RequestError
+from shared.errors import InvalidRequestError
 
 # Teams rejects messages above ~28 KB (MessageSizeTooBig); refuse them before any upstream call.
 MAX_BODY_BYTES = 28 * 1024
@@ -200,7 +201,7 @@ class ErrorResponse(BaseModel):
 
 
 def parse_notify_request(body: bytes, content_type: str | None = None) -> NotifyRequest:
-    """Validate a raw request body. Raises ``RequestError`` naming the field at fault (never echoing
+    """Validate a raw request body. Raises ``InvalidRequestError`` naming the field at fault (never echoing
     the body). ``content_type`` is checked when given (HTTP); the queue passes None."""
     payload = _json_object(body, content_type)
     try:
@@ -216,7 +217,7 @@ def _json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     if content_type is not None and content_type.strip():
         media_type = content_type.split(";", 1)[0].strip().lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
-            raise RequestError(
+            raise InvalidRequestError(
                 "The body must be JSON: send Content-Type: application/json.",
                 code="unsupported_media_type",
                 target="Content-Type",
@@ -225,21 +226,23 @@ def _json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     if len(body) > MAX_REQUEST_BYTES or (len(body) > MAX_BODY_BYTES and b'"recipients"' not in body):
         raise _too_large(len(body))
     if not body.strip():
-        raise RequestError("The request body is empty: send a JSON object.", code="invalid_request", target="body")
+        raise InvalidRequestError(
+            "The request body is empty: send a JSON object.", code="invalid_request", target="body"
+        )
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         position = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise RequestError(
+        raise InvalidRequestError(
             f"The request body is not valid UTF-8 JSON{position}.", code="invalid_json", target="body"
         ) from None
     if not isinstance(payload, dict):
-        raise RequestError("The request body must be a JSON object.", code="invalid_request", target="body")
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_request", target="body")
     return payload
 
 
-def _too_large(size: int) -> RequestError:
-    return RequestError(
+def _too_large(size: int) -> InvalidRequestError:
+    return InvalidRequestError(
         f"The message is {size} bytes; Teams accepts messages up to about {MAX_BODY_BYTES} bytes.",
         code="message_too_large",
         target="body",
@@ -272,7 +275,7 @@ def _describe(error: ErrorDetails, model: type[BaseModel] = NotifyRequest) -> st
     return f"{field}: {error['msg']}"
 
 
-def _validation_error(errors: list[ErrorDetails], model: type[BaseModel] = NotifyRequest) -> RequestError:
+def _validation_error(errors: list[ErrorDetails], model: type[BaseModel] = NotifyRequest) -> InvalidRequestError:
     first = errors[0]
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
@@ -285,7 +288,7 @@ def _validation_error(errors: list[ErrorDetails], model: type[BaseModel] = Notif
         target = "recipient"
     elif not first["loc"]:
         target = "text, card"
-    return RequestError(f"Invalid request: {messages}.", code=code, target=target)
+    return InvalidRequestError(f"Invalid request: {messages}.", code=code, target=target)
 
 
 # --- notifications: status, update, recall (README, "Sending to many recipients", "Updating and

@@ -1,4 +1,4 @@
-"""The ChannelAccount store: what a warm send needs about a recipient, memoised in Table Storage.
+"""The conversation reference store: what a warm send needs about a recipient, memoised in Table Storage.
 
 ``RecipientStore`` is the small protocol; ``MemoryRecipientStore`` and ``TableRecipientStore`` (Azure
 Table Storage through azure-data-tables' async client) implement it and pass one behaviour suite;
@@ -55,7 +55,10 @@ def recipient_key(recipient: str) -> str:
 
 
 @dataclass(frozen=True)
-class CachedRecipient:
+class ConversationReference:
+    """The memoised conversation reference of one recipient: the user's ChannelAccount id
+    (``account_id``), aadObjectId, userPrincipalName, the 1:1 conversation id, its service URL and tenant."""
+
     tenant_id: str
     account_id: str
     conversation_id: str
@@ -69,11 +72,11 @@ class CachedRecipient:
 
 
 class RecipientStore(Protocol):
-    async def get(self, tenant_id: str, recipient: str) -> CachedRecipient | None: ...
+    async def get(self, tenant_id: str, recipient: str) -> ConversationReference | None: ...
 
-    async def put(self, entry: CachedRecipient, aliases: Iterable[str]) -> None: ...
+    async def put(self, entry: ConversationReference, aliases: Iterable[str]) -> None: ...
 
-    async def evict(self, tenant_id: str, recipient: str) -> CachedRecipient | None: ...
+    async def evict(self, tenant_id: str, recipient: str) -> ConversationReference | None: ...
 
     async def count(self, tenant_id: str) -> int: ...
 
@@ -88,17 +91,17 @@ class MemoryRecipientStore:
     """A process-local store (tests, the sandbox, and the CLI without storage)."""
 
     def __init__(self) -> None:
-        self._rows: dict[tuple[str, str], CachedRecipient] = {}
+        self._rows: dict[tuple[str, str], ConversationReference] = {}
 
-    async def get(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
+    async def get(self, tenant_id: str, recipient: str) -> ConversationReference | None:
         return self._rows.get((tenant_id.lower(), recipient_key(recipient)))
 
-    async def put(self, entry: CachedRecipient, aliases: Iterable[str]) -> None:
+    async def put(self, entry: ConversationReference, aliases: Iterable[str]) -> None:
         stamped = replace(entry, updated_at=entry.updated_at or _now())
         for alias in set(aliases) | entry.aliases():
             self._rows[(entry.tenant_id.lower(), recipient_key(alias))] = stamped
 
-    async def evict(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
+    async def evict(self, tenant_id: str, recipient: str) -> ConversationReference | None:
         entry = self._rows.pop((tenant_id.lower(), recipient_key(recipient)), None)
         if entry is not None:
             for alias in entry.aliases():
@@ -140,7 +143,7 @@ class TableBacked:
 class TableRecipientStore(TableBacked):
     """Azure Table Storage: PartitionKey = tenant id, RowKey = escaped recipient alias."""
 
-    async def get(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
+    async def get(self, tenant_id: str, recipient: str) -> ConversationReference | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         await self._ensure_table()
@@ -151,7 +154,7 @@ class TableRecipientStore(TableBacked):
             return None
         return _from_entity(entity)
 
-    async def put(self, entry: CachedRecipient, aliases: Iterable[str]) -> None:
+    async def put(self, entry: ConversationReference, aliases: Iterable[str]) -> None:
         from azure.data.tables import UpdateMode
 
         await self._ensure_table()
@@ -165,7 +168,7 @@ class TableRecipientStore(TableBacked):
                     dict(row, PartitionKey=entry.tenant_id.lower(), RowKey=escape_key(alias)), mode=UpdateMode.REPLACE
                 )
 
-    async def evict(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
+    async def evict(self, tenant_id: str, recipient: str) -> ConversationReference | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         await self._ensure_table()
@@ -202,9 +205,9 @@ class CachedRecipientStore:
     def __init__(self, inner: RecipientStore, max_entries: int = 50_000) -> None:
         self._inner = inner
         self._max = max_entries
-        self._lru: OrderedDict[tuple[str, str], CachedRecipient] = OrderedDict()
+        self._lru: OrderedDict[tuple[str, str], ConversationReference] = OrderedDict()
 
-    async def get(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
+    async def get(self, tenant_id: str, recipient: str) -> ConversationReference | None:
         key = (tenant_id.lower(), recipient_key(recipient))
         hit = self._lru.get(key)
         if hit is not None:
@@ -215,14 +218,14 @@ class CachedRecipientStore:
             self._remember(key, entry)
         return entry
 
-    async def put(self, entry: CachedRecipient, aliases: Iterable[str]) -> None:
+    async def put(self, entry: ConversationReference, aliases: Iterable[str]) -> None:
         stamped = replace(entry, updated_at=entry.updated_at or _now())
         alias_set = set(aliases) | entry.aliases()
         await self._inner.put(stamped, alias_set)
         for alias in alias_set:
             self._remember((entry.tenant_id.lower(), recipient_key(alias)), stamped)
 
-    async def evict(self, tenant_id: str, recipient: str) -> CachedRecipient | None:
+    async def evict(self, tenant_id: str, recipient: str) -> ConversationReference | None:
         key = (tenant_id.lower(), recipient_key(recipient))
         local = self._lru.pop(key, None)
         entry = await self._inner.evict(tenant_id, recipient)
@@ -238,7 +241,7 @@ class CachedRecipientStore:
     async def close(self) -> None:
         await self._inner.close()
 
-    def _remember(self, key: tuple[str, str], entry: CachedRecipient) -> None:
+    def _remember(self, key: tuple[str, str], entry: ConversationReference) -> None:
         self._lru[key] = entry
         self._lru.move_to_end(key)
         while len(self._lru) > self._max:
@@ -300,7 +303,7 @@ async def create_table_if_missing(table: TableClient) -> None:
         pass
 
 
-def _to_entity(entry: CachedRecipient) -> dict[str, Any]:
+def _to_entity(entry: ConversationReference) -> dict[str, Any]:
     row: dict[str, Any] = {
         "TenantId": entry.tenant_id,
         "AccountId": entry.account_id,
@@ -315,9 +318,9 @@ def _to_entity(entry: CachedRecipient) -> dict[str, Any]:
     return row
 
 
-def _from_entity(entity: Any) -> CachedRecipient:
+def _from_entity(entity: Any) -> ConversationReference:
     updated = entity.get("UpdatedAt")
-    return CachedRecipient(
+    return ConversationReference(
         tenant_id=str(entity["TenantId"]),
         account_id=str(entity["AccountId"]),
         conversation_id=str(entity["ConversationId"]),

@@ -1,4 +1,5 @@
-"""Staying under Teams' and Graph's rate limits inside one process (PROTOCOL.md, rate limits).
+"""Staying under Teams' and Graph's rate limits inside one process (learn.microsoft.com,
+"Rate limiting for bots" and "Microsoft Graph service-specific throttling limits").
 
 ``Throttle`` is built once per process and shared by every send of every trigger:
 
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 Service = Literal["connector", "graph"]
 
-# Teams' per-bot-per-conversation limits for sends (PROTOCOL.md).
+# Teams' per-bot-per-conversation limits for sends ("Rate limiting for bots": 7/1 s, 8/2 s, 60/30 s, 1800/h).
 CONVERSATION_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 _MAX_TRACKED_CONVERSATIONS = 50_000
 

@@ -79,6 +79,13 @@ class _Token:
     expires_at: float
 
 
+def bot_token_tenant(settings: Settings) -> str:
+    """The tenant whose authority issues the bot's Bot Connector tokens: single-tenant bots get them from
+    their own tenant, multi-tenant ones from the botframework.com tenant (Bot Framework docs,
+    "Authentication with the Bot Connector API")."""
+    return "botframework.com" if settings.app_type == "MultiTenant" else settings.tenant_id
+
+
 class TokenProvider:
     """Hands out bearer tokens; the only holder of the app's credentials."""
 
@@ -95,10 +102,7 @@ class TokenProvider:
         return await self._token(tenant_id, GRAPH_SCOPE, recipient_tenant=tenant_id != self._settings.tenant_id)
 
     async def bot_token(self) -> str:
-        # Single-tenant bots get Bot Framework tokens from their own tenant, multi-tenant ones from
-        # the botframework.com tenant (PROTOCOL.md, Tokens).
-        tenant = "botframework.com" if self._settings.app_type == "MultiTenant" else self._settings.tenant_id
-        return await self._token(tenant, BOT_SCOPE, recipient_tenant=False)
+        return await self._token(bot_token_tenant(self._settings), BOT_SCOPE, recipient_tenant=False)
 
     def forget(self, tenant_id: str, scope: str) -> None:
         """Drop a token that the service rejected (401): ours and MSAL's cached copy, so the next

@@ -114,14 +114,14 @@ async def warm(world: World, users: list[FakeUser]) -> None:
     """Recipients messaged before: app installed, conversation open, and memoised in the app's store
     (so the run measures fan-out, not 1,000 cold resolutions)."""
     from shared.bootstrap import build_services
-    from shared.store import CachedRecipient
+    from shared.store import ConversationReference
 
     services = build_services(world.settings)
     try:
         for user in users:
             world.tenant.install_app(user)
             conversation = world.tenant.open_conversation(user)
-            entry = CachedRecipient(
+            entry = ConversationReference(
                 world.tenant.tenant_id, user.account_id, conversation, world.env["ServiceUrl"], user.oid, user.upn
             )
             await services.store.put(entry, [user.upn])
@@ -475,7 +475,7 @@ async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lett
 ) -> None:
     """A send Teams did not confirm keeps its key for the lease; redeliveries wait out the remaining
     lease (not 2 s each) and so outlast it, and the row keeps the delivery_unconfirmed error."""
-    from shared import service
+    from shared import queue_delivery
 
     users = add_users(world, 21)
     await warm(world, users)
@@ -488,7 +488,7 @@ async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lett
         waits.append(seconds)
         await real_sleep(0)
 
-    monkeypatch.setattr(service.asyncio, "sleep", sleep)
+    monkeypatch.setattr(queue_delivery.asyncio, "sleep", sleep)
     world.tenant.add_fault("connector.send", 504, count=1)
     _, messages = await post({"recipients": [u.upn for u in users], "text": "Unconfirmed"}, "unc-1")
     first = [m for m in messages if users[0].upn.encode() in m]
@@ -499,8 +499,8 @@ async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lett
         await user_function("notify_queue")(_queue_message(first[0], 2), OutputMessages())
 
     assert in_flight.value.code == "request_in_progress" and in_flight.value.retry_after > 300
-    assert waits[-1] == service.IN_FLIGHT_QUEUE_WAIT_SECONDS
-    assert 10 * service.IN_FLIGHT_QUEUE_WAIT_SECONDS > in_flight.value.retry_after
+    assert waits[-1] == queue_delivery.IN_FLIGHT_QUEUE_WAIT_SECONDS
+    assert 10 * queue_delivery.IN_FLIGHT_QUEUE_WAIT_SECONDS > in_flight.value.retry_after
     row = (await status("unc-1", top="100")).recipients
     [mine] = [r for r in row if r.recipient == users[0].upn]
     assert mine.state == "pending" and mine.error is not None and mine.error.code == "delivery_unconfirmed"

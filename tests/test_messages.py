@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from faketenant import FakeUser
 from shared.bootstrap import Services, get_services
 from shared.inbound import HELP_TEXT
-from shared.notify import Message
+from shared.pipeline import Message
 from tests.conftest import World
 from tests.functions import user_function
 

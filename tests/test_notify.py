@@ -12,7 +12,7 @@ import pytest
 
 from shared.bootstrap import Services, build_services
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError
-from shared.notify import Message
+from shared.pipeline import Message
 from tests.conftest import World
 
 HELLO = Message(text="Your **report** is ready")

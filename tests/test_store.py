@@ -10,8 +10,8 @@ import pytest
 from azure.data.tables.aio import TableServiceClient
 
 from shared.store import (
-    CachedRecipient,
     CachedRecipientStore,
+    ConversationReference,
     MemoryRecipientStore,
     RecipientStore,
     TableRecipientStore,
@@ -38,8 +38,8 @@ async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterat
     await service.close()
 
 
-def entry(upn: str = "alice@contoso.com", oid: str = "11111111-2222-3333-4444-555555555555") -> CachedRecipient:
-    return CachedRecipient(
+def entry(upn: str = "alice@contoso.com", oid: str = "11111111-2222-3333-4444-555555555555") -> ConversationReference:
+    return ConversationReference(
         tenant_id=TENANT,
         account_id="29:1abc-" + oid,
         conversation_id="a:conv-" + oid,
@@ -97,7 +97,7 @@ async def test_evict_removes_every_alias(store: RecipientStore) -> None:
 
 async def test_put_replaces_a_previous_resolution(store: RecipientStore) -> None:
     await store.put(entry(), [])
-    newer = CachedRecipient(**{**entry().__dict__, "conversation_id": "a:newer", "updated_at": None})
+    newer = ConversationReference(**{**entry().__dict__, "conversation_id": "a:newer", "updated_at": None})
     await store.put(newer, [])
     found = await store.get(TENANT, "alice@contoso.com")
     assert found is not None and found.conversation_id == "a:newer"

@@ -17,7 +17,7 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
 from shared.bootstrap import get_services, reset_services
-from shared.errors import NotifyError, RequestError, TransientError
+from shared.errors import InvalidRequestError, NotifyError, TransientError
 from shared.failures import drop_failure, get_failure, list_failures, replay_failure
 from tests.azurite import KEY
 from tests.conftest import World
@@ -150,7 +150,7 @@ async def test_permanent_failure_is_kept_then_replayed_once_after_the_fix(
     assert len(world.tenant.activities()) == 1
     assert await get_failure(services, message_id) is None
     # A replay of a replayed message: nothing to replay, nothing sent.
-    with pytest.raises(RequestError) as raised:
+    with pytest.raises(InvalidRequestError) as raised:
         await replay_failure(services, message_id)
     assert raised.value.code == "failure_not_found"
     # And a late redelivery of the original message does not send again.
@@ -288,6 +288,6 @@ async def test_a_kept_many_recipient_message_is_replayed_and_its_recipients_are_
 async def replay_failure_or_none(message_id: str) -> object | None:
     try:
         return await replay_failure(get_services(), message_id)
-    except RequestError as err:
+    except InvalidRequestError as err:
         assert err.code == "failure_not_found"
         return None

@@ -1,6 +1,6 @@
 """The notify pipeline: resolve a recipient's Teams identity on demand and send to them.
 
-Cold path (PROTOCOL.md steps 1-7): app token -> installed app? -> install if missing -> the
+Cold path: app token -> installed app? -> install if missing -> the
 installation's 1:1 chat -> the chat member (ChannelAccount) -> create the conversation -> send.
 Warm path: the memoised entry and a memoised token, so the send is the only HTTP request.
 
@@ -23,7 +23,7 @@ from shared.connector import ConnectorClient
 from shared.errors import RecipientError, StaleConversationError, TransientError
 from shared.graph import GraphClient
 from shared.settings import Settings
-from shared.store import CachedRecipient, RecipientStore, recipient_key
+from shared.store import ConversationReference, RecipientStore, recipient_key
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Notifier:
         self._graph = graph
         self._connector = connector
         self._store = store
-        self._inflight: dict[tuple[str, str], asyncio.Task[CachedRecipient]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task[ConversationReference]] = {}
 
     @property
     def store(self) -> RecipientStore:
@@ -119,16 +119,20 @@ class Notifier:
             resolved=resolved,
         )
 
-    async def _send(self, entry: CachedRecipient, tenant: str, recipient: str, activity: dict[str, Any]) -> str | None:
+    async def _send(
+        self, entry: ConversationReference, tenant: str, recipient: str, activity: dict[str, Any]
+    ) -> str | None:
         try:
-            return await self._connector.send(entry.service_url, entry.conversation_id, activity, tenant_id=tenant)
+            return await self._connector.send_to_conversation(
+                entry.service_url, entry.conversation_id, activity, tenant_id=tenant
+            )
         except RecipientError as err:
             if err.code == "recipient_blocked_bot":
-                # PROTOCOL.md: evict, so an unblock later goes through a fresh resolution.
+                # A 403 ConversationBlockedByUser: evict, so an unblock later goes through a fresh resolution.
                 await self._store.evict(tenant, recipient)
             raise
 
-    async def _resolve_fresh(self, recipient: str, tenant: str) -> CachedRecipient:
+    async def _resolve_fresh(self, recipient: str, tenant: str) -> ConversationReference:
         """Resolve for a send. A conversation Teams rejects while it is being set up (right after an
         install the roster may lag) is transient, not the caller's fault."""
         try:
@@ -136,7 +140,7 @@ class Notifier:
         except StaleConversationError:
             raise _still_stale() from None
 
-    async def resolve(self, recipient: str, tenant_id: str | None = None) -> CachedRecipient:
+    async def resolve(self, recipient: str, tenant_id: str | None = None) -> ConversationReference:
         """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent."""
         tenant = tenant_id or self._settings.tenant_id
         key = (tenant.lower(), recipient_key(recipient))
@@ -147,7 +151,7 @@ class Notifier:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _resolve(self, recipient: str, tenant: str) -> CachedRecipient:
+    async def _resolve(self, recipient: str, tenant: str) -> ConversationReference:
         rhash = recipient_hash(tenant, recipient)
         logger.info("resolving recipient %s", rhash)
         installation = await self._graph.find_installation(tenant, recipient)
@@ -165,9 +169,9 @@ class Notifier:
             tenant, recipient, installation.installation_id, just_installed=just_installed
         )
         service_url = self._settings.service_url
-        member = await self._connector.chat_member(service_url, chat_id, tenant_id=tenant)
+        member = await self._connector.get_conversation_members(service_url, chat_id, tenant_id=tenant)
         conversation_id = await self._connector.create_conversation(service_url, member.account_id, tenant)
-        entry = CachedRecipient(
+        entry = ConversationReference(
             tenant_id=tenant,
             account_id=member.account_id,
             conversation_id=conversation_id,

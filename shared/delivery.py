@@ -1,0 +1,154 @@
+"""The exactly-once send: claim the idempotency key, send through the notify pipeline, record or
+release the key. Used by a single send over HTTP or Service Bus, each fan-out recipient and a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import NotifyError, RequestInProgressError, TransientError
+from shared.idempotency import Claimed, InFlight, Recorded, Source
+from shared.models import NotifyRequest, NotifyResponse
+from shared.pipeline import Message, recipient_hash
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Services
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_ATTEMPTS = 3
+# Retry-After for an HTTP repeat that found the first attempt still sending: a send takes seconds.
+IN_FLIGHT_RETRY_AFTER = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    retry_after: float | None = None
+    replayed: bool = False  # the recorded result of an earlier attempt, nothing sent now
+    correlation_id: str | None = None
+    location: str | None = None  # 202: where to poll the notification's status
+    # Fan-out: bodies of the per-recipient Service Bus messages the trigger's output binding writes.
+    messages: tuple[str, ...] = ()
+    service_url: str | None = None  # of a fresh send (not part of the body); None when replayed
+    # Many recipients over Service Bus: the status and error of recipients left pending by a failure
+    # on our side (configuration, an upstream error) that redelivery will not fix: keep the message.
+    operator_error: tuple[int, dict[str, Any]] | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.status == 200
+
+
+def error_outcome(err: NotifyError) -> Outcome:
+    retry_after = err.retry_after if isinstance(err, TransientError) else None
+    return Outcome(err.http_status, err.to_body(), retry_after=retry_after)
+
+
+async def deliver(
+    services: Services,
+    request: NotifyRequest,
+    *,
+    source: Source,
+    key: str | None,
+    record_failures: bool,
+    wait_seconds: float = 0.0,
+    notification_id: str | None = None,
+    fingerprint: str | None = None,
+) -> Outcome:
+    """Send ``request`` at most once per ``key``. Returns the outcome of a send or of a permanent
+    failure; raises ``TransientError`` (the key released) when a retry may succeed, and
+    ``RequestInProgressError`` when another attempt holds the key. ``fingerprint`` overrides the
+    request's own (a fan-out delivery is identified by its key, whatever the content)."""
+    if key is None:
+        return await _send(services, request, notification_id)
+    tenant = request.tenant_id or services.settings.tenant_id
+    fingerprint = fingerprint or request.fingerprint()
+    claim = await services.requests.claim(source, tenant, key, fingerprint)
+    if isinstance(claim, InFlight) and wait_seconds > 0:
+        recorded = await services.requests.wait(source, tenant, key, wait_seconds)
+        claim = recorded or await services.requests.claim(source, tenant, key, fingerprint)
+    if isinstance(claim, Recorded):
+        logger.info("idempotency key already used: returning the recorded result (HTTP %d)", claim.status)
+        return Outcome(claim.status, claim.body, replayed=True)
+    if isinstance(claim, InFlight):
+        raise RequestInProgressError(
+            "A request with this idempotency key is still being sent; ask again shortly for its result.",
+            target="Idempotency-Key" if source == "http" else "messageId",
+            # HTTP: the caller asks again soon. Queue: the redelivery waits for the holder's lease.
+            retry_after=IN_FLIGHT_RETRY_AFTER if source == "http" else max(IN_FLIGHT_RETRY_AFTER, claim.retry_after),
+        )
+    try:
+        outcome = await _send(services, request, notification_id)
+    except TransientError as err:
+        if err.code == "delivery_unconfirmed":
+            # Teams may have delivered it: keep the key in flight until its lease ends, so a retry
+            # does not send a second copy while the first may still land.
+            logger.warning("send not confirmed; the idempotency key stays held until its lease ends")
+            raise
+        await _release(services, claim)
+        raise
+    except BaseException:
+        # Cancellation (function timeout) or a bug: free the key for a retry.
+        await _release(services, claim)
+        raise
+    # Record what a retry must get again: a send, or the caller's own mistake (4xx). Our configuration
+    # and upstream failures (5xx) may be fixed before the retry, so the key is released for it.
+    if outcome.sent or (record_failures and outcome.status < 500):
+        await _complete(services, claim, outcome, fingerprint)
+    else:
+        await _release(services, claim)
+    return outcome
+
+
+async def _complete(services: Services, claim: Claimed, outcome: Outcome, fingerprint: str) -> None:
+    for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+        try:
+            await services.requests.complete(claim, outcome.status, outcome.body, fingerprint)
+            return
+        except TransientError as err:
+            if attempt == COMPLETE_ATTEMPTS:
+                # The send happened: report it. The marker stays in flight until its lease ends.
+                logger.error("could not record the result of a key-guarded send (%s); the marker will expire", err.code)
+                return
+            await asyncio.sleep(0.2 * attempt)
+        except NotifyError as err:
+            logger.error("could not record the result of a key-guarded send (%s); the marker will expire", err.code)
+            return
+
+
+async def _release(services: Services, claim: Claimed) -> None:
+    try:
+        await services.requests.release(claim)
+    except NotifyError as err:
+        logger.error("could not release an idempotency key (%s); it frees itself when its lease ends", err.code)
+
+
+async def _send(services: Services, request: NotifyRequest, notification_id: str | None = None) -> Outcome:
+    """One send through the pipeline. Permanent failures become an Outcome; transient ones raise."""
+    assert request.recipient is not None, "a send goes to one recipient"
+    rhash = recipient_hash(request.tenant_id or services.settings.tenant_id, request.recipient)
+    message = Message(text=request.text, card=request.card, summary=request.summary)
+    try:
+        result = await services.notifier.send(request.recipient, message, request.tenant_id)
+    except TransientError as err:
+        logger.warning("send to %s failed transiently: %s (retry after %.0fs)", rhash, err.code, err.retry_after)
+        raise
+    except NotifyError as err:
+        logger.warning("send to %s failed: %s (target %s)", rhash, err.code, err.target)
+        return error_outcome(err)
+    logger.info("sent to %s (%s path)", rhash, "cold" if result.resolved else "warm")
+    response = NotifyResponse(
+        status="sent",
+        activity_id=result.activity_id,
+        conversation_id=result.conversation_id,
+        recipient=request.recipient,
+        notification_id=notification_id,
+    )
+    body = response.model_dump(by_alias=True, exclude_none=True)
+    body.setdefault("activityId", None)
+    return Outcome(200, body, service_url=result.service_url)

@@ -1,0 +1,228 @@
+"""Fan-out: a notification's recipients sent exactly once each, now (up to SYNC_RECIPIENTS) or as
+one Service Bus message per recipient, and the delivery row of every send.
+
+Only the caller's fault (4xx) makes a recipient ``failed``; a failure on our side or upstream's leaves
+it ``pending`` with the error, to be sent by a repeat of the request or an operator's replay.
+A recipient's send is exactly-once through shared.delivery.deliver, keyed by a deterministic
+``deliveryId`` = hash(notification id, recipient), so a retried request or a redelivered message
+never sends twice. Large notifications are fanned out as one Service Bus message per recipient
+(``FanOutItem``; the output binding sets only bodies, so the delivery id travels in the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from shared.delivery import Outcome, deliver
+from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
+from shared.lifecycle import delete_activity, status_of
+from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
+from shared.notification_ids import delivery_id, status_location
+from shared.notification_store import Delivery, Header, content_fields, note
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Services
+    from shared.idempotency import Source
+
+logger = logging.getLogger(__name__)
+
+
+async def send_to_recipient(services: Services, header: Header, recipient: str) -> Delivery:
+    """One recipient of a notification, exactly once: skipped when already final (sent, failed,
+    recalled), else sent through ``deliver`` keyed by the delivery id and recorded. Only the caller's
+    fault (4xx) makes the row ``failed``; a failure on our side or upstream's (5xx) leaves it
+    ``pending`` with that error, so a repeat of the request or a replay sends it later. A transient
+    failure is recorded on the row (still pending) and raised."""
+    store = services.notifications
+    row = await store.get(header.notification_id, recipient)
+    if row is not None and row.state != "pending":
+        return row
+    request = NotifyRequest.model_validate(
+        {
+            "recipient": recipient,
+            "tenantId": header.tenant_id,
+            **{k: v for k, v in content_fields(header.content.model_dump()).items() if v is not None},
+        }
+    )
+    key = delivery_id(header.notification_id, recipient)
+    pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
+    try:
+        outcome = await deliver(services, request, source="delivery", key=key, record_failures=True, fingerprint=key)
+    except RequestInProgressError:
+        # Another attempt holds the key (or an unconfirmed send keeps it held): its error, if any,
+        # says more than "in progress", so the row is left as it is.
+        if pending.error_code is None:
+            await note(
+                store,
+                replace(
+                    pending, error_code="request_in_progress", error_message="A send is in progress.", error_status=409
+                ),
+            )
+        raise
+    except TransientError as err:
+        await note(
+            store, replace(pending, error_code=err.code, error_message=err.message, error_status=err.http_status)
+        )
+        raise
+    delivery = delivery_from_outcome(services, pending, outcome)
+    if await note(store, delivery):
+        return delivery
+    # The row changed while we sent: a recall of the whole notification marked it. Honour it.
+    current = await store.get(header.notification_id, recipient)
+    if current is not None and current.state == "recalled":
+        if delivery.state == "sent" and delivery.activity_id:
+            await delete_activity(services, delivery)
+        return current
+    return await store.settle(delivery)
+
+
+def delivery_from_outcome(services: Services, pending: Delivery, outcome: Outcome) -> Delivery:
+    if outcome.sent:
+        activity = outcome.body.get("activityId")
+        conversation = outcome.body.get("conversationId")
+        return replace(
+            pending,
+            state="sent",
+            activity_id=str(activity) if activity else None,
+            conversation_id=str(conversation) if conversation else None,
+            service_url=outcome.service_url or services.settings.service_url,
+            error_code=None,
+            error_message=None,
+            error_status=None,
+        )
+    error = outcome.body.get("error")
+    error = error if isinstance(error, dict) else {}
+    return replace(
+        pending,
+        # Only the caller's fault is final; ours (configuration) or upstream's stays pending.
+        state="failed" if outcome.status < 500 else "pending",
+        error_code=str(error.get("code", "notify_error")),
+        error_message=str(error.get("message", "")),
+        error_status=outcome.status,
+    )
+
+
+async def open_notification(services: Services, request: NotifyRequest, notification_id: str, source: Source) -> Header:
+    """Create the notification's header, or find the one a retry of the same request created. An id is
+    one notification: the same id from another source (an HTTP key equal to a Service Bus message id),
+    for another tenant or with another request is refused (422 ``idempotency_key_reused``)."""
+    recipients = request.recipient_list()
+    tenant = request.tenant_id or services.settings.tenant_id
+    content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
+    header = await services.notifications.create_header(
+        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source)
+    )
+    same_source = header.source in ("", source)
+    if header.fingerprint != request.fingerprint() or header.tenant_id != tenant or not same_source:
+        raise InvalidRequestError(
+            "This idempotency key was already used for a different request: use a new key for a new message.",
+            code="idempotency_key_reused",
+            target="Idempotency-Key" if source == "http" else "messageId",
+            http_status=422,
+        )
+    return header
+
+
+async def start_notification(
+    services: Services, request: NotifyRequest, notification_id: str, source: Source = "http"
+) -> Outcome:
+    """A request naming ``recipients``: up to SYNC_RECIPIENTS are sent now (200 with one result each);
+    more are recorded as pending and returned as fan-out messages (202 + Location)."""
+    recipients = request.recipient_list()
+    tenant = request.tenant_id or services.settings.tenant_id
+    header = await open_notification(services, request, notification_id, source)
+    if len(recipients) <= SYNC_RECIPIENTS:
+        results = await asyncio.gather(
+            *(send_to_recipient(services, header, r) for r in recipients), return_exceptions=True
+        )
+        rows: list[Delivery] = []
+        for recipient, result in zip(recipients, results, strict=True):
+            if isinstance(result, Delivery):
+                rows.append(result)
+            elif isinstance(result, NotifyError):
+                rows.append(
+                    Delivery(
+                        notification_id,
+                        recipient,
+                        tenant,
+                        "pending",
+                        error_code=result.code,
+                        error_message=result.message,
+                        error_status=result.http_status,
+                    )
+                )
+            else:
+                raise result
+        status = status_of(notification_id, len(recipients), rows, rows, None)
+        retry_after = 5.0 if any(r.state == "pending" for r in rows) else None
+        transient = any(r.state == "pending" and not r.needs_operator for r in rows)
+        ours = next((r for r in rows if r.needs_operator), None)
+        return Outcome(
+            200,
+            status.model_dump(by_alias=True),
+            retry_after=retry_after,
+            # Over Service Bus: transient trouble is redelivered; ours alone is kept for a replay.
+            operator_error=_error_body(ours) if ours is not None and not transient else None,
+        )
+    rows = await services.notifications.add_pending(notification_id, tenant, recipients)
+    messages = tuple(
+        FanOutItem(
+            delivery_id=delivery_id(notification_id, r.recipient),
+            notification_id=notification_id,
+            recipient=r.recipient,
+        ).model_dump_json(by_alias=True)
+        for r in rows
+        if r.state == "pending"
+    )
+    logger.info("notification queued for %d recipients (%d messages)", len(rows), len(messages))
+    status = status_of(notification_id, len(recipients), rows, [], None)
+    return Outcome(202, status.model_dump(by_alias=True), location=status_location(notification_id), messages=messages)
+
+
+def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
+    return row.error_status or 500, {"code": row.error_code or "notify_error", "message": row.error_message or ""}
+
+
+async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
+    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered."""
+    if item.delivery_id != delivery_id(item.notification_id, item.recipient):
+        raise InvalidRequestError(
+            "deliveryId does not match notificationId and recipient.", code="invalid_request", target="deliveryId"
+        )
+    header = await services.notifications.get_header(item.notification_id)
+    if header is None:
+        raise InvalidRequestError(
+            f"Notification '{item.notification_id}' does not exist.",
+            code="notification_not_found",
+            target="notificationId",
+            http_status=404,
+        )
+    return await send_to_recipient(services, header, item.recipient)
+
+
+async def record_single(services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome) -> None:
+    """The delivery row of a single-recipient send (status, update and recall work on it too)."""
+    if request.recipient is None:
+        return
+    tenant = request.tenant_id or services.settings.tenant_id
+    pending = Delivery(notification_id, request.recipient, tenant, "pending")
+    if outcome.replayed:
+        existing = await services.notifications.get(notification_id, request.recipient)
+        if existing is not None:
+            return
+    await services.notifications.settle(delivery_from_outcome(services, pending, outcome), likely_new=True)
+
+
+async def record_single_best_effort(
+    services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome
+) -> None:
+    """The delivery row of a single send serves status/update/recall; the send itself is recorded
+    by its idempotency key. A storage blip here must not turn a delivered send into a 503 (a caller
+    without a key would retry and send twice): log it and go on."""
+    try:
+        await record_single(services, request, notification_id, outcome)
+    except NotifyError as err:
+        logger.error("could not record the delivery row of a send (%s); status/update/recall will not see it", err.code)

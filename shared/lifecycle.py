@@ -1,0 +1,263 @@
+"""The life of a sent notification: its status, and updating or recalling the sent message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import InvalidRequestError, NotifyError, RecipientError, StaleConversationError
+from shared.models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus, UpdateRequest
+from shared.notification_ids import delivery_from_handle
+from shared.notification_store import Delivery, note, recipient_row
+from shared.pipeline import Message, recipient_hash
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Services
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+async def get_status(
+    services: Services, notification_id: str, *, top: int | None, token: str | None
+) -> NotificationStatus:
+    size = DEFAULT_PAGE if top is None else top
+    if not 1 <= size <= MAX_PAGE:
+        raise InvalidRequestError(f"top must be between 1 and {MAX_PAGE}.", code="invalid_request", target="top")
+    store = services.notifications
+    header = await store.get_header(notification_id)
+    counts = await store.counts(notification_id)
+    total = header.total if header is not None else sum(counts.model_dump().values())
+    if total == 0:
+        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        if sent is None:
+            raise _not_found(notification_id)
+        return status_of(notification_id, 1, [sent], [sent], None)
+    rows, next_token = await store.page(notification_id, size, token)
+    return status_of(notification_id, total, None, rows, next_token, counts)
+
+
+def status_of(
+    notification_id: str,
+    total: int,
+    all_rows: list[Delivery] | None,
+    page: list[Delivery],
+    token: str | None,
+    counts: DeliveryCounts | None = None,
+) -> NotificationStatus:
+    if counts is None:
+        tally: dict[str, int] = {}
+        for row in all_rows or []:
+            tally[row.state] = tally.get(row.state, 0) + 1
+        counts = DeliveryCounts(**tally)
+    known = counts.sent + counts.failed + counts.recalled + counts.pending
+    pending = counts.pending + max(0, total - known)
+    return NotificationStatus(
+        notification_id=notification_id,
+        finished=pending == 0,
+        total=total,
+        counts=counts.model_copy(update={"pending": pending}),
+        recipients=[r.result() for r in page],
+        continuation_token=token,
+    )
+
+
+def _not_found(notification_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"No notification has the id '{notification_id}'.", code="notification_not_found", target="id", http_status=404
+    )
+
+
+# --- update and recall ----------------------------------------------------------------------------------
+
+
+async def _targets(services: Services, notification_id: str, recipient: str | None) -> list[Delivery]:
+    store = services.notifications
+    if recipient is not None:
+        row = await store.get(notification_id, recipient)
+        if row is None:
+            rows = await _rows(services, notification_id)
+            if not rows:
+                raise _not_found(notification_id)
+            row = next((r for r in rows if recipient_row(r.recipient) == recipient_row(recipient)), None)
+            if row is None:
+                raise InvalidRequestError(
+                    "That recipient is not part of this notification.",
+                    code="recipient_not_in_notification",
+                    target="recipient",
+                    http_status=404,
+                )
+        return [row]
+    rows = await _rows(services, notification_id)
+    if not rows:
+        raise _not_found(notification_id)
+    return rows
+
+
+async def _rows(services: Services, notification_id: str) -> list[Delivery]:
+    """The notification's delivery rows; for a single send's handle not yet changed, the one it decodes to."""
+    rows = await services.notifications.all(notification_id)
+    if not rows:
+        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        rows = [sent] if sent is not None else []
+    return rows
+
+
+async def update_notification(
+    services: Services, notification_id: str, update: UpdateRequest, recipient: str | None = None
+) -> tuple[ChangeResponse, float | None]:
+    """Replace the sent message in place for one or every recipient. Idempotent: a recipient whose
+    message already shows this content is not called again. Returns the per-recipient results and a
+    Retry-After when some failed transiently (repeat the same request)."""
+    rows = await _targets(services, notification_id, recipient)
+    if recipient is None:
+        await services.notifications.set_content(notification_id, update)
+    fingerprint = update.fingerprint()
+    activity = Message(text=update.text, card=update.card, summary=update.summary).activity()
+
+    async def one(row: Delivery) -> ChangeResult:
+        if row.state == "recalled":
+            return ChangeResult(recipient=row.recipient, outcome="recalled")
+        if row.state != "sent" or not row.activity_id or not row.conversation_id:
+            return ChangeResult(recipient=row.recipient, outcome="not_sent")
+        if row.content_fingerprint == fingerprint:
+            return ChangeResult(recipient=row.recipient, outcome="updated")
+        try:
+            async with services.notifier.throttle.slot():
+                await services.connector.update_activity(
+                    row.service_url or services.settings.service_url,
+                    row.conversation_id,
+                    row.activity_id,
+                    activity,
+                    tenant_id=row.tenant_id,
+                )
+        except StaleConversationError:
+            # The message (or the conversation) is gone: it was deleted.
+            await note(services.notifications, replace(row, state="recalled"))
+            return ChangeResult(recipient=row.recipient, outcome="recalled")
+        except NotifyError as err:
+            return _failed(row, err)
+        # ETag match (insert-if-absent for a handle's first row): a recall that ran meanwhile must not
+        # be turned back into "sent" by this write.
+        if not await note(services.notifications, replace(row, content_fingerprint=fingerprint)):
+            current = await services.notifications.get(notification_id, row.recipient)
+            if current is not None and current.state == "recalled":
+                return ChangeResult(recipient=row.recipient, outcome="recalled")
+            if current is not None and current.state == "sent" and current.activity_id == row.activity_id:
+                await services.notifications.record(
+                    replace(current, content_fingerprint=fingerprint), if_match=current.etag
+                )
+        return ChangeResult(recipient=row.recipient, outcome="updated")
+
+    return await _apply(notification_id, rows, one)
+
+
+async def recall_notification(
+    services: Services, notification_id: str, recipient: str | None = None
+) -> tuple[ChangeResponse, float | None]:
+    """Delete the sent message for one or every recipient; recipients still pending are marked
+    recalled so they are never sent. Idempotent: a second recall calls nothing and succeeds."""
+    rows = await _targets(services, notification_id, recipient)
+
+    async def one(row: Delivery) -> ChangeResult:
+        if row.state == "recalled":
+            return ChangeResult(recipient=row.recipient, outcome="recalled")
+        if row.state == "pending":
+            if await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+                return ChangeResult(recipient=row.recipient, outcome="recalled")
+            current = await services.notifications.get(notification_id, row.recipient)
+            if current is None or current.state != "sent":
+                return ChangeResult(recipient=row.recipient, outcome="not_sent")
+            row = current
+        if row.state != "sent" or not row.activity_id or not row.conversation_id:
+            return ChangeResult(recipient=row.recipient, outcome="not_sent")
+        try:
+            await delete_activity(services, row)
+        except NotifyError as err:
+            return _failed(row, err)
+        # The message is deleted: "recalled" is right whatever changed meanwhile (an update's write),
+        # so a lost ETag race is settled by writing it over the row as it is now.
+        while not await note(services.notifications, replace(row, state="recalled")):
+            current = await services.notifications.get(notification_id, row.recipient)
+            if current is None or current.state == "recalled":
+                break
+            row = current
+        return ChangeResult(recipient=row.recipient, outcome="recalled")
+
+    return await _apply(notification_id, rows, one)
+
+
+async def delete_activity(services: Services, row: Delivery) -> None:
+    assert row.activity_id is not None and row.conversation_id is not None
+    async with services.notifier.throttle.slot():
+        try:
+            await services.connector.delete_activity(
+                row.service_url or services.settings.service_url,
+                row.conversation_id,
+                row.activity_id,
+                tenant_id=row.tenant_id,
+            )
+        except StaleConversationError:
+            pass  # the conversation is gone, and the message with it
+
+
+def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
+    log = logger.info if isinstance(err, RecipientError) else logger.warning
+    log("change for %s failed: %s", recipient_hash(row.tenant_id, row.recipient), err.code)
+    return ChangeResult(
+        recipient=row.recipient,
+        outcome="failed",
+        error=ErrorDetail(code=err.code, message=err.message, target=err.target),
+    )
+
+
+async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[ChangeResponse, float | None]:
+    """Run ``one`` for every row, at most ``_APPLY_CONCURRENCY`` at a time (a 10,000-recipient change
+    does not start 10,000 coroutines of storage reads at once); an error of one recipient (a storage
+    blip while recording it) is reported for that recipient, not raised for all."""
+    gate = asyncio.Semaphore(_APPLY_CONCURRENCY)
+
+    async def bounded(row: Delivery) -> ChangeResult:
+        async with gate:
+            result: ChangeResult = await one(row)
+            return result
+
+    outcomes = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
+    results: list[ChangeResult] = []
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if isinstance(outcome, ChangeResult):
+            results.append(outcome)
+        elif isinstance(outcome, NotifyError):
+            results.append(_failed(row, outcome))
+        elif isinstance(outcome, Exception):
+            logger.error(
+                "change for %s failed unexpectedly", recipient_hash(row.tenant_id, row.recipient), exc_info=outcome
+            )
+            results.append(
+                ChangeResult(
+                    recipient=row.recipient,
+                    outcome="failed",
+                    error=ErrorDetail(code="internal_error", message="Unexpected error; it has been logged."),
+                )
+            )
+        else:
+            raise outcome  # cancellation: the whole request is being cancelled
+    transient = [r for r in results if r.error is not None and r.error.code in _TRANSIENT_CODES]
+    retry_after = 5.0 if transient else None
+    return ChangeResponse(notification_id=notification_id, results=results), retry_after
+
+
+_APPLY_CONCURRENCY = 64
+_TRANSIENT_CODES = frozenset(
+    {
+        "upstream_unavailable",
+        "request_in_progress",
+        "conversation_unavailable",
+        "delivery_unconfirmed",
+        "internal_error",
+    }
+)

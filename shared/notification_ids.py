@@ -1,0 +1,117 @@
+"""Notification ids: the id of a send (its key, or generated), a recipient's delivery id, and the
+self-contained ``s1.`` id of a single send made without an Idempotency-Key.
+
+Every send has a notification id (the Idempotency-Key, or the Service Bus message id, when given;
+otherwise generated). A single send over HTTP without a key gets a self-contained id instead
+(``single_send_handle``: tenant, recipient, conversation, activity) and no row until an update or a
+recall writes one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from urllib.parse import quote, urlsplit
+
+from shared.notification_store import Delivery
+
+
+def new_notification_id() -> str:
+    return str(uuid.uuid4())
+
+
+def notification_id_for(key: str) -> str:
+    """The notification id of a send keyed by ``key``: the key itself, unless it could not be used as
+    one path segment of ``/api/notifications/{id}`` (ASP.NET Core leaves ``%2F`` undecoded in route
+    values): then ``n-`` + a hash of it. The response's ``notificationId`` is always the one to use."""
+    if "/" in key or "\\" in key or key in (".", ".."):
+        return "n-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    return key
+
+
+def delivery_id(notification_id: str, recipient: str) -> str:
+    """The idempotency key of one recipient's send: the same for every retry and redelivery."""
+    digest = hashlib.sha256(f"{notification_id}\n{recipient.strip().lower()}".encode()).hexdigest()
+    return "d-" + digest[:40]
+
+
+# A single send without an Idempotency-Key gets a self-contained id instead of a delivery row (a
+# storage write on the hot path): "s1." + base64url of the compact JSON below. Status answers from it;
+# update and recall decode it into the Delivery its row would have held, then write that row.
+HANDLE_PREFIX = "s1."
+_HANDLE_MAX = 900  # it may become a PartitionKey (Table Storage keys: at most 1 KiB)
+_HANDLE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# A service URL other than the configured one is accepted in a handle only on Bot Framework hosts:
+# a forged handle must never send the bot's token elsewhere.
+_TRUSTED_SERVICE_HOSTS = ("smba.trafficmanager.net", ".botframework.com", ".botframework.us", ".botframework.azure.us")
+
+
+def single_send_handle(delivery: Delivery, default_service_url: str) -> str | None:
+    """The self-contained notification id of a sent single send, or None when it cannot be one (no
+    conversation, an untrusted service URL, too long): the caller then records a row as before."""
+    if delivery.state != "sent" or not delivery.conversation_id:
+        return None
+    fields: dict[str, str | None] = {
+        "t": delivery.tenant_id,
+        "r": delivery.recipient,
+        "c": delivery.conversation_id,
+        "a": delivery.activity_id,
+    }
+    service_url = delivery.service_url or default_service_url
+    if service_url != default_service_url:
+        if not _trusted_service_url(service_url):
+            return None
+        fields["u"] = service_url
+    raw = json.dumps(fields, separators=(",", ":")).encode()
+    handle = HANDLE_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return handle if len(handle) <= _HANDLE_MAX else None
+
+
+def delivery_from_handle(notification_id: str, default_service_url: str) -> Delivery | None:
+    """The sent Delivery a handle stands for, or None when it is not a handle this API returned."""
+    if not notification_id.startswith(HANDLE_PREFIX) or len(notification_id) > _HANDLE_MAX:
+        return None
+    encoded = notification_id[len(HANDLE_PREFIX) :]
+    if not encoded or not set(encoded) <= _HANDLE_CHARS:
+        return None
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u"}:
+        return None
+    tenant, recipient, conversation = fields.get("t"), fields.get("r"), fields.get("c")
+    activity, service_url = fields.get("a"), fields.get("u", default_service_url)
+    if not (
+        isinstance(tenant, str)
+        and isinstance(recipient, str)
+        and isinstance(conversation, str)
+        and isinstance(service_url, str)
+        and tenant
+        and recipient
+        and conversation
+        and service_url
+    ):
+        return None
+    if activity is not None and not isinstance(activity, str):
+        return None
+    delivery = Delivery(notification_id, recipient, tenant, "sent", activity, conversation, service_url)
+    # One send, one id: only the exact encoding this API returns is accepted.
+    if single_send_handle(delivery, default_service_url) != notification_id:
+        return None
+    return delivery
+
+
+def _trusted_service_url(url: str) -> bool:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and any(
+        host == h or (h.startswith(".") and host.endswith(h)) for h in _TRUSTED_SERVICE_HOSTS
+    )
+
+
+def status_location(notification_id: str) -> str:
+    return "/api/notifications/" + quote(notification_id, safe="")

@@ -1,0 +1,378 @@
+"""The notification and delivery store: what was sent to whom, in Table Storage.
+
+Two tables:
+
+- ``{TableNamePrefix}notifications``: one row per notification that names several recipients, or
+  one keyed by an Idempotency-Key / message id (PartitionKey = escaped id, RowKey = ``notification``):
+  tenant, recipient count, the content (so a queued per-recipient send carries only ids), the request
+  fingerprint and the source (http or queue); a key reused for another request, tenant or source is
+  refused, so one id is one notification.
+- ``{TableNamePrefix}deliveries``: one row per recipient of every notification (PartitionKey =
+  escaped notification id, RowKey = escaped lower-cased recipient): state (pending, sent, failed,
+  recalled), conversation id, service URL, activity id, error code and message, times.
+
+Rows are inserted if absent and rewritten under an ETag match, so concurrent attempts never move one back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import InvalidRequestError, TransientError
+from shared.models import (
+    DeliveryCounts,
+    DeliveryResult,
+    DeliveryState,
+    ErrorDetail,
+    NotifyRequest,
+    UpdateRequest,
+)
+from shared.store import TableBacked, escape_key, translate_storage_errors
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+HEADER_ROW = "notification"
+_TRANSACTION = 100  # Table Storage's limit of operations per batch
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    notification_id: str
+    recipient: str
+    tenant_id: str
+    state: DeliveryState
+    activity_id: str | None = None
+    conversation_id: str | None = None
+    service_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    content_fingerprint: str | None = None  # of the last update applied
+    etag: str | None = None
+    error_status: int | None = None  # HTTP status of the last error (pending: ours or upstream's; failed: 4xx)
+
+    @property
+    def needs_operator(self) -> bool:
+        """Still pending after a failure on our side that a retry alone will not fix (configuration,
+        permissions, an upstream error): kept for an operator's replay rather than redelivered."""
+        return self.state == "pending" and self.error_status is not None and self.error_status not in (409, 503)
+
+    def result(self) -> DeliveryResult:
+        error = ErrorDetail(code=self.error_code, message=self.error_message or "") if self.error_code else None
+        return DeliveryResult(recipient=self.recipient, state=self.state, activity_id=self.activity_id, error=error)
+
+
+@dataclass(frozen=True)
+class Header:
+    notification_id: str
+    tenant_id: str
+    total: int
+    fingerprint: str
+    content: NotifyRequest  # text, card, summary (recipient fields unset)
+    source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
+
+
+class NotificationStore(TableBacked):
+    """Notification headers and per-recipient delivery rows (see the module docstring)."""
+
+    def __init__(self, headers: TableClient, deliveries: TableClient) -> None:
+        super().__init__(headers, deliveries)
+        self._headers = headers
+        self._deliveries = deliveries
+
+    async def create_header(self, header: Header) -> Header:
+        """Insert the header, or return the one already there (a retried request)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        await self._ensure_table()
+        entity = {
+            "PartitionKey": escape_key(header.notification_id),
+            "RowKey": HEADER_ROW,
+            "NotificationId": header.notification_id,
+            "TenantId": header.tenant_id,
+            "Total": header.total,
+            "Fingerprint": header.fingerprint,
+            "Source": header.source,
+            "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
+            "CreatedAt": _now(),
+        }
+        try:
+            with translate_storage_errors():
+                await self._headers.create_entity(entity)
+            return header
+        except ResourceExistsError:
+            existing = await self.get_header(header.notification_id)
+            if existing is None:  # deleted in between: vanishingly rare, let the caller retry
+                raise TransientError(
+                    "The notification record is contended.", target="storage", retry_after=1.0
+                ) from None
+            return existing
+
+    async def get_header(self, notification_id: str) -> Header | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self._ensure_table()
+        try:
+            with translate_storage_errors():
+                entity = await self._headers.get_entity(escape_key(notification_id), HEADER_ROW)
+        except ResourceNotFoundError:
+            return None
+        return Header(
+            notification_id=str(entity["NotificationId"]),
+            tenant_id=str(entity["TenantId"]),
+            total=int(entity["Total"]),
+            fingerprint=str(entity["Fingerprint"]),
+            content=NotifyRequest.model_construct(**content_fields(json.loads(str(entity["Content"])))),
+            source=str(entity.get("Source") or ""),
+        )
+
+    async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
+        """Later sends of a notification still fanning out use the updated content."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        content = update.model_dump_json(exclude_none=True)
+        try:
+            with translate_storage_errors():
+                await self._headers.update_entity(
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "Content": content},
+                    mode=UpdateMode.MERGE,
+                )
+        except ResourceNotFoundError:
+            pass  # a single-recipient notification has no header
+
+    async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]:
+        """Make sure every recipient has a row (new ones pending); returns all rows, in request order."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import TableTransactionError
+
+        await self._ensure_table()
+        existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
+        missing = [r for r in recipients if recipient_row(r) not in existing]
+        partition = escape_key(notification_id)
+        now = _now()
+        with translate_storage_errors():
+            for start in range(0, len(missing), _TRANSACTION):
+                chunk = missing[start : start + _TRANSACTION]
+                operations: list[Any] = [
+                    (
+                        "create",
+                        {
+                            "PartitionKey": partition,
+                            "RowKey": recipient_row(r),
+                            "NotificationId": notification_id,
+                            "Recipient": r,
+                            "TenantId": tenant_id,
+                            "State": "pending",
+                            "CreatedAt": now,
+                            "UpdatedAt": now,
+                        },
+                    )
+                    for r in chunk
+                ]
+                try:
+                    await self._deliveries.submit_transaction(operations)
+                except TableTransactionError:
+                    # A concurrent repeat of the request inserted some of them (and they may have been
+                    # sent since): insert the others one by one, never overwriting a row.
+                    for _kind, entity in operations:
+                        with contextlib.suppress(ResourceExistsError):
+                            await self._deliveries.create_entity(entity)
+        for r in missing:
+            existing[recipient_row(r)] = Delivery(notification_id, r, tenant_id, "pending")
+        return [existing[recipient_row(r)] for r in recipients]
+
+    async def get(self, notification_id: str, recipient: str) -> Delivery | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        await self._ensure_table()
+        try:
+            with translate_storage_errors():
+                entity = await self._deliveries.get_entity(escape_key(notification_id), recipient_row(recipient))
+        except ResourceNotFoundError:
+            return None
+        return _delivery(entity)
+
+    async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
+        """Write a recipient's row. With ``if_match`` the write happens only if the row is unchanged
+        since it was read (False when it changed: another attempt or a recall got there first)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        await self._ensure_table()
+        entity = _entity(delivery)
+        try:
+            with translate_storage_errors():
+                if if_match is None:
+                    await self._deliveries.upsert_entity(entity, mode=UpdateMode.MERGE)
+                else:
+                    await self._deliveries.update_entity(
+                        entity, mode=UpdateMode.MERGE, etag=if_match, match_condition=MatchConditions.IfNotModified
+                    )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    async def create(self, delivery: Delivery) -> bool:
+        """Insert a recipient's row if it has none (False when another attempt wrote one first)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        await self._ensure_table()
+        try:
+            with translate_storage_errors():
+                await self._deliveries.create_entity(_entity(delivery))
+        except ResourceExistsError:
+            return False
+        return True
+
+    async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
+        """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
+        never over one that became final meanwhile (sent, failed, recalled by another attempt or a
+        recall). Returns the row as it is afterwards. ``likely_new`` (a single send's own row) tries
+        the insert first: one storage request instead of a read and a write in the common case."""
+        if likely_new and await self.create(delivery):
+            return delivery
+        for _ in range(5):
+            current = await self.get(delivery.notification_id, delivery.recipient)
+            if current is None:
+                if await self.create(delivery):
+                    return delivery
+            elif current.state != "pending":
+                return current
+            elif await self.record(delivery, if_match=current.etag):
+                return delivery
+        raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
+
+    async def all(self, notification_id: str) -> list[Delivery]:
+        await self._ensure_table()
+        rows: list[Delivery] = []
+        with translate_storage_errors():
+            async for entity in self._deliveries.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}
+            ):
+                rows.append(_delivery(entity))
+        return rows
+
+    async def counts(self, notification_id: str) -> DeliveryCounts:
+        await self._ensure_table()
+        counts: dict[str, int] = {}
+        with translate_storage_errors():
+            async for entity in self._deliveries.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}, select=["State"]
+            ):
+                state = str(entity["State"])
+                counts[state] = counts.get(state, 0) + 1
+        return DeliveryCounts(**counts)
+
+    async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
+        await self._ensure_table()
+        continuation = _decode_token(token) if token else None
+        rows: list[Delivery] = []
+        next_token: str | None = None
+        with translate_storage_errors():
+            pages = self._deliveries.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}, results_per_page=top
+            ).by_page(continuation_token=continuation)
+            async for page in pages:
+                async for entity in page:
+                    rows.append(_delivery(entity))
+                raw = getattr(pages, "continuation_token", None)
+                next_token = _encode_token(raw) if raw else None
+                break
+        return rows, next_token
+
+    async def close(self) -> None:
+        await self._headers.close()
+        await self._deliveries.close()
+
+
+def recipient_row(recipient: str) -> str:
+    return escape_key(recipient.strip().lower())
+
+
+def content_fields(content: dict[str, Any]) -> dict[str, Any]:
+    """The message content (text, card, summary) of a stored notification's content."""
+    return {"text": content.get("text"), "card": content.get("card"), "summary": content.get("summary")}
+
+
+def _entity(d: Delivery) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": escape_key(d.notification_id),
+        "RowKey": recipient_row(d.recipient),
+        "NotificationId": d.notification_id,
+        "Recipient": d.recipient,
+        "TenantId": d.tenant_id,
+        "State": d.state,
+        "ActivityId": d.activity_id or "",
+        "ConversationId": d.conversation_id or "",
+        "ServiceUrl": d.service_url or "",
+        "ErrorCode": d.error_code or "",
+        "ErrorMessage": d.error_message or "",
+        "ContentFingerprint": d.content_fingerprint or "",
+        "ErrorStatus": d.error_status or 0,
+        "UpdatedAt": _now(),
+    }
+    return entity
+
+
+def _delivery(entity: Any) -> Delivery:
+    def text(name: str) -> str | None:
+        value = entity.get(name)
+        return str(value) if value else None
+
+    state = str(entity.get("State", "pending"))
+    return Delivery(
+        notification_id=str(entity["NotificationId"]),
+        recipient=str(entity["Recipient"]),
+        tenant_id=str(entity["TenantId"]),
+        state=state if state in ("pending", "sent", "failed", "recalled") else "pending",  # type: ignore[arg-type]
+        activity_id=text("ActivityId"),
+        conversation_id=text("ConversationId"),
+        service_url=text("ServiceUrl"),
+        error_code=text("ErrorCode"),
+        error_message=text("ErrorMessage"),
+        content_fingerprint=text("ContentFingerprint"),
+        error_status=int(entity.get("ErrorStatus") or 0) or None,
+        etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else None,
+    )
+
+
+def _encode_token(raw: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK takes this dict
+    """The Table Storage continuation (``{"PartitionKey": ..., "RowKey": ...}``) a page token carries."""
+    invalid = InvalidRequestError(
+        "continuationToken is not one this API returned.", code="invalid_continuation_token", target="continuationToken"
+    )
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError) as err:
+        raise invalid from err
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not set(raw) <= {"PartitionKey", "RowKey"}
+        or not all(isinstance(v, str) for v in raw.values())
+    ):
+        raise invalid
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+async def note(store: NotificationStore, row: Delivery) -> bool:
+    """Write a row read as ``row.etag`` only if unchanged since (insert-if-absent when it had none)."""
+    if row.etag is None:
+        return await store.create(row)
+    return await store.record(row, if_match=row.etag)

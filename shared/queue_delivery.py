@@ -1,0 +1,177 @@
+"""Queue delivery: what one Service Bus message comes to (a send, one fan-out recipient, or a
+many-recipient request), and keeping a message that failed permanently for an operator.
+
+``handle_queue_message``: one Service Bus message -> ``"sent" | "duplicate" | "kept" | "delivered" |
+"fanned_out"``, or an exception when the message must be redelivered (transient trouble, or its
+failure could not be kept). ``process_queue_body`` is what a queue message comes to, shared by the
+trigger and the operator's replay (shared.failures). Over Service Bus, an in-flight repeat raises with
+the holder's remaining lease as retry_after; the trigger waits up to ``IN_FLIGHT_QUEUE_WAIT_SECONDS``
+of it before the message is redelivered, so the queue's delivery attempts outlast the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shared.bootstrap import Services, get_services
+from shared.delivery import Outcome, deliver, error_outcome
+from shared.errors import NotifyError, RequestInProgressError, TransientError
+from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
+from shared.idempotency import check_key
+from shared.logcontext import accept_correlation_id, correlation
+from shared.models import FanOutItem, parse_notify_request
+from shared.notification_ids import notification_id_for
+
+logger = logging.getLogger(__name__)
+
+# Over Service Bus, a redelivery that finds the key held waits out the holder's remaining lease (up to
+# 6 min after an unconfirmed send) in steps of at most this long, so the queue's 10 delivery attempts
+# (10 x 120 s) outlast the lease, and one step stays well inside functionTimeout (5 min) and the
+# lock's auto-renewal (5 min).
+IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
+
+QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
+
+
+@dataclass(frozen=True)
+class QueueDelivery:
+    """What the Service Bus trigger hands over about one message."""
+
+    body: bytes
+    message_id: str
+    delivery_count: int | None = None
+    enqueued_time: datetime.datetime | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueOutcome:
+    result: QueueResult
+    # Fan-out: per-recipient message bodies for the trigger's Service Bus output binding.
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueueWork:
+    """What one queue message body came to (``process_queue_body``): a result, the fan-out messages
+    to emit, and, when it must be kept for an operator, the status and error body to keep."""
+
+    result: QueueResult
+    messages: tuple[str, ...] = ()
+    failure: Outcome | None = None
+    activity_id: str | None = None
+    conversation_id: str | None = None
+
+
+async def process_queue_body(services: Services, body: bytes, message_id: str) -> QueueWork:
+    """One queue message body, as the queue trigger and an operator's replay both handle it. Raises
+    ``TransientError`` when it must be tried again (redelivery, or a later replay)."""
+    try:
+        key = check_key(message_id, target="messageId")
+        item = _fan_out_item(body)
+        if item is not None:
+            row = await handle_fan_out_item(services, item)
+            logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
+            if row.needs_operator or row.state == "failed":
+                status, error = row.error_status or 500, {"code": row.error_code, "message": row.error_message or ""}
+                failure = Outcome(status, {"error": error})
+                # A recipient's own fault is final and shown by the status; ours is kept for a replay.
+                return QueueWork("kept" if row.needs_operator else "delivered", failure=failure)
+            return QueueWork("delivered", activity_id=row.activity_id, conversation_id=row.conversation_id)
+        request = parse_notify_request(body)
+        if request.recipients is not None:
+            fanned = await start_notification(services, request, notification_id_for(key), "queue")
+            if fanned.operator_error is not None:
+                status, error = fanned.operator_error
+                return QueueWork("kept", fanned.messages, failure=Outcome(status, {"error": error}))
+            if fanned.retry_after is not None:
+                raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
+            return QueueWork("fanned_out", fanned.messages)
+        notification_id = notification_id_for(key)
+        await open_notification(services, request, notification_id, "queue")
+        outcome = await deliver(
+            services, request, source="queue", key=key, record_failures=False, notification_id=notification_id
+        )
+        await record_single_best_effort(services, request, notification_id, outcome)
+    except TransientError:
+        raise
+    except NotifyError as err:
+        outcome = error_outcome(err)
+    if outcome.sent:
+        return QueueWork(
+            "duplicate" if outcome.replayed else "sent",
+            activity_id=_str_or_none(outcome.body.get("activityId")),
+            conversation_id=_str_or_none(outcome.body.get("conversationId")),
+        )
+    return QueueWork("kept", failure=outcome)
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if value is not None else None
+
+
+async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
+    """One Service Bus message: sent, a duplicate of a message already sent, kept as a failure, one
+    recipient of a fanned-out notification (``delivered``), or a many-recipient request (``fanned_out``:
+    up to 20 sent here, more returned as per-recipient messages).
+
+    Raises (so Service Bus redelivers, and dead-letters after maxDeliveryCount) on transient trouble,
+    while another delivery of the same message is in flight, and when the failure cannot be kept.
+    """
+    cid = accept_correlation_id(delivery.correlation_id or delivery.message_id)
+    with correlation(cid):
+        services = get_services()  # a configuration error raises: nowhere to keep the message
+        try:
+            work = await process_queue_body(services, delivery.body, delivery.message_id)
+        except TransientError as err:
+            # Abandoning at once would burn the queue's delivery attempts in a second and dead-letter
+            # the message during a short outage: wait (the message lock is renewed meanwhile) for
+            # what upstream asked, up to RetryMaxDelaySeconds (another attempt's lease on the key:
+            # up to IN_FLIGHT_QUEUE_WAIT_SECONDS), then let Service Bus redeliver.
+            cap = services.settings.retry_max_delay
+            if isinstance(err, RequestInProgressError):
+                cap = max(cap, IN_FLIGHT_QUEUE_WAIT_SECONDS)
+            pause = min(err.retry_after, cap)
+            logger.warning(
+                "queue message %s not sent (%s); delivery %s will be retried after %.0fs",
+                delivery.message_id,
+                err.code,
+                delivery.delivery_count,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            raise
+        if work.failure is None or work.result != "kept":
+            if work.result in ("sent", "duplicate"):
+                already = work.result == "duplicate"
+                logger.info("queue message %s %s", delivery.message_id, "was already sent" if already else "sent")
+            return QueueOutcome(work.result, work.messages)
+        outcome = work.failure
+        error = outcome.body.get("error")
+        record = await services.failures.keep(
+            message_id=delivery.message_id,
+            error=error if isinstance(error, dict) else {},
+            http_status=outcome.status,
+            body=delivery.body,
+            delivery_count=delivery.delivery_count,
+            enqueued_time=delivery.enqueued_time,
+            correlation_id=cid,
+        )
+        logger.warning(
+            "queue message %s failed permanently (%s); kept for an operator to replay", record.message_id, record.code
+        )
+        return QueueOutcome("kept", work.messages)
+
+
+def _fan_out_item(body: bytes) -> FanOutItem | None:
+    """A per-recipient fan-out message (it carries ``deliveryId``), or None for a send request."""
+    if b'"deliveryId"' not in body:
+        return None
+    try:
+        return FanOutItem.model_validate_json(body)
+    except ValueError:
+        return None  # not ours after all: validated (and reported) as a send request
