@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import jwt
@@ -645,6 +645,11 @@ class FakeTenant:
             if fault.count <= 0:
                 queue.popleft()
             return fault
+
+    def queued_faults(self) -> list[Fault]:
+        """Snapshot of the queued faults, route by route, in the order they will be consumed."""
+        with self.lock:
+            return [replace(f) for route in sorted(self._faults) for f in self._faults[route]]
 
     def clear_faults(self) -> None:
         """Drop all queued faults."""
