@@ -7,7 +7,7 @@ users and personal chat id; the page follows the conversation on the websocket
 ``/_ws_conversation/v1/conversations/stream`` (``createMessage`` / ``updateMessage`` actions; what is sent
 while no page is connected is buffered for the first one that connects).
 Source: the package's CLI (``cli.js --help``) and its server (``dist/index.js``); Microsoft Learn,
-https://learn.microsoft.com/microsoft-365/agents-sdk/test-with-toolkit-project (Agents Playground).
+https://learn.microsoft.com/en-us/microsoft-365/agents-sdk/test-with-toolkit-project.
 """
 
 from __future__ import annotations
