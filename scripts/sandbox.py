@@ -262,6 +262,7 @@ def banner(
 ) -> str:
     rel = shown(settings)
     ca = shown(server.ca_pem_path)
+    ca_abs = Path(server.ca_pem_path).resolve()
     cli = f".venv/bin/python -m shared.cli --settings {rel}"
     state = Path(settings).parent
     fake = ".venv/bin/python -m faketenant" + ("" if state == ROOT / ".sandbox" else f" --state-dir {shown(state)}")
@@ -270,8 +271,8 @@ def banner(
     else:
         name = playground.user.get("name", "its user")
         connector = (
-            f"  Teams client    {playground.url}   (Microsoft 365 Agents Playground: open it in a browser;\n"
-            f"                  every demo user's 1:1 chat is its personal chat with {name})"
+            f"  Teams client    {playground.url}   (Microsoft 365 Agents Playground: open it in a browser and\n"
+            f"                  send once it shows {name}; every demo user's 1:1 chat is its personal chat)"
         )
     return f"""
 Sandbox tenant is running (Ctrl-C stops it and everything it started).
@@ -289,7 +290,7 @@ Try it (another shell, in this folder):
 Run the function host against it (where Azure Functions Core Tools is installed):
   cp {rel} local.settings.json && func start
 
-Other tools that call the fake need its CA: export SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca}
+Other tools that call the fake need its CA: export SSL_CERT_FILE={ca_abs} REQUESTS_CA_BUNDLE={ca_abs}
 sandbox ready
 """
 
