@@ -10,17 +10,25 @@ Playground's conversation is read where its own page reads it: the websocket
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from scripts.playground import STREAM_PATH, Playground
+from tests.azurite import ROOT
 from tests.conftest import World
 from tests.test_fanout import call
+from tests.test_sandbox import Lines
 from tests.test_trigger_http import payload, post
 
 CARD = {
@@ -106,3 +114,48 @@ async def test_text_card_and_update_reach_the_playground(
     ]
     # Nothing went to the fake tenant's own Bot Connector.
     assert via_playground.tenant.calls("connector.send") == 0
+
+
+def test_the_sandbox_with_playground_delivers_to_the_playground(tmp_path: Path) -> None:
+    """`scripts/sandbox --playground`: the Playground is the Bot Connector, the page address is printed,
+    and the printed send command lands in the Playground's personal chat."""
+    state = tmp_path / "sandbox"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "sandbox.py"), "--playground", "--state-dir", str(state)]
+        + ["--port", "0", "--blob-port", "0", "--queue-port", "0", "--table-port", "0", "--playground-port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = Lines(proc)
+        lines.wait_for("sandbox ready", timeout=150)
+        page = next(line.split()[2] for line in lines.seen if line.strip().startswith("Teams client"))
+        send = next(line.strip() for line in lines.seen if " send --to alice@contoso.com" in line)
+        values = json.loads((state / "local.settings.json").read_text())["Values"]
+        assert values["ServiceUrl"] == page + "/_connector/"
+
+        async def shown_after_send() -> dict[str, Any]:
+            async with aiohttp.ClientSession() as session, session.ws_connect(page + STREAM_PATH) as ws:
+                done = await asyncio.to_thread(
+                    subprocess.run, send, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60
+                )
+                assert done.returncode == 0, done.stdout + done.stderr
+                activity_id = done.stdout.split("activity id:")[1].split()[0]
+                return await Conversation(ws).wait_for("createMessage", activity_id)
+
+        shown = asyncio.run(shown_after_send())
+        assert shown["message"]["text"] == "Hello from the sandbox"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
+    assert proc.stdout is not None
+    proc.stdout.close()
+    with socket.socket() as sock:  # the Playground is gone too
+        assert sock.connect_ex(("127.0.0.1", int(page.rsplit(":", 1)[1]))) != 0
