@@ -18,7 +18,9 @@ from pathlib import Path
 
 
 def _git(root: Path, *args: str) -> list[str]:
-    out = subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True
+    ).stdout
     return [line for line in out.split("\0") if line]
 
 
