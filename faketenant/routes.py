@@ -14,7 +14,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -795,8 +795,13 @@ def control(tenant: FakeTenant, req: Request) -> Response:
                 installed=bool(body.get("installed", False)),
             )
             return json_response(201, {**user.channel_account(), "oid": user.oid, "upn": user.upn})
+        if m == "GET" and s == ["faults"]:
+            return json_response(200, [asdict(f) for f in tenant.queued_faults()])
+        if m == "DELETE" and s == ["faults"]:
+            tenant.clear_faults()
+            return empty(204)
         if m == "POST" and s == ["faults"]:
-            body = req.json()
+            body = _control_body(req, FAULT_KEYS, required=("route", "status"))
             tenant.add_fault(
                 body["route"],
                 int(body["status"]),
@@ -807,26 +812,69 @@ def control(tenant: FakeTenant, req: Request) -> Response:
                 malformed=bool(body.get("malformed", False)),
             )
             return empty(204)
-        if m == "POST" and s == ["settings"]:
-            body = req.json()
+        if m == "GET" and s == ["settings"]:
             with tenant.lock:
-                for key in (
-                    "rate_limits",
-                    "app_rate_per_second",
-                    "chat_ready_after",
-                    "app_disabled",
-                    "federated_credential_enabled",
-                    "max_activity_bytes",
-                    "token_lifetime",
-                ):
-                    if key in body:
-                        setattr(tenant, key, type(getattr(tenant, key))(body[key]))
+                return json_response(200, {key: getattr(tenant, key) for key in SETTING_KEYS})
+        if m == "POST" and s == ["settings"]:
+            body = _control_body(req, SETTING_KEYS)
+            with tenant.lock:
+                for key, value in body.items():
+                    setattr(tenant, key, type(getattr(tenant, key))(value))
             return empty(204)
+        if m == "POST" and len(s) == 3 and s[0] == "users" and s[2] in USER_STATES:
+            user = tenant.find_user(s[1])
+            if user is None:
+                return json_response(404, {"error": f"no user {s[1]!r}"})
+            getattr(tenant, USER_STATES[s[2]])(user)
+            return json_response(200, [u for u in tenant.snapshot_users() if u["oid"] == user.oid][0])
+        if m == "POST" and s in (["bot", "disable"], ["bot", "enable"]):
+            body = _control_body(req, ("tenant_id",)) if req.body.strip() else {}
+            tenant_id = body.get("tenant_id") or tenant.tenant_id
+            if not tenant.has_tenant(tenant_id):
+                return json_response(404, {"error": f"no tenant {tenant_id!r}"})
+            tenant.disable_bot_for_tenant(tenant_id, disabled=s[1] == "disable")
+            return json_response(200, {"tenant_id": tenant_id, "bot_disabled": s[1] == "disable"})
         if m == "GET" and s == ["messages"]:
             return json_response(200, tenant.messages_by_user())
     except (ValueError, KeyError, TypeError) as exc:
         return json_response(400, {"error": str(exc)})
     return json_response(404, {"error": f"no control endpoint {m} {req.path}"})
+
+
+#: Keys of POST /_fake/settings (the FakeTenant attributes of the same name).
+SETTING_KEYS = (
+    "rate_limits",
+    "app_rate_per_second",
+    "chat_ready_after",
+    "app_disabled",
+    "federated_credential_enabled",
+    "max_activity_bytes",
+    "token_lifetime",
+)
+#: Keys of POST /_fake/faults (FakeTenant.add_fault's arguments).
+FAULT_KEYS = ("route", "status", "count", "retry_after", "delay", "body", "malformed")
+#: POST /_fake/users/{upn or oid}/{state}: one-step user states, the FakeTenant methods behind them.
+USER_STATES = {
+    "block": "block_bot",  # the user blocked the bot: 403 ConversationBlockedByUser
+    "unblock": "unblock_bot",
+    "uninstall": "uninstall_app",  # the user removed the app: 403 BotNotInConversationRoster
+    "install": "install_app",
+}
+
+
+def _control_body(req: Request, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A control endpoint's JSON object body; an unknown key (a typo would otherwise do nothing) or a
+    missing one is a 400 naming it."""
+    body = req.json()
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
+    missing = [key for key in required if key not in body]
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(missing)}")
+    return body
 
 
 def _html(tenant: FakeTenant) -> str:

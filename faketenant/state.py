@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import jwt
@@ -235,6 +235,7 @@ class FakeTenant:
         self._users: dict[str, FakeUser] = {}  # oid -> user
         self._upn_index: dict[tuple[str, str], str] = {}  # (tenant, upn lower) -> oid
         self._installations: dict[str, Installation] = {}  # user oid -> installation
+        self._external_chats: dict[str, str] = {}  # user oid -> chat id of another Bot Connector
         self._blocked: set[str] = set()  # user oids that blocked the bot
         self._conversations: dict[str, Conversation] = {}
         self._conversation_generation: dict[str, int] = {}  # user oid -> generation
@@ -334,8 +335,19 @@ class FakeTenant:
         return _b64url(f"{oid}##{self.catalog_id}".encode("ascii"))
 
     def chat_id_for(self, user: FakeUser | str) -> str:
-        """The personal chat id Graph returns: ``19:{oid}_{app_id}@unq.gbl.spaces``."""
-        return f"19:{self._oid(user)}_{self.app_id}@unq.gbl.spaces"
+        """The personal chat id Graph returns: ``19:{oid}_{app_id}@unq.gbl.spaces``, or the chat set by
+        :meth:`use_external_chat`."""
+        oid = self._oid(user)
+        with self.lock:
+            external = self._external_chats.get(oid)
+        return external or f"19:{oid}_{self.app_id}@unq.gbl.spaces"
+
+    def use_external_chat(self, user: FakeUser | str, chat_id: str) -> None:
+        """Graph answers ``chat_id`` as the user's installation chat: a chat of another Bot Connector (the
+        sandbox maps its demo users to Microsoft 365 Agents Playground's personal chat this way)."""
+        oid = self._oid(user)
+        with self.lock:
+            self._external_chats[oid] = chat_id
 
     def install_app(self, user: FakeUser | str, *, chat_delay: int = 0) -> Installation:
         """Install the app for a user (pre-install: by default the chat is ready at once)."""
@@ -633,6 +645,11 @@ class FakeTenant:
             if fault.count <= 0:
                 queue.popleft()
             return fault
+
+    def queued_faults(self) -> list[Fault]:
+        """Snapshot of the queued faults, route by route, in the order they will be consumed."""
+        with self.lock:
+            return [replace(f) for route in sorted(self._faults) for f in self._faults[route]]
 
     def clear_faults(self) -> None:
         """Drop all queued faults."""

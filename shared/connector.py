@@ -62,9 +62,15 @@ class ConnectorClient:
             return None
         return Gate(self._throttle, "connector", tenant_id, conversation_id)
 
-    async def get_conversation_members(self, service_url: str, chat_id: str, *, tenant_id: str | None = None) -> Member:
+    async def get_conversation_members(
+        self, service_url: str, chat_id: str, *, recipient: str | None = None, tenant_id: str | None = None
+    ) -> Member:
         """GetConversationMembers (GET /v3/conversations/{id}/members): the user's ChannelAccount in the
-        installation's 1:1 chat."""
+        installation's 1:1 chat.
+
+        The member is the recipient: the one whose aadObjectId/objectId (or UPN) is ``recipient``, else the
+        one member that is not the bot. Channel account ids are opaque (Teams' are "29:...", a local
+        emulator's are not), so they are not used to tell the user from the bot."""
         response = await self._call(
             "GET",
             service_url,
@@ -73,11 +79,28 @@ class ConnectorClient:
             gate=self._gate(tenant_id),
         )
         members = _json(response)
-        if isinstance(members, list):
-            for payload in members:
-                if isinstance(payload, dict) and str(payload.get("id", "")).startswith("29:"):
+        payloads = [p for p in members if isinstance(p, dict) and p.get("id")] if isinstance(members, list) else []
+        users = [p for p in payloads if not self._is_bot(p)]
+        if recipient:
+            wanted = recipient.lower()
+            for payload in users:
+                names = ("aadObjectId", "objectId", "userPrincipalName", "email")
+                if any(str(payload.get(name) or "").lower() == wanted for name in names):
                     return parse_member(payload)
+        if len(users) == 1:
+            return parse_member(users[0])
+        if users:
+            raise UpstreamError(
+                f"The 1:1 chat has {len(users)} members besides the bot and none is the recipient.",
+                target="connector",
+            )
         raise TransientError("The 1:1 chat has no user member yet.", target="connector", retry_after=5.0)
+
+    def _is_bot(self, payload: dict[str, Any]) -> bool:
+        account_id = str(payload.get("id", "")).lower()
+        return account_id in (self._settings.bot_id.lower(), self._settings.app_id.lower()) or account_id.startswith(
+            "28:"
+        )
 
     async def create_conversation(self, service_url: str, account_id: str, tenant_id: str) -> str:
         """CreateConversation (POST /v3/conversations): the 1:1 conversation id (idempotent per member)."""

@@ -158,7 +158,9 @@ class InboundHandler:
         assert activity.conversation_id is not None and user.object_id is not None
         try:
             async with asyncio.timeout(UPN_LOOKUP_TIMEOUT):
-                member = await self._connector.get_conversation_members(activity.service_url, activity.conversation_id)
+                member = await self._connector.get_conversation_members(
+                    activity.service_url, activity.conversation_id, recipient=user.object_id
+                )
         except NotifyError as err:
             reason = err.code
         except TimeoutError:

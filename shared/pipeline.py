@@ -169,7 +169,9 @@ class Notifier:
             tenant, recipient, installation.installation_id, just_installed=just_installed
         )
         service_url = self._settings.service_url
-        member = await self._connector.get_conversation_members(service_url, chat_id, tenant_id=tenant)
+        member = await self._connector.get_conversation_members(
+            service_url, chat_id, recipient=recipient, tenant_id=tenant
+        )
         conversation_id = await self._connector.create_conversation(service_url, member.account_id, tenant)
         entry = ConversationReference(
             tenant_id=tenant,

@@ -8,8 +8,10 @@ malformed setting. Secrets are kept out of ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,6 +114,25 @@ def _https_url(value: str) -> bool:
     return value.startswith("https://") and len(value) > len("https://")
 
 
+def _loopback_http_url(value: str) -> bool:
+    """A plain-http URL whose host is this machine (127.0.0.0/8, localhost, ::1): a local emulator such
+    as Microsoft 365 Agents Playground. The bot's token never leaves the machine in clear."""
+    if not value.startswith("http://"):
+        return False
+    try:
+        host = urllib.parse.urlsplit(value).hostname
+    except ValueError:
+        return False
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _storage_connection_string(value: str) -> bool:
     parts = dict(p.split("=", 1) for p in value.split(";") if "=" in p)
     keys = {k.strip().lower() for k, v in parts.items() if v.strip()}
@@ -172,8 +193,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ("GraphEndpoint", DEFAULT_GRAPH_ENDPOINT),
     ):
         value = get(name) or default
-        if not _https_url(value):
-            problem(name, "must be an https:// URL")
+        if name == "ServiceUrl" and _loopback_http_url(value):
+            pass  # a local Bot Connector emulator (Agents Playground) serves plain http on loopback
+        elif not _https_url(value):
+            problem(name, "must be an https:// URL" + (" (http:// only on loopback)" if name == "ServiceUrl" else ""))
         urls[name] = value
     service_url = urls["ServiceUrl"]
     if not service_url.endswith("/"):

@@ -1,5 +1,6 @@
-"""The sandbox: one command starts the fake tenant and Azurite and writes a settings file; a send
-through the CLI shows up in its listing and log; Ctrl-C stops both cleanly."""
+"""The sandbox: one command (scripts/sandbox) starts the fake tenant and Azurite and writes a settings
+file; the commands it prints run as printed; a send through the CLI shows up in its listing and log; a
+second sandbox in the same folder is refused; Ctrl-C stops everything cleanly."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Lines:
 def test_sandbox_serves_a_send_and_stops_cleanly(tmp_path: Path) -> None:
     state = tmp_path / "sandbox"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "sandbox.py"), "--state-dir", str(state)]
+        [str(ROOT / "scripts" / "sandbox"), "--state-dir", str(state)]
         + ["--port", "0", "--blob-port", "0", "--queue-port", "0", "--table-port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -83,6 +84,35 @@ def test_sandbox_serves_a_send_and_stops_cleanly(tmp_path: Path) -> None:
             page = client.get(listing).text
         assert [m["id"] for m in messages["alice@contoso.com"]] == [activity_id]
         assert "alice@contoso.com (1)" in page and "Hi!" in page
+
+        # Every command the banner prints for the CLI runs as printed (from the repository folder).
+        printed = [line.strip() for line in lines.seen if line.strip().startswith(".venv/bin/python")]
+        assert len(printed) == 3, lines.seen
+        for command in printed[:2]:
+            done = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+        block = printed[2].split("#")[0]
+        assert "block alice@contoso.com" in block
+        assert subprocess.run(block, shell=True, cwd=ROOT, capture_output=True, timeout=30).returncode == 0
+        blocked = subprocess.run(printed[1], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert blocked.returncode != 0 and "recipient_blocked_bot" in blocked.stdout + blocked.stderr
+        unblock = block.replace(" block ", " unblock ")
+        assert subprocess.run(unblock, shell=True, cwd=ROOT, capture_output=True, timeout=30).returncode == 0
+
+        # A second sandbox in the same folder is refused and leaves the first intact.
+        ca_before = (state / "ca.pem").read_bytes()
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "sandbox.py"), "--state-dir", str(state), "--port", "0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert "another sandbox is running in" in second.stderr and "--state-dir" in second.stderr
+        assert (state / "ca.pem").read_bytes() == ca_before
+        out = io.StringIO()
+        assert main(["--settings", str(settings), "send", "--to", "bob@contoso.com", "--text", "x"], stdout=out) == 0
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -91,6 +121,7 @@ def test_sandbox_serves_a_send_and_stops_cleanly(tmp_path: Path) -> None:
             proc.kill()
             raise
     lines.wait_for("sandbox stopped", timeout=5)
+    assert not (state / "sandbox.json").exists()
     assert proc.returncode == 0
     assert proc.stdout is not None
     proc.stdout.close()

@@ -77,3 +77,46 @@ def test_malformed_storage_connection_string_is_named(name: str, value: str) -> 
         load_settings({**GOOD, name: value})
     assert caught.value.target == name
     assert value not in caught.value.message  # it may hold a key: never echoed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:56150/_connector",
+        "http://127.8.9.10/_connector/",
+        "http://localhost:56150/_connector/",
+        "http://LOCALHOST/_connector/",
+        "http://[::1]:56150/_connector/",
+    ],
+)
+def test_service_url_may_be_plain_http_on_loopback_only(url: str) -> None:
+    # A local Bot Connector emulator (Microsoft 365 Agents Playground) serves plain http on this machine.
+    assert load_settings({**GOOD, "ServiceUrl": url}).service_url == url.rstrip("/") + "/"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://smba.trafficmanager.net/teams/",
+        "http://10.0.0.5:56150/_connector/",
+        "http://192.168.1.20/_connector/",
+        "http://localhost.evil.example/_connector/",
+        "http://127.0.0.1.nip.io/_connector/",
+        "http://[::2]/_connector/",
+        "http:///_connector/",
+        "ftp://127.0.0.1/_connector/",
+    ],
+)
+def test_service_url_plain_http_elsewhere_is_refused(url: str) -> None:
+    # The bot's token must never cross a network in clear.
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({**GOOD, "ServiceUrl": url})
+    assert caught.value.target == "ServiceUrl"
+    assert "https://" in caught.value.message
+
+
+def test_plain_http_is_still_refused_for_login_and_graph() -> None:
+    for name in ("AuthorityHost", "GraphEndpoint"):
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings({**GOOD, name: "http://127.0.0.1:8443"})
+        assert caught.value.target == name
