@@ -122,3 +122,10 @@ class AuthenticationError(RequestError):
 
     code = "unauthorized"
     http_status = 401
+
+
+class ForbiddenError(RequestError):
+    """An authenticated caller without the right to do this (the API's app role not assigned)."""
+
+    code = "missing_role"
+    http_status = 403

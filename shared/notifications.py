@@ -62,6 +62,7 @@ from shared.models import (
     UpdateRequest,
 )
 from shared.notify import Message, recipient_hash
+from shared.signing import Signer
 from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
@@ -103,17 +104,21 @@ def delivery_id(notification_id: str, recipient: str) -> str:
 
 
 # A single send without an Idempotency-Key gets a self-contained id instead of a delivery row (a
-# storage write on the hot path): "s1." + base64url of the compact JSON below. Status answers from it;
-# update and recall decode it into the Delivery its row would have held, then write that row.
+# storage write on the hot path): "s1." + base64url of the compact JSON below + "." + its HMAC tag
+# (shared.signing), so nobody can hand-build or edit one. Status answers from it; update and recall
+# decode it into the Delivery its row would have held, then write that row.
 HANDLE_PREFIX = "s1."
+_HANDLE_PURPOSE = "s1"
+_FAN_OUT_PURPOSE = "fanout"
 _HANDLE_MAX = 900  # it may become a PartitionKey (Table Storage keys: at most 1 KiB)
 _HANDLE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-# A service URL other than the configured one is accepted in a handle only on Bot Framework hosts:
-# a forged handle must never send the bot's token elsewhere.
+# The service URL in a handle is the one the send used: the configured ServiceUrl or one stored from
+# an authenticated inbound activity. The tag keeps a caller from choosing it; the host check is a
+# second line: the bot's token never goes anywhere but a Bot Framework host.
 _TRUSTED_SERVICE_HOSTS = ("smba.trafficmanager.net", ".botframework.com", ".botframework.us", ".botframework.azure.us")
 
 
-def single_send_handle(delivery: Delivery, default_service_url: str) -> str | None:
+def single_send_handle(delivery: Delivery, default_service_url: str, signer: Signer) -> str | None:
     """The self-contained notification id of a sent single send, or None when it cannot be one (no
     conversation, an untrusted service URL, too long): the caller then records a row as before."""
     if delivery.state != "sent" or not delivery.conversation_id:
@@ -130,16 +135,20 @@ def single_send_handle(delivery: Delivery, default_service_url: str) -> str | No
             return None
         fields["u"] = service_url
     raw = json.dumps(fields, separators=(",", ":")).encode()
-    handle = HANDLE_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    encoded = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    handle = HANDLE_PREFIX + encoded + "." + signer.tag(_HANDLE_PURPOSE, encoded)
     return handle if len(handle) <= _HANDLE_MAX else None
 
 
-def delivery_from_handle(notification_id: str, default_service_url: str) -> Delivery | None:
-    """The sent Delivery a handle stands for, or None when it is not a handle this API returned."""
+def delivery_from_handle(notification_id: str, default_service_url: str, signer: Signer) -> Delivery | None:
+    """The sent Delivery a handle stands for, or None when it is not a handle this deployment issued
+    (forged, edited, or signed by another deployment's key)."""
     if not notification_id.startswith(HANDLE_PREFIX) or len(notification_id) > _HANDLE_MAX:
         return None
-    encoded = notification_id[len(HANDLE_PREFIX) :]
-    if not encoded or not set(encoded) <= _HANDLE_CHARS:
+    encoded, _, tag = notification_id[len(HANDLE_PREFIX) :].partition(".")
+    if not encoded or not tag or not set(encoded) <= _HANDLE_CHARS or not set(tag) <= _HANDLE_CHARS:
+        return None
+    if not signer.verify(tag, _HANDLE_PURPOSE, encoded):
         return None
     try:
         fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
@@ -164,9 +173,14 @@ def delivery_from_handle(notification_id: str, default_service_url: str) -> Deli
         return None
     delivery = Delivery(notification_id, recipient, tenant, "sent", activity, conversation, service_url)
     # One send, one id: only the exact encoding this API returns is accepted.
-    if single_send_handle(delivery, default_service_url) != notification_id:
+    if single_send_handle(delivery, default_service_url, signer) != notification_id:
         return None
     return delivery
+
+
+def fan_out_signature(signer: Signer, notification_id: str, recipient: str, delivery: str) -> str:
+    """The tag of a queued per-recipient item: it names this notification, recipient and delivery id."""
+    return signer.tag(_FAN_OUT_PURPOSE, notification_id, recipient.strip().lower(), delivery)
 
 
 def _trusted_service_url(url: str) -> bool:
@@ -215,6 +229,7 @@ class Header:
     fingerprint: str
     content: NotifyRequest  # text, card, summary (recipient fields unset)
     source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
+    recalled: bool = False  # the whole notification was recalled: queued items are not sent
 
 
 class NotificationStore(TableBacked):
@@ -269,7 +284,22 @@ class NotificationStore(TableBacked):
             fingerprint=str(entity["Fingerprint"]),
             content=NotifyRequest.model_construct(**_content_fields(json.loads(str(entity["Content"])))),
             source=str(entity.get("Source") or ""),
+            recalled=bool(entity.get("RecalledAt")),
         )
+
+    async def mark_recalled(self, notification_id: str) -> None:
+        """Record on the header that the whole notification was recalled (queued items check it)."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        try:
+            with translate_storage_errors():
+                await self._headers.update_entity(
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "RecalledAt": _now()},
+                    mode=UpdateMode.MERGE,
+                )
+        except ResourceNotFoundError:
+            pass  # no header: a single send's rows say it all
 
     async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
         """Later sends of a notification still fanning out use the updated content."""
@@ -659,11 +689,15 @@ async def start_notification(
             operator_error=_error_body(ours) if ours is not None and not transient else None,
         )
     rows = await services.notifications.add_pending(notification_id, tenant, recipients)
+    signer = await services.signing.signer()
     messages = tuple(
         FanOutItem(
             delivery_id=delivery_id(notification_id, r.recipient),
             notification_id=notification_id,
             recipient=r.recipient,
+            signature=fan_out_signature(
+                signer, notification_id, r.recipient, delivery_id(notification_id, r.recipient)
+            ),
         ).model_dump_json(by_alias=True)
         for r in rows
         if r.state == "pending"
@@ -678,19 +712,36 @@ def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
 
 
 async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
-    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered."""
-    if item.delivery_id != delivery_id(item.notification_id, item.recipient):
-        raise RequestError(
-            "deliveryId does not match notificationId and recipient.", code="invalid_request", target="deliveryId"
+    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered.
+
+    Only an item this deployment queued is acted on: its signature must match its notification id,
+    recipient and delivery id, and the recipient must have a row in that notification. Anything else
+    (forged, edited, another deployment's) is ``notification_not_found``. A recalled notification or
+    recipient is not sent, whenever the item arrives."""
+    signer = await services.signing.signer()
+    genuine = (
+        item.signature is not None
+        and item.delivery_id == delivery_id(item.notification_id, item.recipient)
+        and signer.verify(
+            item.signature, _FAN_OUT_PURPOSE, item.notification_id, item.recipient.strip().lower(), item.delivery_id
         )
-    header = await services.notifications.get_header(item.notification_id)
-    if header is None:
+    )
+    header = await services.notifications.get_header(item.notification_id) if genuine else None
+    row = await services.notifications.get(item.notification_id, item.recipient) if header is not None else None
+    if header is None or row is None:
+        logger.warning("queued item refused: not a notification of this deployment (%s)", item.delivery_id[:12])
         raise RequestError(
-            f"Notification '{item.notification_id}' does not exist.",
+            "No notification of this deployment matches this queued item.",
             code="notification_not_found",
             target="notificationId",
             http_status=404,
         )
+    if header.recalled and row.state == "pending":
+        if await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+            return replace(row, state="recalled")
+        row = await services.notifications.get(item.notification_id, item.recipient) or row
+    if row.state != "pending":
+        return row
     return await send_to_recipient(services, header, item.recipient)
 
 
@@ -721,7 +772,7 @@ async def get_status(
     counts = await store.counts(notification_id)
     total = header.total if header is not None else sum(counts.model_dump().values())
     if total == 0:
-        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        sent = delivery_from_handle(notification_id, services.settings.service_url, await services.signing.signer())
         if sent is None:
             raise _not_found(notification_id)
         return _status(notification_id, 1, [sent], [sent], None)
@@ -790,7 +841,7 @@ async def _rows(services: Services, notification_id: str) -> list[Delivery]:
     """The notification's delivery rows; for a single send's handle not yet changed, the one it decodes to."""
     rows = await services.notifications.all(notification_id)
     if not rows:
-        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        sent = delivery_from_handle(notification_id, services.settings.service_url, await services.signing.signer())
         rows = [sent] if sent is not None else []
     return rows
 
@@ -850,6 +901,8 @@ async def recall_notification(
     """Delete the sent message for one or every recipient; recipients still pending are marked
     recalled so they are never sent. Idempotent: a second recall calls nothing and succeeds."""
     rows = await _targets(services, notification_id, recipient)
+    if recipient is None:
+        await services.notifications.mark_recalled(notification_id)
 
     async def one(row: Delivery) -> ChangeResult:
         if row.state == "recalled":
@@ -957,6 +1010,7 @@ __all__ = [
     "NotificationStore",
     "delivery_from_handle",
     "delivery_id",
+    "fan_out_signature",
     "get_status",
     "handle_fan_out_item",
     "new_notification_id",

@@ -22,6 +22,7 @@ from shared.botframework import message_activity
 from shared.connector import ConnectorClient
 from shared.errors import RecipientError, StaleConversationError, TransientError
 from shared.graph import GraphClient
+from shared.optout import OptOutStore
 from shared.settings import Settings
 from shared.store import CachedRecipient, RecipientStore, recipient_key
 from shared.throttle import Throttle
@@ -62,8 +63,11 @@ class Notifier:
         connector: ConnectorClient,
         store: RecipientStore,
         throttle: Throttle | None = None,
+        *,
+        optouts: OptOutStore | None = None,
     ) -> None:
         self._settings = settings
+        self._optouts = optouts
         self._throttle = throttle or Throttle(
             max_concurrent=settings.max_concurrent_sends,
             send_rate=settings.send_rate_per_second,
@@ -136,6 +140,14 @@ class Notifier:
         except StaleConversationError:
             raise _still_stale() from None
 
+    async def _refuse_if_opted_out(self, tenant: str, recipient: str) -> None:
+        """Before installing the app for someone: honour an uninstall (ReinstallAfterUninstall false)."""
+        if self._settings.reinstall_after_uninstall or self._optouts is None:
+            return
+        if await self._optouts.is_opted_out(tenant, recipient):
+            logger.info("recipient %s uninstalled the app; not installing it again", recipient_hash(tenant, recipient))
+            raise _opted_out()
+
     async def resolve(self, recipient: str, tenant_id: str | None = None) -> CachedRecipient:
         """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent."""
         tenant = tenant_id or self._settings.tenant_id
@@ -153,6 +165,7 @@ class Notifier:
         installation = await self._graph.find_installation(tenant, recipient)
         just_installed = False
         if installation is None:
+            await self._refuse_if_opted_out(tenant, recipient)
             await self._graph.install(tenant, recipient)
             just_installed = True
             installation = await self._graph.find_installation(tenant, recipient)
@@ -178,6 +191,16 @@ class Notifier:
         await self._store.put(entry, [recipient])
         logger.info("resolved recipient %s", rhash)
         return entry
+
+
+def _opted_out() -> RecipientError:
+    return RecipientError(
+        "The recipient uninstalled the app and ReinstallAfterUninstall is false: it is not installed "
+        "again until they install it themselves.",
+        code="recipient_opted_out",
+        target="recipient",
+        http_status=403,
+    )
 
 
 def _still_stale() -> TransientError:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from shared.bootstrap import Services, get_services
+from shared.callerauth import QUEUE_CALLER
 from shared.errors import NotifyError, RequestError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source, check_key
 from shared.logcontext import accept_correlation_id, correlation
@@ -195,21 +196,29 @@ async def _send(services: Services, request: NotifyRequest, notification_id: str
     return Outcome(200, body, service_url=result.service_url)
 
 
+async def _authenticate(services: Services, authorization: str | None, what: str, cid: str) -> None:
+    """Who is calling (shared.callerauth); logged with the request's correlation id. Raises 401/403."""
+    caller = await services.caller_auth.authenticate(authorization)
+    logger.info("%s request %s from %s", what, cid, caller)
+
+
 async def handle_notify(
     body: bytes,
     *,
     content_type: str | None,
     idempotency_key: str | None = None,
     correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
-    """``POST /api/notify``: validate, send at most once per Idempotency-Key, map every failure to an
-    error body. Never raises for a request it can answer."""
+    """``POST /api/notify``: authenticate the caller, validate, send at most once per Idempotency-Key,
+    map every failure to an error body. Never raises for a request it can answer."""
     cid = accept_correlation_id(correlation_id)
     with correlation(cid):
         try:
+            services = get_services()
+            await _authenticate(services, authorization, "notify", cid)
             request = parse_notify_request(body, content_type)
             key = check_key(idempotency_key) if idempotency_key is not None else None
-            services = get_services()
             notification_id = notification_id_for(key) if key is not None else new_notification_id()
             if request.recipients is not None:
                 outcome = await start_notification(services, request, notification_id, "http")
@@ -328,7 +337,7 @@ async def _identify_unkeyed(
         return outcome
     tenant = request.tenant_id or services.settings.tenant_id
     sent = delivery_from_outcome(services, Delivery("", request.recipient, tenant, "pending"), outcome)
-    handle = single_send_handle(sent, services.settings.service_url)
+    handle = single_send_handle(sent, services.settings.service_url, await services.signing.signer())
     if handle is None:
         await _record_single_best_effort(services, request, notification_id, outcome)
     return replace(outcome, body={**outcome.body, "notificationId": handle or notification_id})
@@ -357,6 +366,7 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
     cid = accept_correlation_id(delivery.correlation_id or delivery.message_id)
     with correlation(cid):
         services = get_services()  # a configuration error raises: nowhere to keep the message
+        logger.info("queue message %s (correlation %s) from %s", delivery.message_id, cid, QUEUE_CALLER)
         try:
             work = await process_queue_body(services, delivery.body, delivery.message_id)
         except TransientError as err:
@@ -412,11 +422,13 @@ def _fan_out_item(body: bytes) -> FanOutItem | None:
 # --- /api/notifications/{id} -------------------------------------------------------------------------
 
 
-async def _answer(correlation_id: str | None, work: Any) -> Outcome:
+async def _answer(correlation_id: str | None, work: Any, authorization: str | None, what: str) -> Outcome:
     cid = accept_correlation_id(correlation_id)
     with correlation(cid):
         try:
-            outcome: Outcome = await work(get_services())
+            services = get_services()
+            await _authenticate(services, authorization, what, cid)
+            outcome: Outcome = await work(services)
         except NotifyError as err:
             log = logger.warning if err.http_status >= 500 else logger.info
             log("notification request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
@@ -444,6 +456,7 @@ async def handle_status(
     top: str | None = None,
     continuation_token: str | None = None,
     correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
     """``GET /api/notifications/{id}``: counts by state and one page of recipients."""
 
@@ -453,7 +466,7 @@ async def handle_status(
         )
         return Outcome(200, status.model_dump(by_alias=True))
 
-    return await _answer(correlation_id, work)
+    return await _answer(correlation_id, work, authorization, "status")
 
 
 async def handle_update(
@@ -463,6 +476,7 @@ async def handle_update(
     content_type: str | None,
     recipient: str | None = None,
     correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
     """``PUT /api/notifications/{id}[?recipient=]``: update the sent message in place."""
 
@@ -471,11 +485,15 @@ async def handle_update(
         response, retry_after = await update_notification(services, notification_id, update, recipient or None)
         return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
 
-    return await _answer(correlation_id, work)
+    return await _answer(correlation_id, work, authorization, "update")
 
 
 async def handle_recall(
-    notification_id: str, *, recipient: str | None = None, correlation_id: str | None = None
+    notification_id: str,
+    *,
+    recipient: str | None = None,
+    correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
     """``DELETE /api/notifications/{id}[?recipient=]``: recall (delete) the sent message."""
 
@@ -483,4 +501,4 @@ async def handle_recall(
         response, retry_after = await recall_notification(services, notification_id, recipient or None)
         return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
 
-    return await _answer(correlation_id, work)
+    return await _answer(correlation_id, work, authorization, "recall")
