@@ -13,14 +13,15 @@ duplicate work harmless).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.botframework import message_activity
 from shared.connector import ConnectorClient
-from shared.errors import RecipientError, StaleConversationError, TransientError
+from shared.errors import NotifyError, RecipientError, StaleConversationError, TransientError
 from shared.graph import GraphClient
 from shared.optout import OptOutStore
 from shared.settings import Settings
@@ -28,6 +29,9 @@ from shared.store import CachedRecipient, RecipientStore, recipient_key
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
+
+#: How often a warm send refreshes its cache entry's UpdatedAt (what the retention purge measures).
+CACHE_USE_RECORD_INTERVAL = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Notifier:
             except StaleConversationError:
                 await self._store.evict(tenant, recipient)
                 raise _still_stale() from None
+        if not resolved:
+            await self._note_use(entry, tenant, recipient)
         return SendResult(
             recipient=recipient,
             tenant_id=tenant,
@@ -139,6 +145,17 @@ class Notifier:
             return await self.resolve(recipient, tenant)
         except StaleConversationError:
             raise _still_stale() from None
+
+    async def _note_use(self, entry: CachedRecipient, tenant: str, recipient: str) -> None:
+        """Keep a used cache entry from the retention purge (RecipientCacheUnusedDays): rewrite its
+        UpdatedAt, at most once a day per entry, so a warm send stays one request nearly always."""
+        now = datetime.datetime.now(datetime.UTC)
+        if entry.updated_at is not None and now - entry.updated_at < CACHE_USE_RECORD_INTERVAL:
+            return
+        try:
+            await self._store.put(replace(entry, updated_at=now), [recipient])
+        except NotifyError as err:  # the send happened; the purge may drop the entry: resolved again
+            logger.warning("could not record the use of a cache entry (%s)", err.code)
 
     async def _refuse_if_opted_out(self, tenant: str, recipient: str) -> None:
         """Before installing the app for someone: honour an uninstall (ReinstallAfterUninstall false)."""

@@ -4,7 +4,8 @@ UPNs and message bodies are in the requests (idempotency results), notifications
 deliveries (recipients) and failures (kept message bodies) tables, and the recipient cache
 (accounts) holds each user's Teams identity. ``purge`` (the ``retention`` timer function, daily)
 deletes rows not written for longer than their table's setting, measured on Table Storage's own
-``Timestamp`` (the time of the row's last write):
+``Timestamp`` (the time of the row's last write), and cache entries not used for that long (their
+``UpdatedAt``, which a warm send refreshes at most daily):
 
 | table | setting | default |
 | --- | --- | --- |
@@ -66,9 +67,11 @@ async def purge(services: Services, now: datetime.datetime) -> dict[str, int]:
         if days <= 0:
             continue
         cutoff = now - datetime.timedelta(days=days)
+        # The cache's own UpdatedAt is refreshed by use (shared.notify); the others' last write is Timestamp.
+        column = "UpdatedAt" if suffix == "accounts" else "Timestamp"
         table = services.table(suffix)
         try:
-            deleted[suffix] = await _delete_where(table, "Timestamp lt @cutoff", {"cutoff": cutoff})
+            deleted[suffix] = await _delete_where(table, f"{column} lt @cutoff", {"cutoff": cutoff})
         finally:
             await table.close()
     logger.info("retention purge: %s", ", ".join(f"{k} {v}" for k, v in deleted.items()) or "nothing configured")

@@ -118,6 +118,33 @@ async def test_after_the_purge_the_app_still_works_and_ids_still_verify(world: W
     assert world.tenant.calls("graph.installed_apps") == lookups + 1  # the cache entry was purged
 
 
+async def test_cache_entries_unused_for_the_setting_are_dropped_and_used_ones_kept(world: World) -> None:
+    from shared.store import CachedRecipient
+
+    alice, bob = world.user("alice"), world.user("bob")
+    services = get_services()
+    long_ago = _later(-40)
+    for user in (alice, bob):
+        world.tenant.install_app(user)
+        conversation = world.tenant.open_conversation(user)
+        entry = CachedRecipient(
+            world.tenant.tenant_id, user.account_id, conversation, world.env["ServiceUrl"], user.oid, user.upn, long_ago
+        )
+        await services.store.put(entry, [user.upn])
+
+    sends = world.tenant.calls("connector.send")
+    assert (await post({"recipient": alice.upn, "text": "Still here"})).status_code == 200
+    assert world.tenant.calls("connector.send") == sends + 1 and world.tenant.calls("graph.installed_apps") == 0
+
+    deleted = await purge(services, _later(0))
+    assert deleted["accounts"] == 2  # bob's two aliases
+    await reset_services()
+    fresh = get_services()
+    assert await fresh.store.get(world.tenant.tenant_id, bob.upn) is None
+    used = await fresh.store.get(world.tenant.tenant_id, alice.oid)
+    assert used is not None and used.updated_at is not None and used.updated_at > _later(-1)
+
+
 async def test_the_timer_function_runs_the_purge_daily(world: World) -> None:
     from azure.functions.timer import TimerRequest
 
@@ -160,9 +187,10 @@ def test_erase_deletes_every_row_naming_one_person_and_nobody_elses(world: World
 
     assert code == 0, report
     assert set(report["names"]) == {alice.upn, alice.oid}
-    # accounts: her cache entry (stored under her UPN and object id); deliveries: k-alice, k-alice-2, m-alice and her row of
-    # k-both; notifications: the headers of the three sent to her alone; requests: k-alice, k-alice-2
-    # and her k-both delivery's key (the queue send that failed released its key); failures: m-alice.
+    # accounts: her cache entry (stored under her UPN and object id); deliveries: k-alice, k-alice-2,
+    # m-alice and her row of k-both; notifications: the headers of the three sent to her alone;
+    # requests: k-alice, k-alice-2 and her k-both delivery's key (the queue send that failed released
+    # its key); failures: m-alice.
     assert report["deleted"] == {"accounts": 1, "deliveries": 4, "notifications": 3, "requests": 3, "failures": 1}
 
     async def remaining() -> tuple[dict[str, int], list[str]]:
