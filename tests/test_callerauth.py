@@ -233,3 +233,33 @@ async def test_queue_sends_name_their_caller(world: World, caplog: pytest.LogCap
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
     [line] = caller_lines(caplog, "m-caller-1")
     assert "from Service Bus queue" in line
+
+
+def test_entra_mode_settings_are_validated() -> None:
+    from shared.errors import ConfigurationError
+    from shared.settings import load_settings
+    from tests.test_settings import GOOD
+
+    settings = load_settings({**GOOD, "ApiAuthMode": "entraid", "ApiAudience": API_URI})
+    assert settings.api_auth_mode == "EntraId" and settings.api_required_role == ROLE
+    assert settings.api_audiences == (API_URI, API_CLIENT_ID)
+    assert load_settings(GOOD).api_auth_mode == "FunctionKey"
+    for bad, target in (
+        ({"ApiAuthMode": "EntraId"}, "ApiAudience"),  # the audience is required
+        ({"ApiAuthMode": "Anonymous"}, "ApiAuthMode"),
+        ({"ApiAuthMode": "EntraId", "ApiAudience": "not a uri"}, "ApiAudience"),
+        ({"ApiRequiredRole": "two words"}, "ApiRequiredRole"),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            load_settings({**GOOD, **bad})
+        assert caught.value.target == target
+
+
+def test_the_connector_offers_oauth2_with_entra_id_as_a_second_security_definition() -> None:
+    swagger = json.loads((ROOT / "connector" / "apiDefinition.swagger.json").read_text())
+    oauth = swagger["securityDefinitions"]["oauth2_auth"]
+    assert oauth["type"] == "oauth2" and oauth["flow"] == "accessCode"
+    assert oauth["authorizationUrl"].startswith("https://login.microsoftonline.com/")
+    assert {"api_key": []} in swagger["security"] and {"oauth2_auth": []} in swagger["security"]
+    readme = (ROOT / "README.md").read_text()
+    assert "## Who may call the API" in readme and "oauth2_auth" in readme

@@ -245,3 +245,15 @@ async def test_a_genuine_item_replayed_after_a_recall_is_not_sent(world: World) 
     assert world.tenant.calls("connector.send") == sends
     result = await status("recall-me", top="1000")
     assert result.counts.recalled == len(items) and result.counts.sent == 0
+
+
+@pytest.mark.parametrize("value", ["c2hvcnQ=", "not base64!"])
+def test_a_malformed_signing_key_setting_is_named(value: str) -> None:
+    from shared.errors import ConfigurationError
+    from shared.settings import load_settings
+    from tests.test_settings import GOOD
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({**GOOD, "NotificationSigningKey": value})
+    assert caught.value.target == "NotificationSigningKey"
+    assert value not in caught.value.message  # a secret is never echoed
