@@ -20,6 +20,7 @@ Errors have stable codes: 401 ``authentication_required`` (no bearer token), ``i
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
@@ -59,6 +60,29 @@ class Caller:
 
 FUNCTION_KEY_CALLER = Caller("function_key")
 QUEUE_CALLER = Caller("queue")
+
+# The caller of the request being handled. Set by the entrypoints (shared.service) once the caller is
+# authenticated; a notification created by an Entra ID client belongs to it (``owner_id``).
+_current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def act_as(caller: Caller) -> None:
+    """Make ``caller`` the caller of the rest of this invocation (each invocation is its own task)."""
+    _current.set(caller)
+
+
+def owner_id() -> str:
+    """Who a notification created now belongs to: the Entra client id, or "" (function keys, the queue
+    and the operator's command line are one shared identity, as before)."""
+    caller = _current.get()
+    return caller.client_id or "" if caller is not None and caller.kind == "entra" else ""
+
+
+def may_access(owner: str) -> bool:
+    """Whether the current caller may see and change a notification owned by ``owner``: an Entra ID
+    client only its own (or one with no owner); every other caller, all."""
+    current = owner_id()
+    return not current or not owner or owner.lower() == current.lower()
 
 
 class CallerAuthenticator:

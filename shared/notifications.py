@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from shared.callerauth import may_access, owner_id
 from shared.errors import (
     NotifyError,
     RecipientError,
@@ -118,7 +119,9 @@ _HANDLE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 _TRUSTED_SERVICE_HOSTS = ("smba.trafficmanager.net", ".botframework.com", ".botframework.us", ".botframework.azure.us")
 
 
-def single_send_handle(delivery: Delivery, default_service_url: str, signer: Signer) -> str | None:
+def single_send_handle(
+    delivery: Delivery, default_service_url: str, signer: Signer, owner: str | None = None
+) -> str | None:
     """The self-contained notification id of a sent single send, or None when it cannot be one (no
     conversation, an untrusted service URL, too long): the caller then records a row as before."""
     if delivery.state != "sent" or not delivery.conversation_id:
@@ -134,6 +137,8 @@ def single_send_handle(delivery: Delivery, default_service_url: str, signer: Sig
         if not _trusted_service_url(service_url):
             return None
         fields["u"] = service_url
+    if owner:
+        fields["k"] = owner  # the Entra ID client that sent it: only it may use the id
     raw = json.dumps(fields, separators=(",", ":")).encode()
     encoded = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     handle = HANDLE_PREFIX + encoded + "." + signer.tag(_HANDLE_PURPOSE, encoded)
@@ -154,8 +159,13 @@ def delivery_from_handle(notification_id: str, default_service_url: str, signer:
         fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (binascii.Error, ValueError):
         return None
-    if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u"}:
+    if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u", "k"}:
         return None
+    owner = fields.get("k")
+    if owner is not None and not isinstance(owner, str):
+        return None
+    if not may_access(owner or ""):
+        return None  # another client's notification
     tenant, recipient, conversation = fields.get("t"), fields.get("r"), fields.get("c")
     activity, service_url = fields.get("a"), fields.get("u", default_service_url)
     if not (
@@ -173,7 +183,7 @@ def delivery_from_handle(notification_id: str, default_service_url: str, signer:
         return None
     delivery = Delivery(notification_id, recipient, tenant, "sent", activity, conversation, service_url)
     # One send, one id: only the exact encoding this API returns is accepted.
-    if single_send_handle(delivery, default_service_url, signer) != notification_id:
+    if single_send_handle(delivery, default_service_url, signer, owner) != notification_id:
         return None
     return delivery
 
@@ -230,6 +240,7 @@ class Header:
     content: NotifyRequest  # text, card, summary (recipient fields unset)
     source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
     recalled: bool = False  # the whole notification was recalled: queued items are not sent
+    owner: str = ""  # the Entra ID client that created it ("" for function keys and the queue)
 
 
 class NotificationStore(TableBacked):
@@ -253,6 +264,7 @@ class NotificationStore(TableBacked):
             "Total": header.total,
             "Fingerprint": header.fingerprint,
             "Source": header.source,
+            "Owner": header.owner,
             "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
             "CreatedAt": _now(),
         }
@@ -285,6 +297,7 @@ class NotificationStore(TableBacked):
             content=NotifyRequest.model_construct(**_content_fields(json.loads(str(entity["Content"])))),
             source=str(entity.get("Source") or ""),
             recalled=bool(entity.get("RecalledAt")),
+            owner=str(entity.get("Owner") or ""),
         )
 
     async def mark_recalled(self, notification_id: str) -> None:
@@ -632,10 +645,11 @@ async def open_notification(services: Services, request: NotifyRequest, notifica
     tenant = request.tenant_id or services.settings.tenant_id
     content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
     header = await services.notifications.create_header(
-        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source)
+        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source, owner=owner_id())
     )
     same_source = header.source in ("", source)
-    if header.fingerprint != request.fingerprint() or header.tenant_id != tenant or not same_source:
+    same = header.fingerprint == request.fingerprint() and header.tenant_id == tenant and same_source
+    if not same or not may_access(header.owner):
         raise RequestError(
             "This idempotency key was already used for a different request: use a new key for a new message.",
             code="idempotency_key_reused",
@@ -769,6 +783,7 @@ async def get_status(
         raise RequestError(f"top must be between 1 and {MAX_PAGE}.", code="invalid_request", target="top")
     store = services.notifications
     header = await store.get_header(notification_id)
+    await _check_owner(services, notification_id, header)
     counts = await store.counts(notification_id)
     total = header.total if header is not None else sum(counts.model_dump().values())
     if total == 0:
@@ -814,8 +829,20 @@ def _not_found(notification_id: str) -> RequestError:
 # --- update and recall ----------------------------------------------------------------------------------
 
 
+async def _check_owner(services: Services, notification_id: str, header: Header | None) -> None:
+    """An Entra ID client sees and changes only its own notifications: another's is not found."""
+    if header is not None and not may_access(header.owner):
+        raise _not_found(notification_id)
+    if header is None and notification_id.startswith(HANDLE_PREFIX) and owner_id():
+        # A single send's own id, whose rows (after a change) have no header: the id says whose it is.
+        signer = await services.signing.signer()
+        if delivery_from_handle(notification_id, services.settings.service_url, signer) is None:
+            raise _not_found(notification_id)
+
+
 async def _targets(services: Services, notification_id: str, recipient: str | None) -> list[Delivery]:
     store = services.notifications
+    await _check_owner(services, notification_id, await store.get_header(notification_id))
     if recipient is not None:
         row = await store.get(notification_id, recipient)
         if row is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from shared.bootstrap import Services, get_services
-from shared.callerauth import QUEUE_CALLER
+from shared.callerauth import QUEUE_CALLER, act_as, owner_id
 from shared.errors import NotifyError, RequestError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source, check_key
 from shared.logcontext import accept_correlation_id, correlation
@@ -199,6 +199,7 @@ async def _send(services: Services, request: NotifyRequest, notification_id: str
 async def _authenticate(services: Services, authorization: str | None, what: str, cid: str) -> None:
     """Who is calling (shared.callerauth); logged with the request's correlation id. Raises 401/403."""
     caller = await services.caller_auth.authenticate(authorization)
+    act_as(caller)
     logger.info("%s request %s from %s", what, cid, caller)
 
 
@@ -337,7 +338,7 @@ async def _identify_unkeyed(
         return outcome
     tenant = request.tenant_id or services.settings.tenant_id
     sent = delivery_from_outcome(services, Delivery("", request.recipient, tenant, "pending"), outcome)
-    handle = single_send_handle(sent, services.settings.service_url, await services.signing.signer())
+    handle = single_send_handle(sent, services.settings.service_url, await services.signing.signer(), owner_id())
     if handle is None:
         await _record_single_best_effort(services, request, notification_id, outcome)
     return replace(outcome, body={**outcome.body, "notificationId": handle or notification_id})
@@ -366,6 +367,7 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
     cid = accept_correlation_id(delivery.correlation_id or delivery.message_id)
     with correlation(cid):
         services = get_services()  # a configuration error raises: nowhere to keep the message
+        act_as(QUEUE_CALLER)
         logger.info("queue message %s (correlation %s) from %s", delivery.message_id, cid, QUEUE_CALLER)
         try:
             work = await process_queue_body(services, delivery.body, delivery.message_id)

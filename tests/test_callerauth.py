@@ -263,3 +263,77 @@ def test_the_connector_offers_oauth2_with_entra_id_as_a_second_security_definiti
     assert {"api_key": []} in swagger["security"] and {"oauth2_auth": []} in swagger["security"]
     readme = (ROOT / "README.md").read_text()
     assert "## Who may call the API" in readme and "oauth2_auth" in readme
+
+
+# --- a notification belongs to the Entra ID client that sent it -------------------------------------
+
+OTHER_CLIENT = "b1c2d3e4-1111-4222-8333-944455556666"
+
+
+async def change(name: str, notification_id: str, authorization: str, body: Any = None) -> func.HttpResponse:
+    method = {"notification_status": "GET", "notification_update": "PUT", "notification_recall": "DELETE"}[name]
+    request = func.HttpRequest(
+        method,
+        f"http://localhost/api/notifications/{notification_id}",
+        headers={"Authorization": authorization, "Content-Type": "application/json"},
+        params={},
+        route_params={"id": notification_id},
+        body=json.dumps(body).encode() if body is not None else b"",
+    )
+    response: func.HttpResponse = await user_function(name)(request)
+    return response
+
+
+async def _another_clients_requests_are_not_found(world: World, notification_id: str) -> None:
+    other = "Bearer " + token(world, client_id=OTHER_CLIENT)
+    for name in ("notification_status", "notification_update", "notification_recall"):
+        response = await change(name, notification_id, other, {"text": "Hijacked"} if "update" in name else None)
+        body = json.loads(response.get_body())
+        assert response.status_code == 404 and body["error"]["code"] == "notification_not_found", (name, body)
+    assert world.tenant.calls("connector.update") == world.tenant.calls("connector.delete") == 0
+
+
+async def test_another_client_cannot_see_or_change_a_single_send(entra: World) -> None:
+    mine = "Bearer " + token(entra)
+    sent = json.loads((await notify(mine)).get_body())
+    notification_id = sent["notificationId"]
+    await _another_clients_requests_are_not_found(entra, notification_id)
+
+    assert (await change("notification_update", notification_id, mine, {"text": "Edited"})).status_code == 200
+    # The change wrote rows for the id: still only its sender's.
+    other = "Bearer " + token(entra, client_id=OTHER_CLIENT)
+    response = await change("notification_recall", notification_id, other)
+    assert response.status_code == 404
+    assert entra.tenant.messages_for(entra.user("alice"))[-1]["activity"]["text"] == "Edited"
+    assert (await change("notification_recall", notification_id, mine)).status_code == 200
+
+
+async def test_another_client_cannot_use_a_key_it_did_not_send(entra: World) -> None:
+    mine, other = "Bearer " + token(entra), "Bearer " + token(entra, client_id=OTHER_CLIENT)
+
+    async def keyed(authorization: str, key: str, body: dict[str, Any]) -> func.HttpResponse:
+        request = func.HttpRequest(
+            "POST",
+            "http://localhost/api/notify",
+            headers={"Authorization": authorization, "Content-Type": "application/json", "Idempotency-Key": key},
+            params={},
+            route_params={},
+            body=json.dumps(body).encode(),
+        )
+        response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
+        return response
+
+    single = {"recipient": "alice@contoso.com", "text": "Order 42 shipped"}
+    many = {"recipients": ["alice@contoso.com", "bob@contoso.com"], "text": "Maintenance tonight"}
+    first = json.loads((await keyed(mine, "order-42", single)).get_body())
+    assert (await keyed(mine, "maint", many)).status_code == 200
+    sends = entra.tenant.calls("connector.send")
+
+    replay = await keyed(other, "order-42", single)  # the same key and body from another client
+    body = json.loads(replay.get_body())
+    assert replay.status_code == 422 and body["error"]["code"] == "idempotency_key_reused"
+    assert first["activityId"] not in replay.get_body().decode()
+    assert entra.tenant.calls("connector.send") == sends
+    for notification_id in ("order-42", "maint"):
+        await _another_clients_requests_are_not_found(entra, notification_id)
+    assert (await change("notification_status", "maint", mine)).status_code == 200
