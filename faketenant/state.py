@@ -64,7 +64,6 @@ SEND_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1
 MEMBERS_LIMITS: tuple[tuple[int, float], ...] = ((14, 1.0), (16, 2.0), (120, 30.0), (3600, 3600.0))
 
 _SIGNING_KEY_LOCK = threading.Lock()
-_SIGNING_KEY: rsa.RSAPrivateKey | None = None
 #: Key id of the Bot Framework channel signing key (shared by all fakes in a process so that
 #: botframework-connector's per-URL key cache never holds a stale key).
 SIGNING_KID = "faketenant-channel-key-1"
@@ -73,16 +72,26 @@ SIGNING_KID = "faketenant-channel-key-1"
 #: Key id of the tenant's Entra ID token signing key (access tokens for the app's own HTTP API). A
 #: different key from the Bot Framework channel's: Entra ID and Bot Framework publish separate JWKS.
 ENTRA_SIGNING_KID = "faketenant-entra-key-1"
-_ENTRA_SIGNING_KEY: rsa.RSAPrivateKey | None = None
+_KEYS: dict[str, rsa.RSAPrivateKey] = {}
+
+
+def _process_key(kid: str) -> rsa.RSAPrivateKey:
+    """The process-wide RSA key with this key id, made on first use."""
+    with _SIGNING_KEY_LOCK:
+        key = _KEYS.get(kid)
+        if key is None:
+            key = _KEYS[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return key
+
+
+def _signing_key() -> rsa.RSAPrivateKey:
+    """Return the process-wide RSA key used to sign channel (inbound) tokens."""
+    return _process_key(SIGNING_KID)
 
 
 def _entra_signing_key() -> rsa.RSAPrivateKey:
     """The process-wide RSA key that signs the fake tenant's Entra ID access tokens."""
-    global _ENTRA_SIGNING_KEY
-    with _SIGNING_KEY_LOCK:
-        if _ENTRA_SIGNING_KEY is None:
-            _ENTRA_SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return _ENTRA_SIGNING_KEY
+    return _process_key(ENTRA_SIGNING_KID)
 
 
 def _public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
@@ -92,15 +101,6 @@ def _public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
         return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
     return {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": enc(pub.n), "e": enc(pub.e)}
-
-
-def _signing_key() -> rsa.RSAPrivateKey:
-    """Return the process-wide RSA key used to sign channel (inbound) tokens."""
-    global _SIGNING_KEY
-    with _SIGNING_KEY_LOCK:
-        if _SIGNING_KEY is None:
-            _SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return _SIGNING_KEY
 
 
 def _b64url(data: bytes) -> str:
@@ -649,24 +649,8 @@ class FakeTenant:
     @staticmethod
     def jwks() -> dict[str, Any]:
         """The JWKS with the channel signing public key (endorsed for msteams)."""
-        pub = _signing_key().public_key().public_numbers()
-
-        def enc(n: int) -> str:
-            return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
-
-        return {
-            "keys": [
-                {
-                    "kty": "RSA",
-                    "use": "sig",
-                    "alg": "RS256",
-                    "kid": SIGNING_KID,
-                    "n": enc(pub.n),
-                    "e": enc(pub.e),
-                    "endorsements": ["msteams", "webchat", "emulator"],
-                }
-            ]
-        }
+        key = _public_jwk(_signing_key(), SIGNING_KID)
+        return {"keys": [{**key, "endorsements": ["msteams", "webchat", "emulator"]}]}
 
     # ------------------------------------------------------------------ faults
     def add_fault(

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
+from tests.test_trigger_http import post
 
 ROOT = Path(__file__).resolve().parent.parent
 API_CLIENT_ID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
@@ -45,19 +46,8 @@ def token(world: World, **overrides: Any) -> str:
 
 
 async def notify(authorization: str | None, body: dict[str, Any] | None = None) -> func.HttpResponse:
-    headers = {"Content-Type": "application/json"}
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    request = func.HttpRequest(
-        "POST",
-        "http://localhost/api/notify",
-        headers=headers,
-        params={},
-        route_params={},
-        body=json.dumps(body or {"recipient": "alice@contoso.com", "text": "Hi"}).encode(),
-    )
-    response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
-    return response
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    return await post(body or {"recipient": "alice@contoso.com", "text": "Hi"}, headers)
 
 
 def caller_lines(caplog: pytest.LogCaptureFixture, correlation_id: str) -> list[str]:
@@ -312,16 +302,7 @@ async def test_another_client_cannot_use_a_key_it_did_not_send(entra: World) -> 
     mine, other = "Bearer " + token(entra), "Bearer " + token(entra, client_id=OTHER_CLIENT)
 
     async def keyed(authorization: str, key: str, body: dict[str, Any]) -> func.HttpResponse:
-        request = func.HttpRequest(
-            "POST",
-            "http://localhost/api/notify",
-            headers={"Authorization": authorization, "Content-Type": "application/json", "Idempotency-Key": key},
-            params={},
-            route_params={},
-            body=json.dumps(body).encode(),
-        )
-        response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
-        return response
+        return await post(body, {"Authorization": authorization, "Idempotency-Key": key})
 
     single = {"recipient": "alice@contoso.com", "text": "Order 42 shipped"}
     many = {"recipients": ["alice@contoso.com", "bob@contoso.com"], "text": "Maintenance tonight"}
