@@ -14,6 +14,10 @@ each function imports the library inside its body, so indexing the app (``import
 | notification_recall | HTTP DELETE /api/notifications/{id}                      | service.handle_recall               |
 | messages            | HTTP POST /api/messages (anonymous; Bot Framework JWT)   | shared.inbound.handle_activity      |
 | health              | HTTP GET /api/health (anonymous)                         | shared.health.check_health          |
+| retention           | timer, daily 02:30 UTC                                   | shared.retention.run_retention      |
+
+The HTTP API (notify, status, update, recall) needs a function key, or, with ApiAuthMode EntraId, an
+Entra ID bearer token that the library checks (shared.callerauth).
 
 notify and notify_queue also have a Service Bus OUTPUT binding to the same queue: a notification to
 more recipients than are sent inline is spread as one message per recipient. The Python worker's
@@ -29,10 +33,16 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
+from shared.settings import api_auth_mode
+
 if TYPE_CHECKING:
     from shared.delivery import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+# Who may call the HTTP API (ApiAuthMode, shared.callerauth): with function keys the host checks the
+# key; with Entra ID the host lets the request in and the app checks the bearer token and app role.
+API_AUTH = func.AuthLevel.ANONYMOUS if api_auth_mode() == "EntraId" else func.AuthLevel.FUNCTION
 
 
 def _response(outcome: Outcome) -> func.HttpResponse:
@@ -43,6 +53,8 @@ def _response(outcome: Outcome) -> func.HttpResponse:
         headers["Idempotent-Replayed"] = "true"
     if outcome.location is not None:
         headers["Location"] = outcome.location
+    if outcome.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return func.HttpResponse(
         json.dumps(outcome.body), status_code=outcome.status, headers=headers, mimetype="application/json"
     )
@@ -58,7 +70,7 @@ def _emit(out: func.Out[str], messages: tuple[str, ...]) -> None:
 
 
 @app.function_name("notify")
-@app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="notify", methods=["POST"], auth_level=API_AUTH)
 @app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
 async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
     from shared.service import handle_notify
@@ -68,6 +80,7 @@ async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpRespo
         content_type=req.headers.get("content-type"),
         idempotency_key=req.headers.get("idempotency-key"),
         correlation_id=_correlation_id(req),
+        authorization=req.headers.get("Authorization"),
     )
     _emit(fanout, outcome.messages)
     return _response(outcome)
@@ -94,7 +107,7 @@ async def notify_queue(msg: func.ServiceBusMessage, fanout: func.Out[str]) -> No
 
 
 @app.function_name("notification_status")
-@app.route(route="notifications/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="notifications/{id}", methods=["GET"], auth_level=API_AUTH)
 async def notification_status(req: func.HttpRequest) -> func.HttpResponse:
     from shared.service import handle_status
 
@@ -103,12 +116,13 @@ async def notification_status(req: func.HttpRequest) -> func.HttpResponse:
         top=req.params.get("top"),
         continuation_token=req.params.get("continuationToken"),
         correlation_id=_correlation_id(req),
+        authorization=req.headers.get("Authorization"),
     )
     return _response(outcome)
 
 
 @app.function_name("notification_update")
-@app.route(route="notifications/{id}", methods=["PUT"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="notifications/{id}", methods=["PUT"], auth_level=API_AUTH)
 async def notification_update(req: func.HttpRequest) -> func.HttpResponse:
     from shared.service import handle_update
 
@@ -118,17 +132,21 @@ async def notification_update(req: func.HttpRequest) -> func.HttpResponse:
         content_type=req.headers.get("content-type"),
         recipient=req.params.get("recipient"),
         correlation_id=_correlation_id(req),
+        authorization=req.headers.get("Authorization"),
     )
     return _response(outcome)
 
 
 @app.function_name("notification_recall")
-@app.route(route="notifications/{id}", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="notifications/{id}", methods=["DELETE"], auth_level=API_AUTH)
 async def notification_recall(req: func.HttpRequest) -> func.HttpResponse:
     from shared.service import handle_recall
 
     outcome = await handle_recall(
-        req.route_params["id"], recipient=req.params.get("recipient"), correlation_id=_correlation_id(req)
+        req.route_params["id"],
+        recipient=req.params.get("recipient"),
+        correlation_id=_correlation_id(req),
+        authorization=req.headers.get("Authorization"),
     )
     return _response(outcome)
 
@@ -152,6 +170,18 @@ async def messages(req: func.HttpRequest) -> func.HttpResponse:
             json.dumps(err.to_body()), status_code=err.http_status, headers=headers, mimetype="application/json"
         )
     return func.HttpResponse(status_code=200)
+
+
+# --- personal data retention (issue 17) ---------------------------------------------------------
+
+
+@app.function_name("retention")
+@app.timer_trigger(arg_name="timer", schedule="0 30 2 * * *", run_on_startup=False, use_monitor=True)
+async def retention(timer: func.TimerRequest) -> None:
+    """Daily at 02:30 UTC: delete rows older than their table's retention (shared.retention.purge)."""
+    from shared.retention import run_retention
+
+    await run_retention()
 
 
 # --- operations: GET /api/health (issue 7) ------------------------------------------------------

@@ -173,6 +173,8 @@ def route_of(req: Request) -> str | None:
         return "openid"
     if m == "POST" and n == 4 and s[1:] == ["oauth2", "v2.0", "token"]:
         return "token"
+    if m == "GET" and n == 4 and s[1:] == ["discovery", "v2.0", "keys"]:
+        return "jwks"
     if m == "GET" and s == ["msi", "token"]:
         return "msi"
     if m == "GET" and s == ["botframework", "v1", ".well-known", "openidconfiguration"]:
@@ -302,6 +304,15 @@ def _openid_doc(base: str, seg: str, tid: str) -> dict[str, Any]:
         "cloud_instance_name": "microsoftonline.com",
         "msgraph_host": "graph.microsoft.com",
     }
+
+
+def _jwks(tenant: FakeTenant, req: Request) -> Response:
+    """The tenant's token signing keys, at the ``jwks_uri`` of its OpenID configuration
+    (https://learn.microsoft.com/entra/identity-platform/access-tokens#validate-tokens: the keys
+    that sign access tokens are published at ``{authority}/discovery/v2.0/keys``)."""
+    if _known_authority_tenant(tenant, req.segments[0]) is None:
+        return aad_error(400, "invalid_tenant", 90002, f"Tenant '{req.segments[0]}' not found.")
+    return json_response(200, tenant.entra_jwks())
 
 
 def _instance_discovery(tenant: FakeTenant, req: Request) -> Response:
@@ -899,6 +910,7 @@ def _text(activity: dict[str, Any]) -> str:
 _HANDLERS = {
     "instance_discovery": _instance_discovery,
     "openid": _openid,
+    "jwks": _jwks,
     "token": _token,
     "msi": _msi,
     "graph.installed_apps": _graph_installed_apps,

@@ -44,6 +44,7 @@ ROUTES: frozenset[str] = frozenset(
         "connector.delete",
         "botframework.openid",
         "botframework.jwks",
+        "jwks",
     }
 )
 
@@ -63,19 +64,43 @@ SEND_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1
 MEMBERS_LIMITS: tuple[tuple[int, float], ...] = ((14, 1.0), (16, 2.0), (120, 30.0), (3600, 3600.0))
 
 _SIGNING_KEY_LOCK = threading.Lock()
-_SIGNING_KEY: rsa.RSAPrivateKey | None = None
 #: Key id of the Bot Framework channel signing key (shared by all fakes in a process so that
 #: botframework-connector's per-URL key cache never holds a stale key).
 SIGNING_KID = "faketenant-channel-key-1"
 
 
+#: Key id of the tenant's Entra ID token signing key (access tokens for the app's own HTTP API). A
+#: different key from the Bot Framework channel's: Entra ID and Bot Framework publish separate JWKS.
+ENTRA_SIGNING_KID = "faketenant-entra-key-1"
+_KEYS: dict[str, rsa.RSAPrivateKey] = {}
+
+
+def _process_key(kid: str) -> rsa.RSAPrivateKey:
+    """The process-wide RSA key with this key id, made on first use."""
+    with _SIGNING_KEY_LOCK:
+        key = _KEYS.get(kid)
+        if key is None:
+            key = _KEYS[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return key
+
+
 def _signing_key() -> rsa.RSAPrivateKey:
     """Return the process-wide RSA key used to sign channel (inbound) tokens."""
-    global _SIGNING_KEY
-    with _SIGNING_KEY_LOCK:
-        if _SIGNING_KEY is None:
-            _SIGNING_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return _SIGNING_KEY
+    return _process_key(SIGNING_KID)
+
+
+def _entra_signing_key() -> rsa.RSAPrivateKey:
+    """The process-wide RSA key that signs the fake tenant's Entra ID access tokens."""
+    return _process_key(ENTRA_SIGNING_KID)
+
+
+def _public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+    pub = key.public_key().public_numbers()
+
+    def enc(n: int) -> str:
+        return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+    return {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": enc(pub.n), "e": enc(pub.e)}
 
 
 def _b64url(data: bytes) -> str:
@@ -586,27 +611,58 @@ class FakeTenant:
         claims.update(extra_claims)
         return jwt.encode(claims, _signing_key(), algorithm="RS256", headers={"kid": SIGNING_KID})
 
+    def sign_access_token(
+        self,
+        audience: str,
+        *,
+        roles: Iterable[str] = (),
+        client_id: str | None = None,
+        expires_in: int = 3600,
+        issuer: str | None = None,
+        tenant_id: str | None = None,
+        **extra_claims: Any,
+    ) -> str:
+        """An Entra ID v2.0 access token for an API of this tenant, as the token endpoint issues it
+        to a client (client credentials: ``roles`` = the app roles assigned to the client; a
+        delegated token adds ``scp``). Signed with the key published at
+        ``/{tenant}/discovery/v2.0/keys``.
+
+        Claims per https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference:
+        v2.0 tokens carry ``iss`` = ``{authority}/{tid}/v2.0``, ``aud`` = the API's client id or
+        Application ID URI, ``azp`` = the client's app id, ``tid``, ``oid``, ``sub``, ``roles``,
+        ``ver`` = "2.0"; header ``kid`` names the signing key (``alg`` RS256)."""
+        now = int(time.time())
+        tid = tenant_id or self.tenant_id
+        client = client_id or str(uuid.uuid4())
+        claims: dict[str, Any] = {
+            "aud": audience,
+            "iss": issuer or f"{self.base_url or 'https://127.0.0.1'}/{tid}/v2.0",
+            "iat": now - 5,
+            "nbf": now - 5,
+            "exp": now + expires_in,
+            "azp": client,
+            "azpacr": "1",
+            # The client's service principal (app-only tokens): stable per client.
+            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, "sp:" + client)),
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, "sp:" + client)),
+            "tid": tid,
+            "ver": "2.0",
+        }
+        if roles:
+            claims["roles"] = list(roles)
+        claims.update(extra_claims)
+        return jwt.encode(claims, _entra_signing_key(), algorithm="RS256", headers={"kid": ENTRA_SIGNING_KID})
+
+    @staticmethod
+    def entra_jwks() -> dict[str, Any]:
+        """The tenant's Entra ID signing keys (JWKS at the ``jwks_uri`` of its OpenID configuration)."""
+        return {"keys": [_public_jwk(_entra_signing_key(), ENTRA_SIGNING_KID)]}
+
     @staticmethod
     def jwks() -> dict[str, Any]:
         """The JWKS with the channel signing public key (endorsed for msteams)."""
-        pub = _signing_key().public_key().public_numbers()
-
-        def enc(n: int) -> str:
-            return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
-
-        return {
-            "keys": [
-                {
-                    "kty": "RSA",
-                    "use": "sig",
-                    "alg": "RS256",
-                    "kid": SIGNING_KID,
-                    "n": enc(pub.n),
-                    "e": enc(pub.e),
-                    "endorsements": ["msteams", "webchat", "emulator"],
-                }
-            ]
-        }
+        key = _public_jwk(_signing_key(), SIGNING_KID)
+        return {"keys": [{**key, "endorsements": ["msteams", "webchat", "emulator"]}]}
 
     # ------------------------------------------------------------------ faults
     def add_fault(

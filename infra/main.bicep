@@ -89,6 +89,29 @@ param retryMaxDelaySeconds string = '30'
 @description('Sends in flight per instance (app setting MaxConcurrentSends).')
 param maxConcurrentSends string = '8'
 
+@description('Who may call the HTTP API (app setting ApiAuthMode): FunctionKey, or EntraId (recommended; README, Who may call the API).')
+@allowed([
+  'FunctionKey'
+  'EntraId'
+])
+param apiAuthMode string = 'FunctionKey'
+@description('The API\'s Application ID URI (app setting ApiAudience), required with apiAuthMode EntraId.')
+param apiAudience string = ''
+@description('The app role a caller needs (app setting ApiRequiredRole).')
+param apiRequiredRole string = 'Notifications.Send'
+@description('Reinstall the bot for a user who uninstalled it (app setting ReinstallAfterUninstall).')
+@allowed([
+  'true'
+  'false'
+])
+param reinstallAfterUninstall string = 'true'
+@description('Retention in days per table, 0 = forever (app settings RetentionDays*, RecipientCacheUnusedDays).')
+param retentionDaysRequests string = '30'
+param retentionDaysNotifications string = '30'
+param retentionDaysDeliveries string = '30'
+param retentionDaysFailures string = '30'
+param recipientCacheUnusedDays string = '30'
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -208,6 +231,15 @@ module functionApp 'modules/functionapp.bicep' = {
     maxConcurrentSends: maxConcurrentSends
     sendRatePerSecond: sendRatePerSecond
     graphRatePerSecond: graphRatePerSecond
+    apiAuthMode: apiAuthMode
+    apiAudience: apiAudience
+    apiRequiredRole: apiRequiredRole
+    reinstallAfterUninstall: reinstallAfterUninstall
+    retentionDaysRequests: retentionDaysRequests
+    retentionDaysNotifications: retentionDaysNotifications
+    retentionDaysDeliveries: retentionDaysDeliveries
+    retentionDaysFailures: retentionDaysFailures
+    recipientCacheUnusedDays: recipientCacheUnusedDays
   }
 }
 

@@ -17,14 +17,17 @@ from typing import Any
 import httpx
 
 from shared.botframework import ChannelAuthenticator
+from shared.callerauth import CallerAuthenticator
 from shared.connector import ConnectorClient
 from shared.failure_store import FailureStore
 from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
 from shared.idempotency import IdempotencyStore
 from shared.notification_store import NotificationStore
+from shared.optout import OptOutStore
 from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
+from shared.signing import SigningKeys
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.throttle import Throttle
 
@@ -43,6 +46,7 @@ class Services:
     tables: Any  # azure.data.tables.aio.TableServiceClient
     channel_auth: ChannelAuthenticator  # the messaging endpoint's inbound token validation
     throttle: Throttle | None = None
+    optouts: OptOutStore | None = None  # recipients who uninstalled the bot: {TableNamePrefix}optouts
 
     def table(self, suffix: str) -> Any:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
@@ -59,6 +63,16 @@ class Services:
         return NotificationStore(self.table("notifications"), self.table("deliveries"))
 
     @functools.cached_property
+    def caller_auth(self) -> CallerAuthenticator:
+        """Who may call the HTTP API (ApiAuthMode): function keys, or Entra ID bearer tokens."""
+        return CallerAuthenticator(self.settings, self.http)
+
+    @functools.cached_property
+    def signing(self) -> SigningKeys:
+        """The deployment's key for notification ids and queued items: {TableNamePrefix}keys."""
+        return SigningKeys(self.settings.notification_signing_key, self.table("keys"))
+
+    @functools.cached_property
     def failures(self) -> FailureStore:
         """Queue messages that failed permanently: {TableNamePrefix}failures."""
         return FailureStore(self.table("failures"))
@@ -69,6 +83,10 @@ class Services:
             await self.requests.close()
         if "failures" in self.__dict__:
             await self.failures.close()
+        if self.optouts is not None:
+            await self.optouts.close()
+        if "signing" in self.__dict__:
+            await self.signing.close()
         if "notifications" in self.__dict__:
             await self.notifications.close()
         await self.tables.close()
@@ -115,10 +133,13 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     tables = table_service(settings)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
-    notifier = Notifier(settings, graph, connector, store, throttle)
+    optouts = OptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
+    notifier = Notifier(settings, graph, connector, store, throttle, optouts=optouts)
     # Configures botframework-connector's process-wide validation state (BotOpenIdMetadata) once.
     channel_auth = ChannelAuthenticator(settings.app_id, settings.bot_openid_metadata, http)
-    return Services(settings, http, tokens, graph, connector, store, notifier, tables, channel_auth, throttle)
+    return Services(
+        settings, http, tokens, graph, connector, store, notifier, tables, channel_auth, throttle, optouts=optouts
+    )
 
 
 _services: Services | None = None

@@ -5,6 +5,8 @@
     cache show|evict UPN|OID [--tenant ID]      the memoised Teams identity of one recipient
     failures list | show ID | replay ID|--all | drop ID
                                                 Service Bus messages kept after a permanent failure
+    erase UPN|OID [--tenant ID] [--include-opt-out]
+                                                delete every row of the app's storage naming one person
 
 Settings are the function app's: the ``Values`` of a local.settings.json (``--settings FILE``;
 by default ./local.settings.json when it exists), otherwise the environment. ``SSL_CERT_FILE`` /
@@ -131,6 +133,24 @@ async def cmd_cache(args: argparse.Namespace, source: SettingsSource, out: Outpu
     return 0
 
 
+# --- erase -------------------------------------------------------------------------------------
+
+
+async def cmd_erase(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
+    from shared.retention import erase_person
+
+    async with services_for(source) as services:
+        tenant = args.tenant or services.settings.tenant_id
+        report = await erase_person(services, tenant, args.recipient, include_opt_out=args.include_opt_out)
+    out.document({"tenantId": tenant, "names": report.names, "deleted": report.deleted})
+    out.line(f"Erased the rows naming {args.recipient} in tenant {tenant}:")
+    for table, count in report.deleted.items():
+        out.line(f"  {table:<14} {count}")
+    if not args.include_opt_out:
+        out.line("An opt-out record, if any, was kept (--include-opt-out removes it).")
+    return 0
+
+
 # --- parser and entry point -------------------------------------------------------------------
 
 
@@ -221,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     drop = failures_commands.add_parser("drop", help="forget a kept failure without sending it")
     drop.add_argument("message_id", metavar="ID")
     failures.set_defaults(handler=cmd_failures)
+
+    erase = commands.add_parser("erase", help="delete every row of the app's storage naming one person")
+    erase.add_argument("recipient", metavar="UPN|OID")
+    erase.add_argument("--tenant", metavar="ID", help="default MicrosoftAppTenantId")
+    erase.add_argument(
+        "--include-opt-out", action="store_true", help="also forget that they uninstalled the bot (it may reinstall)"
+    )
+    erase.set_defaults(handler=cmd_erase)
 
     notification = commands.add_parser("notification", help="status, update or recall of a sent notification")
     notification_commands = notification.add_subparsers(dest="notification_command", required=True, metavar="ACTION")

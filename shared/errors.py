@@ -113,3 +113,10 @@ class AuthenticationError(InvalidRequestError):
 
     code = "unauthorized"
     http_status = 401
+
+
+class ForbiddenError(InvalidRequestError):
+    """An authenticated caller without the right to do this (the API's app role not assigned)."""
+
+    code = "missing_role"
+    http_status = 403

@@ -16,11 +16,12 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shared.callerauth import may_access, owner_id
 from shared.delivery import Outcome, deliver
 from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
 from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
-from shared.notification_ids import delivery_id, status_location
+from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid, status_location
 from shared.notification_store import Delivery, Header, content_fields, note
 
 if TYPE_CHECKING:
@@ -113,10 +114,11 @@ async def open_notification(services: Services, request: NotifyRequest, notifica
     tenant = request.tenant_id or services.settings.tenant_id
     content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
     header = await services.notifications.create_header(
-        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source)
+        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source, owner=owner_id())
     )
     same_source = header.source in ("", source)
-    if header.fingerprint != request.fingerprint() or header.tenant_id != tenant or not same_source:
+    same = header.fingerprint == request.fingerprint() and header.tenant_id == tenant and same_source
+    if not same or not may_access(header.owner):
         raise InvalidRequestError(
             "This idempotency key was already used for a different request: use a new key for a new message.",
             code="idempotency_key_reused",
@@ -168,11 +170,15 @@ async def start_notification(
             operator_error=_error_body(ours) if ours is not None and not transient else None,
         )
     rows = await services.notifications.add_pending(notification_id, tenant, recipients)
+    signer = await services.signing.signer()
     messages = tuple(
         FanOutItem(
             delivery_id=delivery_id(notification_id, r.recipient),
             notification_id=notification_id,
             recipient=r.recipient,
+            signature=fan_out_signature(
+                signer, notification_id, r.recipient, delivery_id(notification_id, r.recipient)
+            ),
         ).model_dump_json(by_alias=True)
         for r in rows
         if r.state == "pending"
@@ -187,19 +193,34 @@ def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
 
 
 async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
-    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered."""
-    if item.delivery_id != delivery_id(item.notification_id, item.recipient):
+    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered.
+
+    Only an item this deployment queued is acted on: its signature must match its notification id,
+    recipient and delivery id, and the recipient must have a row in that notification. Anything else
+    (forged, edited, another deployment's) is ``notification_not_found``. A recalled notification or
+    recipient is not sent, whenever the item arrives."""
+    signer = await services.signing.signer()
+    genuine = (
+        item.signature is not None
+        and item.delivery_id == delivery_id(item.notification_id, item.recipient)
+        and fan_out_signature_valid(signer, item.signature, item.notification_id, item.recipient, item.delivery_id)
+    )
+    header = await services.notifications.get_header(item.notification_id) if genuine else None
+    row = await services.notifications.get(item.notification_id, item.recipient) if header is not None else None
+    if header is None or row is None:
+        logger.warning("queued item refused: not a notification of this deployment (%s)", item.delivery_id[:12])
         raise InvalidRequestError(
-            "deliveryId does not match notificationId and recipient.", code="invalid_request", target="deliveryId"
-        )
-    header = await services.notifications.get_header(item.notification_id)
-    if header is None:
-        raise InvalidRequestError(
-            f"Notification '{item.notification_id}' does not exist.",
+            "No notification of this deployment matches this queued item.",
             code="notification_not_found",
             target="notificationId",
             http_status=404,
         )
+    if header.recalled and row.state == "pending":
+        if await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+            return replace(row, state="recalled")
+        row = await services.notifications.get(item.notification_id, item.recipient) or row
+    if row.state != "pending":
+        return row
     return await send_to_recipient(services, header, item.recipient)
 
 

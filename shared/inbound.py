@@ -31,6 +31,7 @@ from shared.botframework import (
 )
 from shared.connector import ConnectorClient
 from shared.errors import NotifyError
+from shared.optout import OptOutStore
 from shared.pipeline import recipient_hash
 from shared.settings import Settings
 from shared.store import ConversationReference, RecipientStore
@@ -64,7 +65,9 @@ class InboundResult:
 
 async def handle_activity(services: Services, authorization: str | None, body: bytes) -> InboundResult:
     """The messaging endpoint with the process's services (the function app's entry point)."""
-    handler = InboundHandler(services.settings, services.store, services.connector, services.channel_auth)
+    handler = InboundHandler(
+        services.settings, services.store, services.connector, services.channel_auth, optouts=services.optouts
+    )
     return await handler.handle(authorization, body)
 
 
@@ -75,8 +78,11 @@ class InboundHandler:
         store: RecipientStore,
         connector: ConnectorClient,
         authenticator: ChannelAuthenticator,
+        *,
+        optouts: OptOutStore | None = None,
     ) -> None:
         self._settings = settings
+        self._optouts = optouts
         self._store = store
         self._connector = connector
         self._authenticator = authenticator
@@ -102,7 +108,8 @@ class InboundHandler:
             if activity.action in _INSTALL_ACTIONS and activity.sender is not None:
                 return await self._remember(activity, activity.sender, look_up_upn=True)
             if activity.action in _UNINSTALL_ACTIONS and activity.sender is not None:
-                return await self._forget(activity, activity.sender)
+                # "remove" is the user's uninstall (kept as an opt-out); "remove-upgrade" is an upgrade.
+                return await self._forget(activity, activity.sender, opt_out=activity.action == "remove")
         if personal and kind == "conversationUpdate":
             added = self._user_among(activity, activity.members_added)
             if added is not None:
@@ -145,6 +152,9 @@ class InboundHandler:
             object_id=object_id,
             upn=upn,
         )
+        if look_up_upn and self._optouts is not None:
+            # An install (the user's, or ours through Graph) ends an opt-out.
+            await self._optouts.clear(tenant, [alias for alias in (object_id, upn, user.upn) if alias])
         # Install events are rare and always written; messages only when something changed.
         if not look_up_upn and existing is not None and _same(existing, entry):
             return InboundResult("unchanged", activity.type)
@@ -170,14 +180,21 @@ class InboundHandler:
         logger.info("no UPN for recipient %s (%s)", recipient_hash(tenant, user.object_id), reason)
         return None
 
-    async def _forget(self, activity: InboundActivity, user: Member) -> InboundResult:
+    async def _forget(self, activity: InboundActivity, user: Member, *, opt_out: bool = False) -> InboundResult:
         tenant = activity.tenant_id
         names = [name for name in (user.object_id, user.upn) if name]
         if not tenant or not names:
             return InboundResult("ignored", activity.type)
         evicted = False
+        known = set(names)
         for name in names:
-            evicted = await self._store.evict(tenant, name) is not None or evicted
+            entry = await self._store.evict(tenant, name)
+            evicted = entry is not None or evicted
+            if entry is not None:
+                known |= {a for a in (entry.upn, entry.object_id) if a}
+        if opt_out and self._optouts is not None:
+            await self._optouts.record(tenant, known)
+            logger.info("recipient %s uninstalled the app: opt-out recorded", recipient_hash(tenant, names[0]))
         logger.info("evicted recipient %s after an inbound %s", recipient_hash(tenant, names[0]), activity.type)
         return InboundResult("evicted" if evicted else "unchanged", activity.type)
 

@@ -1,4 +1,7 @@
-"""The life of a sent notification: its status, and updating or recalling the sent message."""
+"""The life of a sent notification: its status, and updating or recalling the sent message.
+
+Under ``ApiAuthMode`` EntraId a client sees and changes only the notifications it created (shared.callerauth):
+another client's is ``notification_not_found``."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shared.callerauth import may_access, owner_id
 from shared.errors import InvalidRequestError, NotifyError, RecipientError, StaleConversationError
 from shared.models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus, UpdateRequest
-from shared.notification_ids import delivery_from_handle
-from shared.notification_store import Delivery, note, recipient_row
+from shared.notification_ids import HANDLE_PREFIX, delivery_from_handle
+from shared.notification_store import Delivery, Header, note, recipient_row
 from shared.pipeline import Message, recipient_hash
 
 if TYPE_CHECKING:
@@ -30,10 +34,11 @@ async def get_status(
         raise InvalidRequestError(f"top must be between 1 and {MAX_PAGE}.", code="invalid_request", target="top")
     store = services.notifications
     header = await store.get_header(notification_id)
+    await _check_owner(services, notification_id, header)
     counts = await store.counts(notification_id)
     total = header.total if header is not None else sum(counts.model_dump().values())
     if total == 0:
-        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        sent = delivery_from_handle(notification_id, services.settings.service_url, await services.signing.signer())
         if sent is None:
             raise _not_found(notification_id)
         return status_of(notification_id, 1, [sent], [sent], None)
@@ -75,8 +80,20 @@ def _not_found(notification_id: str) -> InvalidRequestError:
 # --- update and recall ----------------------------------------------------------------------------------
 
 
+async def _check_owner(services: Services, notification_id: str, header: Header | None) -> None:
+    """An Entra ID client sees and changes only its own notifications: another's is not found."""
+    if header is not None and not may_access(header.owner):
+        raise _not_found(notification_id)
+    if header is None and notification_id.startswith(HANDLE_PREFIX) and owner_id():
+        # A single send's own id, whose rows (after a change) have no header: the id says whose it is.
+        signer = await services.signing.signer()
+        if delivery_from_handle(notification_id, services.settings.service_url, signer) is None:
+            raise _not_found(notification_id)
+
+
 async def _targets(services: Services, notification_id: str, recipient: str | None) -> list[Delivery]:
     store = services.notifications
+    await _check_owner(services, notification_id, await store.get_header(notification_id))
     if recipient is not None:
         row = await store.get(notification_id, recipient)
         if row is None:
@@ -102,7 +119,7 @@ async def _rows(services: Services, notification_id: str) -> list[Delivery]:
     """The notification's delivery rows; for a single send's handle not yet changed, the one it decodes to."""
     rows = await services.notifications.all(notification_id)
     if not rows:
-        sent = delivery_from_handle(notification_id, services.settings.service_url)
+        sent = delivery_from_handle(notification_id, services.settings.service_url, await services.signing.signer())
         rows = [sent] if sent is not None else []
     return rows
 
@@ -162,6 +179,8 @@ async def recall_notification(
     """Delete the sent message for one or every recipient; recipients still pending are marked
     recalled so they are never sent. Idempotent: a second recall calls nothing and succeeds."""
     rows = await _targets(services, notification_id, recipient)
+    if recipient is None:
+        await services.notifications.mark_recalled(notification_id)
 
     async def one(row: Delivery) -> ChangeResult:
         if row.state == "recalled":

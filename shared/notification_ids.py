@@ -3,8 +3,9 @@ self-contained ``s1.`` id of a single send made without an Idempotency-Key.
 
 Every send has a notification id (the Idempotency-Key, or the Service Bus message id, when given;
 otherwise generated). A single send over HTTP without a key gets a self-contained id instead
-(``single_send_handle``: tenant, recipient, conversation, activity) and no row until an update or a
-recall writes one.
+(``single_send_handle``: tenant, recipient, conversation, activity, and the Entra ID client that sent
+it, under an HMAC tag of shared.signing) and no row until an update or a recall writes one. A queued
+per-recipient item carries a tag of the same key (``fan_out_signature``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import json
 import uuid
 from urllib.parse import quote, urlsplit
 
+from shared.callerauth import may_access
 from shared.notification_store import Delivery
+from shared.signing import Signer
 
 
 def new_notification_id() -> str:
@@ -39,17 +42,23 @@ def delivery_id(notification_id: str, recipient: str) -> str:
 
 
 # A single send without an Idempotency-Key gets a self-contained id instead of a delivery row (a
-# storage write on the hot path): "s1." + base64url of the compact JSON below. Status answers from it;
-# update and recall decode it into the Delivery its row would have held, then write that row.
+# storage write on the hot path): "s1." + base64url of the compact JSON below + "." + its HMAC tag
+# (shared.signing), so nobody can hand-build or edit one. Status answers from it; update and recall
+# decode it into the Delivery its row would have held, then write that row.
 HANDLE_PREFIX = "s1."
+_HANDLE_PURPOSE = "s1"
+_FAN_OUT_PURPOSE = "fanout"
 _HANDLE_MAX = 900  # it may become a PartitionKey (Table Storage keys: at most 1 KiB)
 _HANDLE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-# A service URL other than the configured one is accepted in a handle only on Bot Framework hosts:
-# a forged handle must never send the bot's token elsewhere.
+# The service URL in a handle is the one the send used: the configured ServiceUrl or one stored from
+# an authenticated inbound activity. The tag keeps a caller from choosing it; the host check is a
+# second line: the bot's token never goes anywhere but a Bot Framework host.
 _TRUSTED_SERVICE_HOSTS = ("smba.trafficmanager.net", ".botframework.com", ".botframework.us", ".botframework.azure.us")
 
 
-def single_send_handle(delivery: Delivery, default_service_url: str) -> str | None:
+def single_send_handle(
+    delivery: Delivery, default_service_url: str, signer: Signer, owner: str | None = None
+) -> str | None:
     """The self-contained notification id of a sent single send, or None when it cannot be one (no
     conversation, an untrusted service URL, too long): the caller then records a row as before."""
     if delivery.state != "sent" or not delivery.conversation_id:
@@ -65,24 +74,35 @@ def single_send_handle(delivery: Delivery, default_service_url: str) -> str | No
         if not _trusted_service_url(service_url):
             return None
         fields["u"] = service_url
+    if owner:
+        fields["k"] = owner  # the Entra ID client that sent it: only it may use the id
     raw = json.dumps(fields, separators=(",", ":")).encode()
-    handle = HANDLE_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    encoded = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    handle = HANDLE_PREFIX + encoded + "." + signer.tag(_HANDLE_PURPOSE, encoded)
     return handle if len(handle) <= _HANDLE_MAX else None
 
 
-def delivery_from_handle(notification_id: str, default_service_url: str) -> Delivery | None:
-    """The sent Delivery a handle stands for, or None when it is not a handle this API returned."""
+def delivery_from_handle(notification_id: str, default_service_url: str, signer: Signer) -> Delivery | None:
+    """The sent Delivery a handle stands for, or None when it is not a handle this deployment issued
+    (forged, edited, or signed by another deployment's key)."""
     if not notification_id.startswith(HANDLE_PREFIX) or len(notification_id) > _HANDLE_MAX:
         return None
-    encoded = notification_id[len(HANDLE_PREFIX) :]
-    if not encoded or not set(encoded) <= _HANDLE_CHARS:
+    encoded, _, tag = notification_id[len(HANDLE_PREFIX) :].partition(".")
+    if not encoded or not tag or not set(encoded) <= _HANDLE_CHARS or not set(tag) <= _HANDLE_CHARS:
+        return None
+    if not signer.verify(tag, _HANDLE_PURPOSE, encoded):
         return None
     try:
         fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
     except (binascii.Error, ValueError):
         return None
-    if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u"}:
+    if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u", "k"}:
         return None
+    owner = fields.get("k")
+    if owner is not None and not isinstance(owner, str):
+        return None
+    if not may_access(owner or ""):
+        return None  # another client's notification
     tenant, recipient, conversation = fields.get("t"), fields.get("r"), fields.get("c")
     activity, service_url = fields.get("a"), fields.get("u", default_service_url)
     if not (
@@ -100,9 +120,21 @@ def delivery_from_handle(notification_id: str, default_service_url: str) -> Deli
         return None
     delivery = Delivery(notification_id, recipient, tenant, "sent", activity, conversation, service_url)
     # One send, one id: only the exact encoding this API returns is accepted.
-    if single_send_handle(delivery, default_service_url) != notification_id:
+    if single_send_handle(delivery, default_service_url, signer, owner) != notification_id:
         return None
     return delivery
+
+
+def fan_out_signature(signer: Signer, notification_id: str, recipient: str, delivery: str) -> str:
+    """The tag of a queued per-recipient item: it names this notification, recipient and delivery id."""
+    return signer.tag(_FAN_OUT_PURPOSE, notification_id, recipient.strip().lower(), delivery)
+
+
+def fan_out_signature_valid(
+    signer: Signer, signature: str, notification_id: str, recipient: str, delivery: str
+) -> bool:
+    """Whether ``signature`` is the tag ``fan_out_signature`` gives this item."""
+    return signer.verify(signature, _FAN_OUT_PURPOSE, notification_id, recipient.strip().lower(), delivery)
 
 
 def _trusted_service_url(url: str) -> bool:

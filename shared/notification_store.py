@@ -5,7 +5,8 @@ Two tables:
 - ``{TableNamePrefix}notifications``: one row per notification that names several recipients, or
   one keyed by an Idempotency-Key / message id (PartitionKey = escaped id, RowKey = ``notification``):
   tenant, recipient count, the content (so a queued per-recipient send carries only ids), the request
-  fingerprint and the source (http or queue); a key reused for another request, tenant or source is
+  fingerprint, the source (http or queue), the Entra ID client that created it (Owner) and when the
+  whole notification was recalled (RecalledAt); a key reused for another request, tenant or source is
   refused, so one id is one notification.
 - ``{TableNamePrefix}deliveries``: one row per recipient of every notification (PartitionKey =
   escaped notification id, RowKey = escaped lower-cased recipient): state (pending, sent, failed,
@@ -80,6 +81,8 @@ class Header:
     fingerprint: str
     content: NotifyRequest  # text, card, summary (recipient fields unset)
     source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
+    recalled: bool = False  # the whole notification was recalled: queued items are not sent
+    owner: str = ""  # the Entra ID client that created it ("" for function keys and the queue)
 
 
 class NotificationStore(TableBacked):
@@ -103,6 +106,7 @@ class NotificationStore(TableBacked):
             "Total": header.total,
             "Fingerprint": header.fingerprint,
             "Source": header.source,
+            "Owner": header.owner,
             "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
             "CreatedAt": _now(),
         }
@@ -134,7 +138,23 @@ class NotificationStore(TableBacked):
             fingerprint=str(entity["Fingerprint"]),
             content=NotifyRequest.model_construct(**content_fields(json.loads(str(entity["Content"])))),
             source=str(entity.get("Source") or ""),
+            recalled=bool(entity.get("RecalledAt")),
+            owner=str(entity.get("Owner") or ""),
         )
+
+    async def mark_recalled(self, notification_id: str) -> None:
+        """Record on the header that the whole notification was recalled (queued items check it)."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        try:
+            with translate_storage_errors():
+                await self._headers.update_entity(
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "RecalledAt": _now()},
+                    mode=UpdateMode.MERGE,
+                )
+        except ResourceNotFoundError:
+            pass  # no header: a single send's rows say it all
 
     async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
         """Later sends of a notification still fanning out use the updated content."""

@@ -13,20 +13,25 @@ duplicate work harmless).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.botframework import message_activity
 from shared.connector import ConnectorClient
-from shared.errors import RecipientError, StaleConversationError, TransientError
+from shared.errors import NotifyError, RecipientError, StaleConversationError, TransientError
 from shared.graph import GraphClient
+from shared.optout import OptOutStore
 from shared.settings import Settings
 from shared.store import ConversationReference, RecipientStore, recipient_key
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
+
+#: How often a warm send refreshes its cache entry's UpdatedAt (what the retention purge measures).
+CACHE_USE_RECORD_INTERVAL = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,11 @@ class Notifier:
         connector: ConnectorClient,
         store: RecipientStore,
         throttle: Throttle | None = None,
+        *,
+        optouts: OptOutStore | None = None,
     ) -> None:
         self._settings = settings
+        self._optouts = optouts
         self._throttle = throttle or Throttle(
             max_concurrent=settings.max_concurrent_sends,
             send_rate=settings.send_rate_per_second,
@@ -110,6 +118,8 @@ class Notifier:
             except StaleConversationError:
                 await self._store.evict(tenant, recipient)
                 raise _still_stale() from None
+        if not resolved:
+            await self._note_use(entry, tenant, recipient)
         return SendResult(
             recipient=recipient,
             tenant_id=tenant,
@@ -140,6 +150,25 @@ class Notifier:
         except StaleConversationError:
             raise _still_stale() from None
 
+    async def _note_use(self, entry: ConversationReference, tenant: str, recipient: str) -> None:
+        """Keep a used cache entry from the retention purge (RecipientCacheUnusedDays): rewrite its
+        UpdatedAt, at most once a day per entry, so a warm send stays one request nearly always."""
+        now = datetime.datetime.now(datetime.UTC)
+        if entry.updated_at is not None and now - entry.updated_at < CACHE_USE_RECORD_INTERVAL:
+            return
+        try:
+            await self._store.put(replace(entry, updated_at=now), [recipient])
+        except NotifyError as err:  # the send happened; the purge may drop the entry: resolved again
+            logger.warning("could not record the use of a cache entry (%s)", err.code)
+
+    async def _refuse_if_opted_out(self, tenant: str, recipient: str) -> None:
+        """Before installing the app for someone: honour an uninstall (ReinstallAfterUninstall false)."""
+        if self._settings.reinstall_after_uninstall or self._optouts is None:
+            return
+        if await self._optouts.is_opted_out(tenant, recipient):
+            logger.info("recipient %s uninstalled the app; not installing it again", recipient_hash(tenant, recipient))
+            raise _opted_out()
+
     async def resolve(self, recipient: str, tenant_id: str | None = None) -> ConversationReference:
         """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent."""
         tenant = tenant_id or self._settings.tenant_id
@@ -157,6 +186,7 @@ class Notifier:
         installation = await self._graph.find_installation(tenant, recipient)
         just_installed = False
         if installation is None:
+            await self._refuse_if_opted_out(tenant, recipient)
             await self._graph.install(tenant, recipient)
             just_installed = True
             installation = await self._graph.find_installation(tenant, recipient)
@@ -184,6 +214,16 @@ class Notifier:
         await self._store.put(entry, [recipient])
         logger.info("resolved recipient %s", rhash)
         return entry
+
+
+def _opted_out() -> RecipientError:
+    return RecipientError(
+        "The recipient uninstalled the app and ReinstallAfterUninstall is false: it is not installed "
+        "again until they install it themselves.",
+        code="recipient_opted_out",
+        target="recipient",
+        http_status=403,
+    )
 
 
 def _still_stale() -> TransientError:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.bootstrap import Services, get_services
+from shared.callerauth import QUEUE_CALLER, act_as
 from shared.delivery import Outcome, deliver, error_outcome
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
@@ -125,6 +126,8 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
     cid = accept_correlation_id(delivery.correlation_id or delivery.message_id)
     with correlation(cid):
         services = get_services()  # a configuration error raises: nowhere to keep the message
+        act_as(QUEUE_CALLER)
+        logger.info("queue message %s (correlation %s) from %s", delivery.message_id, cid, QUEUE_CALLER)
         try:
             work = await process_queue_body(services, delivery.body, delivery.message_id)
         except TransientError as err:

@@ -1,6 +1,7 @@
 """The HTTP use cases: ``POST /api/notify`` and ``GET/PUT/DELETE /api/notifications/{id}``, each a
 request -> an ``Outcome`` (status, JSON body, Retry-After, correlation id) that function_app.py turns
-into an HttpResponse.
+into an HttpResponse. Each first authenticates its caller (shared.callerauth, ``ApiAuthMode``) and
+acts as it for the rest of the invocation.
 
 An in-flight repeat over HTTP waits briefly (``IN_FLIGHT_WAIT_SECONDS``) for the first attempt's
 result and returns it; if the first attempt is still sending after that, it answers 409
@@ -14,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from shared.bootstrap import Services, get_services
+from shared.callerauth import act_as, owner_id
 from shared.delivery import Outcome, deliver, error_outcome
 from shared.errors import InvalidRequestError, NotifyError
 from shared.fanout import delivery_from_outcome, open_notification, record_single_best_effort, start_notification
@@ -29,21 +31,30 @@ logger = logging.getLogger(__name__)
 IN_FLIGHT_WAIT_SECONDS = 5.0
 
 
+async def _authenticate(services: Services, authorization: str | None, what: str, cid: str) -> None:
+    """Who is calling (shared.callerauth); logged with the request's correlation id. Raises 401/403."""
+    caller = await services.caller_auth.authenticate(authorization)
+    act_as(caller)
+    logger.info("%s request %s from %s", what, cid, caller)
+
+
 async def handle_notify(
     body: bytes,
     *,
     content_type: str | None,
     idempotency_key: str | None = None,
     correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
-    """``POST /api/notify``: validate, send at most once per Idempotency-Key, map every failure to an
-    error body. Never raises for a request it can answer."""
+    """``POST /api/notify``: authenticate the caller, validate, send at most once per Idempotency-Key,
+    map every failure to an error body. Never raises for a request it can answer."""
     cid = accept_correlation_id(correlation_id)
     with correlation(cid):
         try:
+            services = get_services()
+            await _authenticate(services, authorization, "notify", cid)
             request = parse_notify_request(body, content_type)
             key = check_key(idempotency_key) if idempotency_key is not None else None
-            services = get_services()
             notification_id = notification_id_for(key) if key is not None else new_notification_id()
             if request.recipients is not None:
                 outcome = await start_notification(services, request, notification_id, "http")
@@ -85,7 +96,7 @@ async def _identify_unkeyed(
         return outcome
     tenant = request.tenant_id or services.settings.tenant_id
     sent = delivery_from_outcome(services, Delivery("", request.recipient, tenant, "pending"), outcome)
-    handle = single_send_handle(sent, services.settings.service_url)
+    handle = single_send_handle(sent, services.settings.service_url, await services.signing.signer(), owner_id())
     if handle is None:
         await record_single_best_effort(services, request, notification_id, outcome)
     return replace(outcome, body={**outcome.body, "notificationId": handle or notification_id})
@@ -94,11 +105,13 @@ async def _identify_unkeyed(
 # --- /api/notifications/{id} -------------------------------------------------------------------------
 
 
-async def _answer(correlation_id: str | None, work: Any) -> Outcome:
+async def _answer(correlation_id: str | None, work: Any, authorization: str | None, what: str) -> Outcome:
     cid = accept_correlation_id(correlation_id)
     with correlation(cid):
         try:
-            outcome: Outcome = await work(get_services())
+            services = get_services()
+            await _authenticate(services, authorization, what, cid)
+            outcome: Outcome = await work(services)
         except NotifyError as err:
             log = logger.warning if err.http_status >= 500 else logger.info
             log("notification request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
@@ -126,6 +139,7 @@ async def handle_status(
     top: str | None = None,
     continuation_token: str | None = None,
     correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
     """``GET /api/notifications/{id}``: counts by state and one page of recipients."""
 
@@ -135,7 +149,7 @@ async def handle_status(
         )
         return Outcome(200, status.model_dump(by_alias=True))
 
-    return await _answer(correlation_id, work)
+    return await _answer(correlation_id, work, authorization, "status")
 
 
 async def handle_update(
@@ -145,6 +159,7 @@ async def handle_update(
     content_type: str | None,
     recipient: str | None = None,
     correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
     """``PUT /api/notifications/{id}[?recipient=]``: update the sent message in place."""
 
@@ -153,11 +168,15 @@ async def handle_update(
         response, retry_after = await update_notification(services, notification_id, update, recipient or None)
         return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
 
-    return await _answer(correlation_id, work)
+    return await _answer(correlation_id, work, authorization, "update")
 
 
 async def handle_recall(
-    notification_id: str, *, recipient: str | None = None, correlation_id: str | None = None
+    notification_id: str,
+    *,
+    recipient: str | None = None,
+    correlation_id: str | None = None,
+    authorization: str | None = None,
 ) -> Outcome:
     """``DELETE /api/notifications/{id}[?recipient=]``: recall (delete) the sent message."""
 
@@ -165,4 +184,4 @@ async def handle_recall(
         response, retry_after = await recall_notification(services, notification_id, recipient or None)
         return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
 
-    return await _answer(correlation_id, work)
+    return await _answer(correlation_id, work, authorization, "recall")

@@ -8,6 +8,8 @@ malformed setting. Secrets are kept out of ``repr``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -20,12 +22,16 @@ from typing import Literal
 from shared.errors import ConfigurationError
 
 AppType = Literal["SingleTenant", "MultiTenant", "UserAssignedMSI"]
+ApiAuthMode = Literal["FunctionKey", "EntraId"]
 
 DEFAULT_SERVICE_URL = "https://smba.trafficmanager.net/teams/"
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
 DEFAULT_QUEUE_NAME = "notifications"
 DEFAULT_TABLE_PREFIX = "teamsnotify"
+DEFAULT_API_ROLE = "Notifications.Send"
+DEFAULT_RETENTION_DAYS = 30
+MIN_SIGNING_KEY_BYTES = 32
 
 # Every app setting the code reads. Settings written by the Functions platform itself
 # (IDENTITY_ENDPOINT, WEBSITE_*) are not ours and are not listed.
@@ -53,8 +59,20 @@ SETTING_NAMES: tuple[str, ...] = (
     "MaxConcurrentSends",
     "SendRatePerSecond",
     "GraphRatePerSecond",
+    # Security and governance (issue 17): signed ids, who may call the API, recipients' side.
+    "NotificationSigningKey",
+    "ApiAuthMode",
+    "ApiAudience",
+    "ApiRequiredRole",
+    "ReinstallAfterUninstall",
+    "RetentionDaysRequests",
+    "RetentionDaysNotifications",
+    "RetentionDaysDeliveries",
+    "RetentionDaysFailures",
+    "RecipientCacheUnusedDays",
 )
 
+_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _TABLE_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,39}$")
 
 
@@ -84,6 +102,36 @@ class Settings:
     max_concurrent_sends: int = 8
     send_rate_per_second: float = 7.0
     graph_rate_per_second: float = 7.0
+    # HMAC key of notification ids and queued items (NotificationSigningKey, e.g. a Key Vault
+    # reference); None: a key generated once and kept in Table Storage (shared.signing).
+    notification_signing_key: bytes | None = field(default=None, repr=False)
+    # Who may call the HTTP API (shared.callerauth): function keys, or Entra ID bearer tokens.
+    api_auth_mode: ApiAuthMode = "FunctionKey"
+    api_audience: str | None = None
+    api_required_role: str = DEFAULT_API_ROLE
+    # The recipients' side (shared.optout, shared.retention).
+    reinstall_after_uninstall: bool = True
+    retention_days_requests: int = DEFAULT_RETENTION_DAYS
+    retention_days_notifications: int = DEFAULT_RETENTION_DAYS
+    retention_days_deliveries: int = DEFAULT_RETENTION_DAYS
+    retention_days_failures: int = DEFAULT_RETENTION_DAYS
+    recipient_cache_unused_days: int = DEFAULT_RETENTION_DAYS
+
+    @property
+    def api_issuer(self) -> str:
+        """The issuer of the Entra ID v2.0 access tokens the API accepts (its own tenant's)."""
+        return f"{self.authority_host}/{self.tenant_id}/v2.0"
+
+    @property
+    def api_audiences(self) -> tuple[str, ...]:
+        """Accepted ``aud`` values: the Application ID URI, and the client id it names (``api://{guid}``):
+        Entra ID v2.0 access tokens carry the API's client id as their audience."""
+        if self.api_audience is None:
+            return ()
+        found = re.fullmatch(r"api://([0-9A-Fa-f-]{36})/?", self.api_audience)
+        if found and _is_guid(found.group(1)):
+            return (self.api_audience, found.group(1).lower())
+        return (self.api_audience,)
 
     @property
     def graph_base(self) -> str:
@@ -139,6 +187,22 @@ def _storage_connection_string(value: str) -> bool:
     return "tableendpoint" in keys or (
         "accountname" in keys and ("accountkey" in keys or "sharedaccesssignature" in keys)
     )
+
+
+def api_auth_mode(env: Mapping[str, str] | None = None) -> ApiAuthMode:
+    """The ``ApiAuthMode`` alone, for the function app's HTTP auth level at indexing time (EntraId:
+    the host checks no function key, the app checks the bearer token). An unknown value counts as
+    FunctionKey (the host keeps checking keys); load_settings reports it."""
+    value = ((os.environ if env is None else env).get("ApiAuthMode") or "").strip().lower()
+    return "EntraId" if value == "entraid" else "FunctionKey"
+
+
+def _signing_key(value: str) -> bytes | None:
+    try:
+        key = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) >= MIN_SIGNING_KEY_BYTES else None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -251,6 +315,50 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     send_rate = number("SendRatePerSecond", 7.0, 0.1, 1000.0)
     graph_rate = number("GraphRatePerSecond", 7.0, 0.1, 1000.0)
 
+    signing_raw = get("NotificationSigningKey")
+    signing_key = _signing_key(signing_raw) if signing_raw is not None else None
+    if signing_raw is not None and signing_key is None:
+        problem("NotificationSigningKey", f"must be base64 of at least {MIN_SIGNING_KEY_BYTES} random bytes")
+
+    mode_raw = get("ApiAuthMode") or "FunctionKey"
+    mode_map: dict[str, ApiAuthMode] = {m.lower(): m for m in ("FunctionKey", "EntraId")}
+    mode = mode_map.get(mode_raw.lower())
+    if mode is None:
+        problem("ApiAuthMode", "must be FunctionKey or EntraId")
+        mode = "FunctionKey"
+    api_audience = get("ApiAudience")
+    if mode == "EntraId" and api_audience is None:
+        problem("ApiAudience", "is missing: ApiAuthMode EntraId needs the API's Application ID URI (api://...)")
+    elif api_audience is not None and not (_is_guid(api_audience) or _URI_RE.fullmatch(api_audience)):
+        problem("ApiAudience", "must be the API's Application ID URI (e.g. api://<client id>) or its client id")
+    api_role = get("ApiRequiredRole") or DEFAULT_API_ROLE
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,120}", api_role):
+        problem("ApiRequiredRole", "must be an app role value (letters, digits, '.', '_', '-')")
+
+    reinstall_raw = (get("ReinstallAfterUninstall") or "true").lower()
+    if reinstall_raw not in ("true", "false"):
+        problem("ReinstallAfterUninstall", "must be true or false")
+
+    def whole_days(name: str) -> int:
+        raw = get(name)
+        if raw is None:
+            return DEFAULT_RETENTION_DAYS
+        if not raw.isdigit() or int(raw) > 3650:
+            problem(name, "must be a whole number of days from 0 to 3650 (0 keeps rows forever)")
+            return DEFAULT_RETENTION_DAYS
+        return int(raw)
+
+    days = {
+        name: whole_days(name)
+        for name in (
+            "RetentionDaysRequests",
+            "RetentionDaysNotifications",
+            "RetentionDaysDeliveries",
+            "RetentionDaysFailures",
+            "RecipientCacheUnusedDays",
+        )
+    }
+
     if problems:
         raise ConfigurationError(
             "Invalid configuration: " + "; ".join(problems) + ".",
@@ -281,4 +389,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_concurrent_sends=max_concurrent_sends,
         send_rate_per_second=send_rate,
         graph_rate_per_second=graph_rate,
+        notification_signing_key=signing_key,
+        api_auth_mode=mode,
+        api_audience=api_audience,
+        api_required_role=api_role,
+        reinstall_after_uninstall=reinstall_raw != "false",
+        retention_days_requests=days["RetentionDaysRequests"],
+        retention_days_notifications=days["RetentionDaysNotifications"],
+        retention_days_deliveries=days["RetentionDaysDeliveries"],
+        retention_days_failures=days["RetentionDaysFailures"],
+        recipient_cache_unused_days=days["RecipientCacheUnusedDays"],
     )

@@ -392,3 +392,23 @@ def test_control_endpoints(client: httpx.Client, tenant: FakeTenant) -> None:
     log = client.get("/_fake/log").json()
     assert [e["route"] for e in log] == ["token", "connector.send", "connector.send"]
     assert client.post("/_fake/log/clear").status_code == 204 and tenant.log == []
+
+
+def test_entra_access_tokens_verify_against_the_tenants_published_keys(
+    client: httpx.Client, tenant: FakeTenant
+) -> None:
+    """The OpenID configuration's jwks_uri serves the key that signs the tenant's access tokens (and
+    not the Bot Framework channel key)."""
+    import jwt
+
+    config = client.get(f"/{tenant.tenant_id}/v2.0/.well-known/openid-configuration").json()
+    keys = client.get(config["jwks_uri"].replace(tenant.base_url or "", "")).json()["keys"]
+    token = tenant.sign_access_token("api://the-api", roles=["Notifications.Send"], client_id="client-1")
+    kid = jwt.get_unverified_header(token)["kid"]
+    [jwk] = [k for k in keys if k["kid"] == kid]
+    claims = jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience="api://the-api")
+    assert claims["iss"] == config["issuer"] and claims["tid"] == tenant.tenant_id
+    assert claims["azp"] == "client-1" and claims["roles"] == ["Notifications.Send"] and claims["ver"] == "2.0"
+    channel_kid = jwt.get_unverified_header(tenant.sign_channel_token())["kid"]
+    assert channel_kid not in {k["kid"] for k in keys}
+    assert client.get(f"/{uuid.uuid4()}/discovery/v2.0/keys").status_code == 400

@@ -154,6 +154,7 @@ LOCAL_ONLY = {
     "MicrosoftAppPassword": "client secret: local development only; Azure uses the federated credential",
     "TableStorageConnection": "dedicated table connection string: local only (Azure: AzureWebJobsStorage__*)",
     "BotOpenIdMetadata": "override of the Bot Framework OpenID metadata URL: tests/emulator only",
+    "NotificationSigningKey": "a secret (a Key Vault reference the deployer adds); unset, the app keeps its own key",
 }
 # Their connection-string form is local only; in Azure they are provisioned identity-based (X__...).
 IDENTITY_BASED = ("AzureWebJobsStorage", "ServiceBusConnection")

@@ -56,6 +56,23 @@ param retryMaxDelaySeconds string
 param maxConcurrentSends string = '8'
 param sendRatePerSecond string
 param graphRatePerSecond string
+@description('Who may call the HTTP API (README, Who may call the API): FunctionKey, or EntraId (bearer tokens for apiAudience with the app role apiRequiredRole).')
+@allowed([
+  'FunctionKey'
+  'EntraId'
+])
+param apiAuthMode string = 'FunctionKey'
+@description('The API\'s Application ID URI (api://<client id>); required with apiAuthMode EntraId.')
+param apiAudience string = ''
+param apiRequiredRole string = 'Notifications.Send'
+@description('true: a user who uninstalled the bot gets it installed again by the next send; false: recipient_opted_out until they install it.')
+param reinstallAfterUninstall string = 'true'
+@description('Days rows are kept after their last write, per table (0 = forever); cache entries: days unused.')
+param retentionDaysRequests string = '30'
+param retentionDaysNotifications string = '30'
+param retentionDaysDeliveries string = '30'
+param retentionDaysFailures string = '30'
+param recipientCacheUnusedDays string = '30'
 
 // Every app setting of the Function App. tests/test_infra.py parses the keys of this object and
 // checks them against shared/settings.py SETTING_NAMES.
@@ -92,6 +109,18 @@ var appSettings = {
   MaxConcurrentSends: maxConcurrentSends
   SendRatePerSecond: sendRatePerSecond
   GraphRatePerSecond: graphRatePerSecond
+  // Who may call the API, and the recipients' side (README: Who may call the API; Recipients).
+  // The HMAC key of notification ids (NotificationSigningKey) is not provisioned: without it the app
+  // generates one and keeps it in its own Table Storage; set it as a Key Vault reference to manage it.
+  ApiAuthMode: apiAuthMode
+  ApiAudience: apiAudience
+  ApiRequiredRole: apiRequiredRole
+  ReinstallAfterUninstall: reinstallAfterUninstall
+  RetentionDaysRequests: retentionDaysRequests
+  RetentionDaysNotifications: retentionDaysNotifications
+  RetentionDaysDeliveries: retentionDaysDeliveries
+  RetentionDaysFailures: retentionDaysFailures
+  RecipientCacheUnusedDays: recipientCacheUnusedDays
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
