@@ -46,6 +46,7 @@ from shared.errors import (
     RequestInProgressError,
     StaleConversationError,
     TransientError,
+    WrongRegionError,
 )
 from shared.models import (
     SYNC_RECIPIENTS,
@@ -238,7 +239,7 @@ class NotificationStore(TableBacked):
             "Total": header.total,
             "Fingerprint": header.fingerprint,
             "Source": header.source,
-            "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
+            **_content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
             "CreatedAt": _now(),
         }
         try:
@@ -267,7 +268,7 @@ class NotificationStore(TableBacked):
             tenant_id=str(entity["TenantId"]),
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
-            content=NotifyRequest.model_construct(**_content_fields(json.loads(str(entity["Content"])))),
+            content=NotifyRequest.model_construct(**_content_fields(json.loads(_joined_content(entity)))),
             source=str(entity.get("Source") or ""),
         )
 
@@ -276,11 +277,11 @@ class NotificationStore(TableBacked):
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        content = update.model_dump_json(exclude_none=True)
+        content = _content_properties(update.model_dump_json(exclude_none=True))
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
-                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "Content": content},
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, **content},
                     mode=UpdateMode.MERGE,
                 )
         except ResourceNotFoundError:
@@ -430,6 +431,25 @@ class NotificationStore(TableBacked):
     async def close(self) -> None:
         await self._headers.close()
         await self._deliveries.close()
+
+
+# A Table Storage string property holds at most 32K UTF-16 characters, and a message Teams accepts
+# (~100 KB as UTF-16) may need up to four: the content is kept in "Content", "Content1", ... and
+# "ContentParts" says how many (rows written before it have one "Content").
+_CONTENT_CHARS = 30_000
+
+
+def _content_properties(content: str) -> dict[str, Any]:
+    parts = [content[i : i + _CONTENT_CHARS] for i in range(0, max(1, len(content)), _CONTENT_CHARS)]
+    properties: dict[str, Any] = {"ContentParts": len(parts)}
+    for index, part in enumerate(parts):
+        properties["Content" if index == 0 else f"Content{index}"] = part
+    return properties
+
+
+def _joined_content(entity: Any) -> str:
+    parts = int(entity.get("ContentParts") or 1)
+    return str(entity["Content"]) + "".join(str(entity[f"Content{i}"]) for i in range(1, parts))
 
 
 def recipient_row(recipient: str) -> str:
@@ -648,8 +668,10 @@ async def start_notification(
             else:
                 raise result
         status = _status(notification_id, len(recipients), rows, rows, None)
-        retry_after = 5.0 if any(r.state == "pending" for r in rows) else None
         transient = any(r.state == "pending" and not r.needs_operator for r in rows)
+        # Retry no earlier than upstream asked (the longest Retry-After of those pending).
+        waits = [r.retry_after for r in results if isinstance(r, TransientError)]
+        retry_after = max(waits) if waits else (services.settings.retry_max_delay if transient else None)
         ours = next((r for r in rows if r.needs_operator), None)
         return Outcome(
             200,
@@ -814,15 +836,17 @@ async def update_notification(
             return ChangeResult(recipient=row.recipient, outcome="not_sent")
         if row.content_fingerprint == fingerprint:
             return ChangeResult(recipient=row.recipient, outcome="updated")
+        conversation_id, activity_id = row.conversation_id, row.activity_id
+
+        async def put(service_url: str) -> None:
+            await services.connector.update(
+                service_url, conversation_id, activity_id, activity, tenant_id=row.tenant_id
+            )
+
         try:
             async with services.notifier.throttle.slot():
-                await services.connector.update(
-                    row.service_url or services.settings.service_url,
-                    row.conversation_id,
-                    row.activity_id,
-                    activity,
-                    tenant_id=row.tenant_id,
-                )
+                used = await _on_service_url(services, row, put)
+            row = replace(row, service_url=used)
         except StaleConversationError:
             # The message (or the conversation) is gone: it was deleted.
             await _note(services.notifications, replace(row, state="recalled"))
@@ -880,27 +904,48 @@ async def recall_notification(
 
 
 async def _delete_activity(services: Services, row: Delivery) -> None:
-    assert row.activity_id is not None and row.conversation_id is not None
+    """Delete a sent message. A 404 (gone already) is success; a 403 (the app uninstalled, the bot
+    blocked) raises: Teams deleted nothing, so nothing may be reported recalled."""
+    conversation_id, activity_id = row.conversation_id, row.activity_id
+    assert activity_id is not None and conversation_id is not None
+
+    async def delete(service_url: str) -> None:
+        await services.connector.delete(service_url, conversation_id, activity_id, tenant_id=row.tenant_id)
+
     async with services.notifier.throttle.slot():
         try:
-            await services.connector.delete(
-                row.service_url or services.settings.service_url,
-                row.conversation_id,
-                row.activity_id,
-                tenant_id=row.tenant_id,
-            )
+            await _on_service_url(services, row, delete)
         except StaleConversationError:
             pass  # the conversation is gone, and the message with it
+
+
+async def _on_service_url(services: Services, row: Delivery, call: Any) -> str:
+    """Run ``call(service_url)`` on the row's service URL; one the connector says belongs to another
+    region (the tenant moved) is replaced by the configured global ServiceUrl, once. Returns the URL
+    that worked."""
+    configured = services.settings.service_url
+    url = row.service_url or configured
+    try:
+        await call(url)
+    except WrongRegionError:
+        if url.rstrip("/") == configured.rstrip("/"):
+            raise
+        await call(configured)
+        return configured
+    return url
 
 
 def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
     log = logger.info if isinstance(err, RecipientError) else logger.warning
     log("change for %s failed: %s", recipient_hash(row.tenant_id, row.recipient), err.code)
-    return ChangeResult(
+    result = ChangeResult(
         recipient=row.recipient,
         outcome="failed",
         error=ErrorDetail(code=err.code, message=err.message, target=err.target),
     )
+    if isinstance(err, TransientError):
+        result._retry_after = err.retry_after
+    return result
 
 
 async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[ChangeResponse, float | None]:
@@ -935,7 +980,9 @@ async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[
         else:
             raise outcome  # cancellation: the whole request is being cancelled
     transient = [r for r in results if r.error is not None and r.error.code in _TRANSIENT_CODES]
-    retry_after = 5.0 if transient else None
+    # Repeat no earlier than upstream asked (the longest Retry-After among the transient failures).
+    waits = [r._retry_after for r in transient if r._retry_after is not None]
+    retry_after = (max(waits) if waits else 1.0) if transient else None
     return ChangeResponse(notification_id=notification_id, results=results), retry_after
 
 

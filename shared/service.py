@@ -56,6 +56,9 @@ IN_FLIGHT_RETRY_AFTER = 2.0
 # (10 x 120 s) outlast the lease, and one step stays well inside functionTimeout (5 min) and the
 # lock's auto-renewal (5 min).
 IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
+# Over Service Bus, any transient failure waits out what upstream asked (Retry-After) up to this long
+# before the message is redelivered (well inside functionTimeout and the lock's auto-renewal).
+QUEUE_WAIT_SECONDS = IN_FLIGHT_QUEUE_WAIT_SECONDS
 
 QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
@@ -361,13 +364,11 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
             work = await process_queue_body(services, delivery.body, delivery.message_id)
         except TransientError as err:
             # Abandoning at once would burn the queue's delivery attempts in a second and dead-letter
-            # the message during a short outage: wait (the message lock is renewed meanwhile) for
-            # what upstream asked, up to RetryMaxDelaySeconds (another attempt's lease on the key:
-            # up to IN_FLIGHT_QUEUE_WAIT_SECONDS), then let Service Bus redeliver.
-            cap = services.settings.retry_max_delay
-            if isinstance(err, RequestInProgressError):
-                cap = max(cap, IN_FLIGHT_QUEUE_WAIT_SECONDS)
-            pause = min(err.retry_after, cap)
+            # the message during a short outage: wait (the message lock is renewed meanwhile) for as
+            # long as upstream asked (Retry-After) or another attempt's lease on the key lasts, up to
+            # QUEUE_WAIT_SECONDS per delivery, then let Service Bus redeliver: the redelivery comes no
+            # earlier than Retry-After (up to 10 x 120 s), never faster than Teams allows.
+            pause = min(err.retry_after, QUEUE_WAIT_SECONDS)
             logger.warning(
                 "queue message %s not sent (%s); delivery %s will be retried after %.0fs",
                 delivery.message_id,
