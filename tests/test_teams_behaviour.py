@@ -24,6 +24,8 @@ from shared.failures import get_failure
 from shared.store import CachedRecipient
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
+from tests.test_messages import activity_for, bearer, user_installs
+from tests.test_messages import post as post_activity
 
 UPSTREAM = ("graph.", "connector.")
 WELCOME = {"recipient": "alice@contoso.com", "text": "welcome"}
@@ -378,22 +380,22 @@ async def test_update_and_recall_after_an_uninstall_fail_and_the_message_stays_s
 
 async def test_a_regional_url_in_the_wrong_geo_falls_back_to_serviceurl_and_keeps_it(world: World) -> None:
     alice = world.user("alice")
-    world.tenant.install_app(alice)
-    conversation = world.tenant.open_conversation(alice)
-    regional = world.tenant.service_url_for(alice, "emea")  # what an install activity carried
-    services = get_services()
-    await services.store.put(
-        CachedRecipient(world.tenant.tenant_id, alice.account_id, conversation, regional, alice.oid, alice.upn),
-        [alice.upn],
+    user_installs(world, alice)
+    # The install activity Teams sends the bot carries alice's regional service URL.
+    install = activity_for(
+        world, alice, "installationUpdate", action="add", serviceUrl=world.tenant.service_url_for(alice, "emea")
     )
-    world.tenant.set_geo("eudb")  # the tenant moved
+    answer = await post_activity(user_function("messages"), install, bearer(world, install))
+    assert answer.status_code in (200, 201), answer.get_body()
+    world.tenant.set_geo("eudb")  # later the tenant moves
+    world.tenant.clear_log()
 
     code, body, _ = await post({"recipient": alice.upn, "text": "after the move"}, key="geo-1")
 
     assert code == 200, body
-    sends = [(r.path.split("/")[1], r.status) for r in world.tenant.log if r.route == "connector.send"]
+    sends = [(r.path.split("/")[1], r.status) for r in world.tenant.log if r.route.startswith(UPSTREAM)]
     assert sends == [("emea", 400), ("teams", 201)]
-    kept = await services.store.get(world.tenant.tenant_id, alice.upn)
+    kept = await get_services().store.get(world.tenant.tenant_id, alice.upn)
     assert kept is not None and kept.service_url == world.env["ServiceUrl"]
     world.tenant.clear_log()
     assert (await post({"recipient": alice.oid, "text": "next"}))[0] == 200
@@ -467,3 +469,21 @@ async def test_over_the_queue_a_redelivery_comes_no_earlier_than_retry_after(wor
     await queue(request, "m-ra", 2)
 
     assert texts(world, alice) == ["first", "queued"] and texts(world, bob) == ["first", "queued"]
+
+
+# --- Delivered, then an error: the send is not made twice ---------------------------------------------
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_send_delivered_before_a_gateway_error_is_not_sent_again(world: World, status: int) -> None:
+    alice = world.user("alice")
+    await warm(world, alice)
+    world.tenant.add_fault("connector.send", status, applied=True)
+
+    code, body, response = await post({"recipient": alice.upn, "text": "once"}, key="once-1")
+    assert code == 503 and body["error"]["code"] == "delivery_unconfirmed", body
+    again, body, _ = await post({"recipient": alice.upn, "text": "once"}, key="once-1")
+    assert again == 409 and body["error"]["code"] == "request_in_progress", body
+
+    assert texts(world, alice) == ["first", "once"]  # Teams has it once; we never sent it again
+    assert upstream(world) == ["connector.send"]
