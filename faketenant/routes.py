@@ -21,8 +21,10 @@ from typing import Any
 from .state import (
     BOT_AUDIENCE,
     BOTFRAMEWORK_TENANT_ID,
+    GLOBAL_SERVICE_PREFIX,
     GRAPH_AUDIENCE,
     MEMBERS_LIMITS,
+    REGIONS,
     ROLE_CATALOG,
     ROLE_INSTALL,
     SEND_LIMITS,
@@ -32,6 +34,7 @@ from .state import (
     FakeUser,
     IssuedToken,
     LoggedRequest,
+    message_utf16_bytes,
 )
 
 logger = logging.getLogger("faketenant.routes")
@@ -189,7 +192,7 @@ def route_of(req: Request) -> str | None:
         if m == "GET" and s[1:] == ["appCatalogs", "teamsApps"]:
             return "graph.catalog"
         return None
-    if n >= 3 and s[0] == "teams" and s[1] == "v3" and s[2] == "conversations":
+    if n >= 3 and (s[0] == GLOBAL_SERVICE_PREFIX or s[0] in REGIONS) and s[1] == "v3" and s[2] == "conversations":
         if m == "POST" and n == 3:
             return "connector.create"
         if m == "GET" and n == 5 and s[4] == "members":
@@ -559,6 +562,13 @@ def _graph_install(tenant: FakeTenant, req: Request) -> Response:
             return graph_error(404, "NotFound", f"The app with id '{catalog_id}' was not found in the catalog.")
         if tenant.is_installed(user):
             return graph_error(409, "Conflict", "App is already installed.")
+        if tenant.is_blocked_by_policy(user):
+            # See FakeTenant.block_app_by_policy (PROTOCOL.md: the exact body).
+            resp = graph_error(403, "Forbidden", "App is blocked by app permission policy. Contact your administrator.")
+            body = json.loads(resp.body)
+            body["error"]["innerError"]["code"] = "AccessDenied"
+            resp.body = json.dumps(body).encode("utf-8")
+            return resp
         tenant.install_app(user, chat_delay=tenant.chat_ready_after)
     resp = empty(201)
     resp.tenant_id = info.tenant_id
@@ -577,8 +587,7 @@ def _graph_chat(tenant: FakeTenant, req: Request) -> Response:
         inst = tenant.installations.get(user.oid)
         if inst is None or inst.id != installation_id:
             return graph_error(404, "NotFound", f"Installation '{installation_id}' not found.")
-        if inst.chat_404s_left > 0:
-            inst.chat_404s_left -= 1
+        if not inst.chat_ready():  # see Installation.chat_ready_at
             return graph_error(404, "NotFound", "Chat not found.")
         chat_id = tenant.chat_id_for(user)
         tenant.open_conversation(user, chat_id)
@@ -598,13 +607,58 @@ def _connector_auth(tenant: FakeTenant, req: Request) -> IssuedToken | Response:
     return info
 
 
-def _conversation_gate(tenant: FakeTenant, user: FakeUser) -> Response | None:
+def _conversation_gate(tenant: FakeTenant, user: FakeUser, *, writes_blocked_body: bool = False) -> Response | None:
+    """403 codes of the Bot Connector ("Handle status codes from bots conversational APIs",
+    https://learn.microsoft.com/microsoftteams/platform/bots/build-conversational-capability#status-codes-from-bot-conversational-apis):
+    BotDisabledByAdmin, ConversationBlockedByUser, BotNotInConversationRoster. A new message to a user
+    who blocked the bot or uninstalled the app may instead carry the MessageWritesBlocked body (see
+    ``FakeTenant.message_writes_blocked``); updates and deletes after an uninstall answer
+    BotNotInConversationRoster, and the earlier messages stay in the chat (PROTOCOL.md)."""
     if tenant.is_bot_disabled(user.tenant_id):
         return connector_error(403, "BotDisabledByAdmin", "The bot is disabled by the tenant admin.")
-    if tenant.is_blocked(user.oid):
+    blocked, installed = tenant.is_blocked(user.oid), tenant.is_installed(user)
+    if writes_blocked_body and tenant.message_writes_blocked and (blocked or not installed):
+        return json_response(
+            403,
+            {"errorCode": 209, "message": json.dumps({"subCode": "MessageWritesBlocked"}, separators=(",", ":"))},
+            {"X-Correlating-OperationId": uuid.uuid4().hex},
+        )
+    if blocked:
         return connector_error(403, "ConversationBlockedByUser", "User blocked the conversation with the bot.")
-    if not tenant.is_installed(user):
+    if not installed:
         return connector_error(403, "BotNotInConversationRoster", "The bot is not part of the conversation roster.")
+    return None
+
+
+def _geo_gate(tenant: FakeTenant, req: Request, tenant_id: str) -> Response | None:
+    """A regional service URL of another region than the tenant's answers 400 BadArgument (see
+    ``FakeTenant.set_geo``); the global ``/teams/`` URL routes to the right region."""
+    region = req.segments[0]
+    geo = tenant.geo_of(tenant_id)
+    if region == GLOBAL_SERVICE_PREFIX or geo is None or region == geo:
+        return None
+    return connector_error(
+        400,
+        "BadArgument",
+        f"Incoming request was redirected to the wrong geo! Current geo: {region.upper()}, Target geo: {geo.upper()}",
+    )
+
+
+def _too_big(tenant: FakeTenant, req: Request) -> Response | None:
+    """413 MessageSizeTooBig for a body over the connector's limit (see ``MAX_REQUEST_BYTES``)."""
+    if len(req.body) > tenant.max_request_bytes:
+        return connector_error(
+            413,
+            "MessageSizeTooBig",
+            f"The request content length exceeded limit of {tenant.max_request_bytes} bytes.",
+        )
+    return None
+
+
+def _message_too_big(tenant: FakeTenant, activity: dict[str, Any]) -> Response | None:
+    """413 MessageSizeTooBig for a message over Teams' limit measured as Teams does (UTF-16)."""
+    if message_utf16_bytes(activity) > tenant.max_message_bytes:
+        return connector_error(413, "MessageSizeTooBig", "Message size too large.")
     return None
 
 
@@ -631,6 +685,9 @@ def _connector_members(tenant: FakeTenant, req: Request) -> Response:
     if isinstance(found, Response):
         return found
     conv, user = found
+    geo = _geo_gate(tenant, req, user.tenant_id)
+    if geo is not None:
+        return geo
     wait = tenant.check_rate(conv.id + "#members", user.tenant_id, MEMBERS_LIMITS)
     if wait is not None:
         return _throttled(wait)
@@ -668,6 +725,9 @@ def _connector_create(tenant: FakeTenant, req: Request) -> Response:
     )
     if user is None or user.tenant_id.lower() != str(tenant_id).lower():
         return connector_error(400, "BadArgument", f"Member '{member_id}' not found in tenant '{tenant_id}'.")
+    geo = _geo_gate(tenant, req, user.tenant_id)
+    if geo is not None:
+        return geo
     cid = tenant.conversation_id_for(user)
     wait = tenant.check_rate(cid, user.tenant_id, SEND_LIMITS)
     if wait is not None:
@@ -699,17 +759,24 @@ def _connector_send(tenant: FakeTenant, req: Request) -> Response:
     if isinstance(found, Response):
         return found
     conv, user = found
+    geo = _geo_gate(tenant, req, user.tenant_id)
+    if geo is not None:
+        return geo
     wait = tenant.check_rate(conv.id, user.tenant_id, SEND_LIMITS)
     if wait is not None:
         return _throttled(wait)
-    gate = _conversation_gate(tenant, user)
+    gate = _conversation_gate(tenant, user, writes_blocked_body=True)
     if gate is not None:
         return gate
-    if len(req.body) > tenant.max_activity_bytes:
-        return connector_error(413, "MessageSizeTooBig", "Message size too big.")
+    too_big = _too_big(tenant, req)
+    if too_big is not None:
+        return too_big
     body = _activity_body(req)
     if isinstance(body, Response):
         return body
+    too_big = _message_too_big(tenant, body)
+    if too_big is not None:
+        return too_big
     record = tenant.store_activity(conv, body)
     resp = json_response(201, {"id": record["id"]})
     resp.tenant_id = user.tenant_id
@@ -724,14 +791,21 @@ def _connector_update(tenant: FakeTenant, req: Request) -> Response:
     if isinstance(found, Response):
         return found
     conv, user = found
+    geo = _geo_gate(tenant, req, user.tenant_id)
+    if geo is not None:
+        return geo
     gate = _conversation_gate(tenant, user)
     if gate is not None:
         return gate
-    if len(req.body) > tenant.max_activity_bytes:
-        return connector_error(413, "MessageSizeTooBig", "Message size too big.")
+    too_big = _too_big(tenant, req)
+    if too_big is not None:
+        return too_big
     body = _activity_body(req)
     if isinstance(body, Response):
         return body
+    too_big = _message_too_big(tenant, body)
+    if too_big is not None:
+        return too_big
     aid = req.segments[5]
     with tenant.lock:
         rec = tenant.get_activity(conv.id, aid)
@@ -752,6 +826,12 @@ def _connector_delete(tenant: FakeTenant, req: Request) -> Response:
     if isinstance(found, Response):
         return found
     conv, user = found
+    geo = _geo_gate(tenant, req, user.tenant_id)
+    if geo is not None:
+        return geo
+    gate = _conversation_gate(tenant, user)
+    if gate is not None:
+        return gate
     aid = req.segments[5]
     with tenant.lock:
         rec = tenant.get_activity(conv.id, aid)
@@ -821,6 +901,7 @@ def control(tenant: FakeTenant, req: Request) -> Response:
                 delay=float(body.get("delay", 0.0)),
                 body=body.get("body"),
                 malformed=bool(body.get("malformed", False)),
+                applied=bool(body.get("applied", False)),
             )
             return empty(204)
         if m == "GET" and s == ["settings"]:
@@ -859,11 +940,13 @@ SETTING_KEYS = (
     "chat_ready_after",
     "app_disabled",
     "federated_credential_enabled",
-    "max_activity_bytes",
+    "message_writes_blocked",
+    "max_message_bytes",
+    "max_request_bytes",
     "token_lifetime",
 )
 #: Keys of POST /_fake/faults (FakeTenant.add_fault's arguments).
-FAULT_KEYS = ("route", "status", "count", "retry_after", "delay", "body", "malformed")
+FAULT_KEYS = ("route", "status", "count", "retry_after", "delay", "body", "malformed", "applied")
 #: POST /_fake/users/{upn or oid}/{state}: one-step user states, the FakeTenant methods behind them.
 USER_STATES = {
     "block": "block_bot",  # the user blocked the bot: 403 ConversationBlockedByUser

@@ -96,19 +96,29 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = tenant.take_fault(route) if route else None
         resp: Response | None = None
-        if fault is not None:
+        if fault is not None and fault.applied:
+            # Carried out, then answered with an error (or too late): see Fault.applied.
+            self._dispatch(tenant, req)
+            if fault.delay > 0:
+                time.sleep(fault.delay)
+            resp = fault_response(route or "", fault.status, fault.body, fault.retry_after, fault.malformed)
+        elif fault is not None:
             if fault.delay > 0:
                 time.sleep(fault.delay)
             if fault.status >= 400 or fault.malformed or fault.body is not None:
                 resp = fault_response(route or "", fault.status, fault.body, fault.retry_after, fault.malformed)
         if resp is None:
-            try:
-                resp = dispatch(tenant, req)
-            except Exception:  # a bug in the fake must not kill the connection silently
-                logger.exception("faketenant failed on %s %s", req.method, req.path)
-                resp = json_response(500, {"error": {"code": "ServiceError", "message": "fake crashed"}})
+            resp = self._dispatch(tenant, req)
         tenant.record(log_entry(req, route or "unknown", resp.status, resp.tenant_id or _tenant_hint(tenant, req)))
         self._write(resp)
+
+    @staticmethod
+    def _dispatch(tenant: FakeTenant, req: Request) -> Response:
+        try:
+            return dispatch(tenant, req)
+        except Exception:  # a bug in the fake must not kill the connection silently
+            logger.exception("faketenant failed on %s %s", req.method, req.path)
+            return json_response(500, {"error": {"code": "ServiceError", "message": "fake crashed"}})
 
     def _write(self, resp: Response) -> None:
         self.send_response(resp.status)

@@ -12,6 +12,7 @@ import collections
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -62,6 +63,35 @@ DEFAULT_ROLES: frozenset[str] = frozenset({ROLE_INSTALL, ROLE_CATALOG})
 SEND_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 #: Per-conversation limits for get members.
 MEMBERS_LIMITS: tuple[tuple[int, float], ...] = ((14, 1.0), (16, 2.0), (120, 30.0), (3600, 3600.0))
+
+#: Regional Bot Connector service URL prefixes (``https://smba.trafficmanager.net/{region}/``) that
+#: inbound activities carry; ``teams`` is the global one that routes to the tenant's region.
+#: Source: microsoft/BotFramework-Services#339 (``/de/`` -> "redirected to the wrong geo" after the EU
+#: Data Boundary move), botbuilder-js#3280 (``/emea/``, ``/fr/``, ``/apac/``, ``/jp/`` service URLs).
+REGIONS: frozenset[str] = frozenset(
+    {"amer", "emea", "apac", "de", "fr", "uk", "in", "jp", "au", "ca", "kr", "ch", "no", "za", "br", "eudb"}
+)
+GLOBAL_SERVICE_PREFIX = "teams"
+
+#: Teams' bot message size limit: about 100 KB for the message (text, card, mentions) measured as
+#: UTF-16, base64 images excluded; over it the connector answers 413 MessageSizeTooBig.
+#: Source: https://learn.microsoft.com/microsoftteams/platform/bots/how-to/format-your-bot-messages
+MAX_MESSAGE_UTF16_BYTES = 100 * 1024
+#: The connector refuses any request body over 262,144 bytes ("The request content length exceeded
+#: limit of 262144 bytes.", MessageSizeTooBig). Source: microsoft/botframework-sdk#6669.
+MAX_REQUEST_BYTES = 262_144
+_BASE64_DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,[A-Za-z0-9+/=]+")
+
+
+def message_utf16_bytes(activity: Mapping[str, Any]) -> int:
+    """The size Teams limits: text, summary, card content and entities (mentions) as UTF-16, without
+    base64-encoded images (format-your-bot-messages, "bot message size limit")."""
+    parts: list[str] = [str(activity.get("text") or ""), str(activity.get("summary") or "")]
+    for item in list(activity.get("attachments") or []) + list(activity.get("entities") or []):
+        content = item.get("content", item) if isinstance(item, dict) else item
+        parts.append(_BASE64_DATA_URI.sub("", json.dumps(content, ensure_ascii=False, separators=(",", ":"))))
+    return len("".join(parts).encode("utf-16-le"))
+
 
 _SIGNING_KEY_LOCK = threading.Lock()
 #: Key id of the Bot Framework channel signing key (shared by all fakes in a process so that
@@ -162,6 +192,11 @@ class Fault:
     delay: float = 0.0
     body: dict[str, Any] | str | None = None
     malformed: bool = False
+    #: The request takes effect (a message is stored, an update applied) and only then is the
+    #: answer the fault (5xx, or a ``delay`` longer than the client waits): "delivered, then an
+    #: error". Source: microsoft/BotFramework-DirectLineJS#188 (502 "bot timed out" for a request
+    #: that was handled), MicrosoftDocs/msteams-docs#4592 (duplicates after slow answers).
+    applied: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,7 +223,16 @@ class Installation:
     id: str
     user_oid: str
     catalog_id: str
-    chat_404s_left: int = 0
+    #: ``time.monotonic()`` from which Graph returns the installation's chat (and the connector knows
+    #: it). Right after an install the chat may be missing for tens of seconds to minutes for users
+    #: who have not opened Teams recently: a matter of time, not of how often one asks.
+    #: Source: PROTOCOL.md step 4 (public reports); Graph "Get chat between user and app"
+    #: (https://learn.microsoft.com/graph/api/userscopeteamsappinstallation-get-chat).
+    chat_ready_at: float = 0.0
+
+    def chat_ready(self) -> bool:
+        """Whether the chat exists yet."""
+        return time.monotonic() >= self.chat_ready_at
 
 
 @dataclass
@@ -209,6 +253,9 @@ class TenantInfo:
 
     tenant_id: str
     bot_disabled: bool = False
+    #: The region the tenant's Teams data lives in (e.g. "emea"), or None: every regional service
+    #: URL then works (MicrosoftDocs/msteams-docs#2410: "Service url from wrong region works fine").
+    geo: str | None = None
 
 
 @dataclass
@@ -245,11 +292,20 @@ class FakeTenant:
         self.in_catalog: bool = True
         self.app_disabled: bool = False
         self.consented_roles: set[str] = set(DEFAULT_ROLES)
-        self.chat_ready_after: int = 0
+        #: Seconds after a Graph install until the installation's chat exists (see Installation).
+        self.chat_ready_after: float = 0.0
+        #: Sends to a user who blocked the bot OR uninstalled the app answer Teams' documented 403
+        #: ``{"errorCode":209,"message":"{\"subCode\":\"MessageWritesBlocked\"}"}`` (one body for
+        #: both) instead of the coded ConversationBlockedByUser / BotNotInConversationRoster.
+        #: Source: https://learn.microsoft.com/microsoftteams/platform/bots/how-to/conversations/subscribe-to-conversation-events
+        #: ("Uninstall behavior for personal app with bot"); Microsoft Q&A 1513369 ("403 Forbidden -
+        #: subCode MessageWritesBlocked": blocked and uninstalled give 403s of different shapes).
+        self.message_writes_blocked: bool = False
         self.rate_limits: bool = False
         self.app_rate_per_second: int = 30
         self.token_lifetime: int = 3600
-        self.max_activity_bytes: int = 28 * 1024
+        self.max_message_bytes: int = MAX_MESSAGE_UTF16_BYTES
+        self.max_request_bytes: int = MAX_REQUEST_BYTES
         self.identity_header: str = secrets.token_hex(16)
         self.managed_identity_client_id: str = str(uuid.uuid4())
         self.federated_credential_enabled: bool = True
@@ -262,6 +318,7 @@ class FakeTenant:
         self._installations: dict[str, Installation] = {}  # user oid -> installation
         self._external_chats: dict[str, str] = {}  # user oid -> chat id of another Bot Connector
         self._blocked: set[str] = set()  # user oids that blocked the bot
+        self._policy_blocked: set[str] = set()  # user oids an app permission policy keeps from the app
         self._conversations: dict[str, Conversation] = {}
         self._conversation_generation: dict[str, int] = {}  # user oid -> generation
         self._activities: dict[str, dict[str, Any]] = {}
@@ -374,15 +431,59 @@ class FakeTenant:
         with self.lock:
             self._external_chats[oid] = chat_id
 
-    def install_app(self, user: FakeUser | str, *, chat_delay: int = 0) -> Installation:
-        """Install the app for a user (pre-install: by default the chat is ready at once)."""
+    def install_app(self, user: FakeUser | str, *, chat_delay: float = 0.0) -> Installation:
+        """Install the app for a user; its chat exists ``chat_delay`` seconds later (pre-install:
+        by default at once)."""
         oid = self._oid(user)
         with self.lock:
             inst = self._installations.get(oid)
             if inst is None:
-                inst = Installation(self.installation_id_for(oid), oid, self.catalog_id, chat_delay)
+                ready_at = time.monotonic() + chat_delay if chat_delay > 0 else 0.0
+                inst = Installation(self.installation_id_for(oid), oid, self.catalog_id, ready_at)
                 self._installations[oid] = inst
             return inst
+
+    def block_app_by_policy(self, user: FakeUser | str, blocked: bool = True) -> None:
+        """A Teams app permission policy assigned to this user blocks the app: Graph's install for
+        the user answers 403 "App is blocked by app permission policy" (AccessDenied) although every
+        permission is granted. Source: OfficeDev/microsoft-teams-apps-company-communicator#479
+        (proactive install fails with 403 until the app permission policy allows the app)."""
+        oid = self._oid(user)
+        with self.lock:
+            if blocked:
+                self._policy_blocked.add(oid)
+            else:
+                self._policy_blocked.discard(oid)
+
+    def is_blocked_by_policy(self, user: FakeUser | str) -> bool:
+        """Whether an app permission policy keeps the user from installing the app."""
+        oid = self._oid(user)
+        with self.lock:
+            return oid in self._policy_blocked
+
+    def set_geo(self, geo: str | None, tenant_id: str | None = None) -> None:
+        """The tenant's data now lives in ``geo`` (e.g. after an EU Data Boundary move): connector
+        calls on another region's service URL answer 400 BadArgument "Incoming request was
+        redirected to the wrong geo"; the global ``/teams/`` URL keeps working.
+        Source: microsoft/BotFramework-Services#339."""
+        if geo is not None and geo not in REGIONS:
+            raise ValueError(f"unknown region {geo!r}; known: {sorted(REGIONS)}")
+        with self.lock:
+            self._tenants[tenant_id or self.tenant_id].geo = geo
+
+    def geo_of(self, tenant_id: str) -> str | None:
+        """The tenant's region, or None when every regional URL works."""
+        with self.lock:
+            info = self._tenants.get(tenant_id)
+            return info.geo if info else None
+
+    def service_url_for(self, user: FakeUser | str, region: str | None = None) -> str:
+        """The service URL an inbound activity for this user carries: the regional one of
+        ``region`` (default: the tenant's geo), else the global ``/teams/``."""
+        oid = self._oid(user)
+        with self.lock:
+            region = region or self.geo_of(self._users[oid].tenant_id) or GLOBAL_SERVICE_PREFIX
+        return f"{self.base_url or 'https://127.0.0.1'}/{region}/"
 
     def uninstall_app(self, user: FakeUser | str) -> None:
         """Remove the installation; sends to the user's conversations then fail with 403."""
@@ -464,7 +565,8 @@ class FakeTenant:
                 # The Graph personal chat id is a valid conversation id once the app is installed.
                 body = conversation_id[3:].split("@", 1)[0]
                 oid, _, app = body.partition("_")
-                if app == self.app_id and oid in self._users and oid in self._installations:
+                inst = self._installations.get(oid)
+                if app == self.app_id and oid in self._users and inst is not None and inst.chat_ready():
                     conv = self._conversations[conversation_id] = Conversation(conversation_id, oid)
             if conv is None or conv.deleted:
                 return None
@@ -675,17 +777,19 @@ class FakeTenant:
         delay: float = 0.0,
         body: dict[str, Any] | str | None = None,
         malformed: bool = False,
+        applied: bool = False,
     ) -> Fault:
         """Queue a fault for ``route``; faults are consumed FIFO, each ``count`` times.
 
         A fault with a status below 400 (and no body, not malformed) only delays the request,
-        which is then answered normally.
+        which is then answered normally. ``applied=True``: the request is carried out first, then
+        answered with the fault (after ``delay``).
         """
         if route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; known: {sorted(ROUTES)}")
         if count < 1:
             raise ValueError("count must be >= 1")
-        fault = Fault(route, status, count, retry_after, delay, body, malformed)
+        fault = Fault(route, status, count, retry_after, delay, body, malformed, applied)
         with self.lock:
             self._faults[route].append(fault)
         return fault
@@ -797,6 +901,7 @@ class FakeTenant:
                     "account_id": u.account_id,
                     "installed": u.oid in self._installations,
                     "blocked": u.oid in self._blocked,
+                    "blocked_by_policy": u.oid in self._policy_blocked,
                 }
                 for u in self._users.values()
             ]

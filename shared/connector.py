@@ -24,6 +24,8 @@ from shared.errors import (
     StaleConversationError,
     TransientError,
     UpstreamError,
+    WritesBlockedError,
+    WrongRegionError,
 )
 from shared.http import DEFAULT_RETRY_STATUSES, BearerAuth, RetryPolicy, request_with_retry
 from shared.settings import Settings
@@ -138,11 +140,13 @@ class ConnectorClient:
             "POST",
             service_url,
             path,
-            content=jsonlib.dumps(activity, separators=(",", ":")).encode(),
+            # UTF-8, not \u escapes: the connector limits the body to 262,144 bytes.
+            content=jsonlib.dumps(activity, separators=(",", ":"), ensure_ascii=False).encode(),
             accept=(200, 201, 202),
             gate=gate,
             idempotent=False,
             operation="send",
+            has_card=bool(activity.get("attachments")),
         )
         return _activity_id(response)
 
@@ -166,6 +170,7 @@ class ConnectorClient:
             accept=(200, 201, 202),
             gate=self._gate(tenant_id, conversation_id),
             operation="update",
+            has_card=bool(activity.get("attachments")),
         )
 
     async def delete_activity(
@@ -178,6 +183,7 @@ class ConnectorClient:
             f"v3/conversations/{_segment(conversation_id)}/activities/{_segment(activity_id)}",
             accept=(200, 202, 204, 404),
             gate=self._gate(tenant_id, conversation_id),
+            operation="delete",
         )
         return response.status_code != 404
 
@@ -194,6 +200,7 @@ class ConnectorClient:
         gate: Gate | None = None,
         idempotent: bool = True,
         operation: str = "other",
+        has_card: bool = False,
     ) -> httpx.Response:
         headers = {"Content-Type": "application/json"} if content is not None else None
         response = await request_with_retry(
@@ -212,7 +219,7 @@ class ConnectorClient:
         )
         if response.status_code in accept:
             return response
-        raise connector_error(response, operation)
+        raise connector_error(response, operation, has_card=has_card)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -238,38 +245,71 @@ def _activity_id(response: httpx.Response) -> str | None:
     return str(value) if value else None
 
 
-def _error_code(response: httpx.Response) -> str:
+def _error_detail(response: httpx.Response) -> tuple[str, str]:
+    """Teams' own error code and message (either body shape), the message cut to a readable length."""
     try:
         body = response.json()
     except ValueError:
-        return ""
+        return "", ""
     if not isinstance(body, dict):
-        return ""
+        return "", ""
     error = body.get("error")
     if isinstance(error, dict):
-        return str(error.get("code", ""))
+        return str(error.get("code", "")), str(error.get("message", ""))[:300]
     # (observed) {"errorCode":209,"message":"{\"subCode\":\"MessageWritesBlocked\"...}"}
     message = str(body.get("message", ""))
     if "MessageWritesBlocked" in message:
-        return "MessageWritesBlocked"
-    return str(body.get("errorCode", ""))
+        return "MessageWritesBlocked", message[:300]
+    return str(body.get("errorCode", "")), message[:300]
 
 
-def connector_error(response: httpx.Response, operation: str = "send") -> NotifyError:
+def _teams_said(code: str, message: str, status: int) -> str:
+    """``Teams answered 400 BadArgument: <its message>`` for our messages (its words, not a guess)."""
+    said = f"Teams answered {status} {code or 'with no code'}"
+    return f"{said}: {message}" if message else said
+
+
+# Answers that say the service URL belongs to another region (the tenant moved, e.g. into the EU
+# Data Boundary): microsoft/BotFramework-Services#339, microsoft/botbuilder-js#3280.
+_WRONG_REGION_HINTS = ("wrong geo", "different region")
+_ROSTER_CODES = frozenset({"BotNotInConversationRoster", "ForbiddenOperationException"})
+
+
+def connector_error(response: httpx.Response, operation: str = "send", *, has_card: bool = False) -> NotifyError:
     """Translate a connector error answer. ``operation`` is "send"/"update" when the payload is the
-    caller's message (a 400 is then the caller's to fix), anything else for our own requests."""
-    status, code = response.status_code, _error_code(response)
-    if status == 404 or code in {"BotNotInConversationRoster", "ForbiddenOperationException"}:
+    caller's message (a 400 is then the caller's to fix), "delete", or anything else for our own
+    requests. Every message carries Teams' own code and message."""
+    status = response.status_code
+    code, teams_message = _error_detail(response)
+    said = _teams_said(code, teams_message, status)
+    if status in (400, 403) and any(hint in teams_message.lower() for hint in _WRONG_REGION_HINTS):
+        return WrongRegionError(f"The service URL belongs to another region ({said}).", target="ServiceUrl")
+    if code in _ROSTER_CODES and operation in ("update", "delete"):
+        # After an uninstall Teams changes nothing (the message stays in the chat as it was).
+        return RecipientError(
+            f"The app is no longer installed for the recipient, so Teams left the message as it was ({said}).",
+            code="app_not_installed",
+            target="recipient",
+            http_status=403,
+        )
+    if status == 404 or code in _ROSTER_CODES:
         return StaleConversationError(
             f"The conversation is gone ({code or status}).", code="conversation_not_found", target="recipient"
         )
-    if code in {"ConversationBlockedByUser", "MessageWritesBlocked"}:
+    if code == "MessageWritesBlocked":
+        return WritesBlockedError(
+            f"The recipient blocked the bot in Teams ({said}).", target="recipient", http_status=403
+        )
+    if code == "ConversationBlockedByUser":
         return RecipientError(
-            "The recipient blocked the bot in Teams.", code="recipient_blocked_bot", target="recipient", http_status=403
+            f"The recipient blocked the bot in Teams ({said}).",
+            code="recipient_blocked_bot",
+            target="recipient",
+            http_status=403,
         )
     if code == "BotDisabledByAdmin":
         return RecipientError(
-            "The tenant's Teams administrator has blocked this app for the recipient.",
+            f"The tenant's Teams administrator has blocked this app for the recipient ({said}).",
             code="bot_disabled_by_admin",
             target="recipient",
             http_status=403,
@@ -283,26 +323,30 @@ def connector_error(response: httpx.Response, operation: str = "send") -> Notify
         )
     if status == 413 or code == "MessageSizeTooBig":
         return InvalidRequestError(
-            "The message is too large for Teams.", code="message_too_large", target="body", http_status=413
+            f"The message is too large for Teams ({said}); Teams accepts about 100 KB of text and card measured "
+            "as UTF-16.",
+            code="message_too_large",
+            target="body",
+            http_status=413,
         )
     if status == 400 and operation not in ("send", "update"):
         return UpstreamError(
-            f"The Bot Connector rejected a request of ours ({code or 'BadArgument'}).",
+            f"The Bot Connector rejected a request of ours ({said}).",
             code="connector_bad_request",
             target="connector",
         )
     if status == 400:
         return InvalidRequestError(
-            f"Teams rejected the message ({code or 'BadArgument'}): check the text and the Adaptive Card.",
+            f"Teams rejected the message ({said}): check the {'Adaptive Card' if has_card else 'text'}.",
             code="message_rejected",
-            target="card",
+            target="card" if has_card else "text",
             http_status=422,
         )
     if status == 403:
         return RecipientError(
-            f"Teams refused to deliver to the recipient ({code or 'Forbidden'}).",
+            f"Teams refused to deliver to the recipient ({said}).",
             code="recipient_forbidden",
             target="recipient",
             http_status=403,
         )
-    return UpstreamError(f"The Bot Connector answered {status} ({code or 'no code'}).", target="connector")
+    return UpstreamError(f"The Bot Connector failed ({said}).", target="connector")

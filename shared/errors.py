@@ -88,6 +88,25 @@ class UpstreamError(NotifyError):
     http_status = 502
 
 
+class WritesBlockedError(RecipientError):
+    """403 ``MessageWritesBlocked``: Teams gives this one body both when the user blocked the bot and
+    when the user uninstalled the app (Teams docs, "Handle bot errors"). Reported as
+    ``recipient_blocked_bot`` unless the pipeline, having checked the installation, finds the app gone:
+    it then installs and sends once."""
+
+    code = "recipient_blocked_bot"
+    http_status = 403
+
+
+class WrongRegionError(UpstreamError):
+    """The connector says the service URL points at the wrong region (400 BadArgument "Incoming
+    request was redirected to the wrong geo", or "User is from different region"): a regional URL
+    gone stale after the tenant moved. The pipeline retries once on the global ServiceUrl."""
+
+    code = "service_url_wrong_region"
+    http_status = 502
+
+
 class StaleConversationError(NotifyError):
     """Internal signal: the cached conversation is gone (404 ConversationNotFound, bot not in roster).
 

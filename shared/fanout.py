@@ -159,8 +159,10 @@ async def start_notification(
             else:
                 raise result
         status = status_of(notification_id, len(recipients), rows, rows, None)
-        retry_after = 5.0 if any(r.state == "pending" for r in rows) else None
         transient = any(r.state == "pending" and not r.needs_operator for r in rows)
+        # Retry no earlier than upstream asked (the longest Retry-After of those pending).
+        waits = [r.retry_after for r in results if isinstance(r, TransientError)]
+        retry_after = max(waits) if waits else (services.settings.retry_max_delay if transient else None)
         ours = next((r for r in rows if r.needs_operator), None)
         return Outcome(
             200,

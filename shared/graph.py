@@ -27,7 +27,8 @@ INSTALL_PERMISSION = "TeamsAppInstallation.ReadWriteSelfForUser.All"
 CATALOG_PERMISSION = "AppCatalog.Read.All"
 # Graph answers 500 for some transient faults too; GETs and the install are safe to repeat.
 _GRAPH_RETRY = DEFAULT_RETRY_STATUSES | {500}
-# Right after an install the installation's chat may briefly be missing (reports: tens of seconds to minutes).
+# Right after an install the installation's chat may be missing for longer than one request's retries
+# (reports: tens of seconds to minutes): a 404 there means "not reachable yet", never "not found".
 _CHAT_RETRY = _GRAPH_RETRY | {404}
 
 
@@ -138,14 +139,29 @@ class GraphClient:
             return
 
     async def installation_chat(self, tenant_id: str, user: str, installation_id: str, *, just_installed: bool) -> str:
-        """GET /users/{id}/teamwork/installedApps/{installationId}/chat: the 1:1 chat between the user and the bot."""
-        response = await self._call(
-            tenant_id,
-            "GET",
-            f"/users/{path_segment(user)}/teamwork/installedApps/{path_segment(installation_id)}/chat",
-            permission=INSTALL_PERMISSION,
-            retry_statuses=_CHAT_RETRY if just_installed else _GRAPH_RETRY,
-        )
+        """GET /users/{id}/teamwork/installedApps/{installationId}/chat: the 1:1 chat between the user and
+        the bot. The installation exists (we just listed it), so a chat still missing after the inline
+        retries is transient whether we installed the app now or an earlier attempt did:
+        ``conversation_unavailable`` (503 with Retry-After, a Service Bus redelivery), never
+        ``recipient_not_found``."""
+        try:
+            response = await self._call(
+                tenant_id,
+                "GET",
+                f"/users/{path_segment(user)}/teamwork/installedApps/{path_segment(installation_id)}/chat",
+                permission=INSTALL_PERMISSION,
+                retry_statuses=_CHAT_RETRY,
+            )
+        except TransientError as err:
+            if "answered 404" not in err.message:
+                raise
+            raise TransientError(
+                "The recipient's chat with the bot does not exist yet: Teams creates it after the app is installed, "
+                "which can take minutes for users who have not opened Teams recently.",
+                code="conversation_unavailable",
+                target="recipient",
+                retry_after=max(err.retry_after, self._policy.max_delay),
+            ) from err
         body = _json(response)
         chat_id = body.get("id") if isinstance(body, dict) else None
         if not isinstance(chat_id, str) or not chat_id:
@@ -204,6 +220,20 @@ def _values(response: httpx.Response) -> list[dict[str, Any]]:
     return [v for v in values if isinstance(v, dict)]
 
 
+def _blocked_by_policy(message: str, response: httpx.Response) -> bool:
+    """Graph's 403 "App is blocked by app permission policy" (innerError code AccessDenied), told
+    apart from a missing role ("Missing role permissions on the request") by what Graph says."""
+    if "Missing role permissions" in message:
+        return False
+    if "permission policy" in message.lower():
+        return True
+    try:
+        inner = response.json()["error"].get("innerError") or {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return isinstance(inner, dict) and str(inner.get("code", "")) == "AccessDenied"
+
+
 def _graph_error(response: httpx.Response, permission: str) -> NotifyError:
     status = response.status_code
     code, message = "", ""
@@ -217,6 +247,17 @@ def _graph_error(response: httpx.Response, permission: str) -> NotifyError:
             "The recipient was not found in the tenant (check the UPN or object id, and tenantId).",
             code="recipient_not_found",
             target="recipient",
+        )
+    if status == 403 and _blocked_by_policy(message, response):
+        # A Teams app permission policy keeps this user from the app: theirs, permanent, not our
+        # consent: 403 Forbidden "App is blocked by app permission policy", innerError AccessDenied.
+        # Graph's 403 for a missing role says "Missing role permissions".
+        return RecipientError(
+            f"A Teams app permission policy blocks this app for the recipient (Graph: {message[:200]}): a Teams "
+            "administrator must allow the app for them.",
+            code="app_blocked_by_policy",
+            target="recipient",
+            http_status=403,
         )
     if status == 403:
         needed = permission

@@ -11,7 +11,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared.callerauth import may_access, owner_id
-from shared.errors import InvalidRequestError, NotifyError, RecipientError, StaleConversationError
+from shared.errors import (
+    InvalidRequestError,
+    NotifyError,
+    RecipientError,
+    StaleConversationError,
+    TransientError,
+    WrongRegionError,
+)
 from shared.models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus, UpdateRequest
 from shared.notification_ids import HANDLE_PREFIX, delivery_from_handle
 from shared.notification_store import Delivery, Header, note, recipient_row
@@ -143,15 +150,17 @@ async def update_notification(
             return ChangeResult(recipient=row.recipient, outcome="not_sent")
         if row.content_fingerprint == fingerprint:
             return ChangeResult(recipient=row.recipient, outcome="updated")
+        conversation_id, activity_id = row.conversation_id, row.activity_id
+
+        async def put(service_url: str) -> None:
+            await services.connector.update_activity(
+                service_url, conversation_id, activity_id, activity, tenant_id=row.tenant_id
+            )
+
         try:
             async with services.notifier.throttle.slot():
-                await services.connector.update_activity(
-                    row.service_url or services.settings.service_url,
-                    row.conversation_id,
-                    row.activity_id,
-                    activity,
-                    tenant_id=row.tenant_id,
-                )
+                used = await _on_service_url(services, row, put)
+            row = replace(row, service_url=used)
         except StaleConversationError:
             # The message (or the conversation) is gone: it was deleted.
             await note(services.notifications, replace(row, state="recalled"))
@@ -211,27 +220,48 @@ async def recall_notification(
 
 
 async def delete_activity(services: Services, row: Delivery) -> None:
-    assert row.activity_id is not None and row.conversation_id is not None
+    """Delete a sent message. A 404 (gone already) is success; a 403 (the app uninstalled, the bot
+    blocked) raises: Teams deleted nothing, so nothing may be reported recalled."""
+    conversation_id, activity_id = row.conversation_id, row.activity_id
+    assert activity_id is not None and conversation_id is not None
+
+    async def delete(service_url: str) -> None:
+        await services.connector.delete_activity(service_url, conversation_id, activity_id, tenant_id=row.tenant_id)
+
     async with services.notifier.throttle.slot():
         try:
-            await services.connector.delete_activity(
-                row.service_url or services.settings.service_url,
-                row.conversation_id,
-                row.activity_id,
-                tenant_id=row.tenant_id,
-            )
+            await _on_service_url(services, row, delete)
         except StaleConversationError:
             pass  # the conversation is gone, and the message with it
+
+
+async def _on_service_url(services: Services, row: Delivery, call: Any) -> str:
+    """Run ``call(service_url)`` on the row's service URL; one the connector says belongs to another
+    region (the tenant moved) is replaced by the configured global ServiceUrl, once. Returns the URL
+    that worked."""
+    configured = services.settings.service_url
+    url = row.service_url or configured
+    try:
+        await call(url)
+    except WrongRegionError:
+        if url.rstrip("/") == configured.rstrip("/"):
+            raise
+        await call(configured)
+        return configured
+    return url
 
 
 def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
     log = logger.info if isinstance(err, RecipientError) else logger.warning
     log("change for %s failed: %s", recipient_hash(row.tenant_id, row.recipient), err.code)
-    return ChangeResult(
+    result = ChangeResult(
         recipient=row.recipient,
         outcome="failed",
         error=ErrorDetail(code=err.code, message=err.message, target=err.target),
     )
+    if isinstance(err, TransientError):
+        result._retry_after = err.retry_after
+    return result
 
 
 async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[ChangeResponse, float | None]:
@@ -266,7 +296,9 @@ async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[
         else:
             raise outcome  # cancellation: the whole request is being cancelled
     transient = [r for r in results if r.error is not None and r.error.code in _TRANSIENT_CODES]
-    retry_after = 5.0 if transient else None
+    # Repeat no earlier than upstream asked (the longest Retry-After among the transient failures).
+    waits = [r._retry_after for r in transient if r._retry_after is not None]
+    retry_after = (max(waits) if waits else 1.0) if transient else None
     return ChangeResponse(notification_id=notification_id, results=results), retry_after
 
 

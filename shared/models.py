@@ -17,20 +17,26 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from shared.errors import InvalidRequestError
 
-# Teams rejects messages above ~28 KB (MessageSizeTooBig); refuse them before any upstream call.
-MAX_BODY_BYTES = 28 * 1024
+# Teams is the judge of a message's size: its limit is about 100 KB measured as UTF-16 (text, card,
+# mentions; base64 images excluded), and over it the connector answers 413 MessageSizeTooBig, which
+# becomes message_too_large. Refused here, before any upstream call, is only what Teams would
+# certainly refuse: a message whose content alone (UTF-8 JSON) is over the 262,144 bytes the
+# connector accepts as a request body (Teams docs, "Format your bot messages": message size).
+MAX_BODY_BYTES = 262_144
+# A raw body may spell every character as a 6-byte \uXXXX escape: parsed up to that much.
+MAX_RAW_BODY_BYTES = 6 * MAX_BODY_BYTES
 # Fan-out (README, "Sending to many recipients"): up to MAX_RECIPIENTS per request; up to
 # SYNC_RECIPIENTS are sent while the caller waits (200), more are queued (202 + Location).
 MAX_RECIPIENTS = 10_000
 SYNC_RECIPIENTS = 20
 # A request naming 10,000 recipients is larger than one message: the raw body may be this large,
 # the message itself (text, card, summary) still at most MAX_BODY_BYTES.
-MAX_REQUEST_BYTES = MAX_BODY_BYTES + MAX_RECIPIENTS * 330
+MAX_REQUEST_BYTES = MAX_RAW_BODY_BYTES + MAX_RECIPIENTS * 330
 GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_FIELD_NAME_IN_MESSAGE = 64
@@ -79,7 +85,8 @@ class NotifyRequest(BaseModel):
         Field(
             min_length=1,
             title="Text",
-            description="The message text (Markdown). Give text, card, or both.",
+            description="The message text (Markdown). Give text, card, or both. Teams accepts about 100 KB of text "
+            "and card together, measured as UTF-16 (2 bytes per character; images as URLs).",
         ),
     ] = None
     card: Annotated[
@@ -223,7 +230,7 @@ def _json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
                 target="Content-Type",
                 http_status=415,
             )
-    if len(body) > MAX_REQUEST_BYTES or (len(body) > MAX_BODY_BYTES and b'"recipients"' not in body):
+    if len(body) > MAX_REQUEST_BYTES or (len(body) > MAX_RAW_BODY_BYTES and b'"recipients"' not in body):
         raise _too_large(len(body))
     if not body.strip():
         raise InvalidRequestError(
@@ -243,7 +250,8 @@ def _json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
 
 def _too_large(size: int) -> InvalidRequestError:
     return InvalidRequestError(
-        f"The message is {size} bytes; Teams accepts messages up to about {MAX_BODY_BYTES} bytes.",
+        f"The message is {size} bytes; Teams refuses any message over {MAX_BODY_BYTES} bytes (its limit is "
+        "about 100 KB of text and card measured as UTF-16).",
         code="message_too_large",
         target="body",
         http_status=413,
@@ -407,6 +415,8 @@ class ChangeResult(BaseModel):
     error: Annotated[
         ErrorDetail | None, Field(title="Error", description="Why the change failed for this recipient.")
     ] = None
+    # Not part of the answer: how long upstream asked us to wait after a transient failure.
+    _retry_after: float | None = PrivateAttr(default=None)
 
 
 class ChangeResponse(BaseModel):

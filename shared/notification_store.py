@@ -107,7 +107,7 @@ class NotificationStore(TableBacked):
             "Fingerprint": header.fingerprint,
             "Source": header.source,
             "Owner": header.owner,
-            "Content": header.content.model_dump_json(by_alias=True, exclude_none=True),
+            **_content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
             "CreatedAt": _now(),
         }
         try:
@@ -136,7 +136,7 @@ class NotificationStore(TableBacked):
             tenant_id=str(entity["TenantId"]),
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
-            content=NotifyRequest.model_construct(**content_fields(json.loads(str(entity["Content"])))),
+            content=NotifyRequest.model_construct(**content_fields(json.loads(_joined_content(entity)))),
             source=str(entity.get("Source") or ""),
             recalled=bool(entity.get("RecalledAt")),
             owner=str(entity.get("Owner") or ""),
@@ -161,11 +161,11 @@ class NotificationStore(TableBacked):
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        content = update.model_dump_json(exclude_none=True)
+        content = _content_properties(update.model_dump_json(exclude_none=True))
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
-                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "Content": content},
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, **content},
                     mode=UpdateMode.MERGE,
                 )
         except ResourceNotFoundError:
@@ -315,6 +315,25 @@ class NotificationStore(TableBacked):
     async def close(self) -> None:
         await self._headers.close()
         await self._deliveries.close()
+
+
+# A Table Storage string property holds at most 32K UTF-16 characters, and a message Teams accepts
+# (~100 KB as UTF-16) may need up to four: the content is kept in "Content", "Content1", ... and
+# "ContentParts" says how many (rows written before it have one "Content").
+_CONTENT_CHARS = 30_000
+
+
+def _content_properties(content: str) -> dict[str, Any]:
+    parts = [content[i : i + _CONTENT_CHARS] for i in range(0, max(1, len(content)), _CONTENT_CHARS)]
+    properties: dict[str, Any] = {"ContentParts": len(parts)}
+    for index, part in enumerate(parts):
+        properties["Content" if index == 0 else f"Content{index}"] = part
+    return properties
+
+
+def _joined_content(entity: Any) -> str:
+    parts = int(entity.get("ContentParts") or 1)
+    return str(entity["Content"]) + "".join(str(entity[f"Content{i}"]) for i in range(1, parts))
 
 
 def recipient_row(recipient: str) -> str:

@@ -21,7 +21,14 @@ from typing import Any
 
 from shared.botframework import message_activity
 from shared.connector import ConnectorClient
-from shared.errors import NotifyError, RecipientError, StaleConversationError, TransientError
+from shared.errors import (
+    NotifyError,
+    RecipientError,
+    StaleConversationError,
+    TransientError,
+    WritesBlockedError,
+    WrongRegionError,
+)
 from shared.graph import GraphClient
 from shared.optout import OptOutStore
 from shared.settings import Settings
@@ -105,16 +112,20 @@ class Notifier:
             entry = await self._resolve_fresh(recipient, tenant)
             resolved = True
         try:
-            activity_id = await self._send(entry, tenant, recipient, activity)
-        except StaleConversationError:
+            activity_id, entry = await self._send_entry(entry, tenant, recipient, activity)
+        except (StaleConversationError, WritesBlockedError) as err:
+            # MessageWritesBlocked is Teams' one answer for "blocked the bot" AND "uninstalled the
+            # app" (Teams docs, "Handle bot errors"): only the installation tells them apart.
+            if isinstance(err, WritesBlockedError) and await self._installed(tenant, recipient):
+                raise
             logger.info("cached conversation is gone for %s; resolving again", recipient_hash(tenant, recipient))
             await self._store.evict(tenant, recipient)
             if resolved:
                 raise _still_stale() from None
-            entry = await self._resolve_fresh(recipient, tenant)
+            entry = await self._resolve_fresh(recipient, tenant, not_installed=isinstance(err, WritesBlockedError))
             resolved = True
             try:
-                activity_id = await self._send(entry, tenant, recipient, activity)
+                activity_id, entry = await self._send_entry(entry, tenant, recipient, activity)
             except StaleConversationError:
                 await self._store.evict(tenant, recipient)
                 raise _still_stale() from None
@@ -129,6 +140,27 @@ class Notifier:
             resolved=resolved,
         )
 
+    async def _installed(self, tenant: str, recipient: str) -> bool:
+        return await self._graph.find_installation(tenant, recipient) is not None
+
+    async def _send_entry(
+        self, entry: ConversationReference, tenant: str, recipient: str, activity: dict[str, Any]
+    ) -> tuple[str | None, ConversationReference]:
+        """Send on the entry's service URL. One the connector says belongs to another region (the
+        tenant moved) is dropped: the send is made once on the configured global ServiceUrl, which
+        routes to the right region, and the entry keeps that from then on."""
+        try:
+            return await self._send(entry, tenant, recipient, activity), entry
+        except WrongRegionError:
+            global_url = self._settings.service_url
+            if entry.service_url.rstrip("/") == global_url.rstrip("/"):
+                raise
+            logger.info("regional service URL is stale for %s; using ServiceUrl", recipient_hash(tenant, recipient))
+            entry = replace(entry, service_url=global_url, updated_at=None)
+            activity_id = await self._send(entry, tenant, recipient, activity)
+            await self._store.put(entry, [recipient])
+            return activity_id, entry
+
     async def _send(
         self, entry: ConversationReference, tenant: str, recipient: str, activity: dict[str, Any]
     ) -> str | None:
@@ -142,11 +174,13 @@ class Notifier:
                 await self._store.evict(tenant, recipient)
             raise
 
-    async def _resolve_fresh(self, recipient: str, tenant: str) -> ConversationReference:
+    async def _resolve_fresh(
+        self, recipient: str, tenant: str, *, not_installed: bool = False
+    ) -> ConversationReference:
         """Resolve for a send. A conversation Teams rejects while it is being set up (right after an
         install the roster may lag) is transient, not the caller's fault."""
         try:
-            return await self.resolve(recipient, tenant)
+            return await self.resolve(recipient, tenant, not_installed=not_installed)
         except StaleConversationError:
             raise _still_stale() from None
 
@@ -169,21 +203,24 @@ class Notifier:
             logger.info("recipient %s uninstalled the app; not installing it again", recipient_hash(tenant, recipient))
             raise _opted_out()
 
-    async def resolve(self, recipient: str, tenant_id: str | None = None) -> ConversationReference:
-        """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent."""
+    async def resolve(
+        self, recipient: str, tenant_id: str | None = None, *, not_installed: bool = False
+    ) -> ConversationReference:
+        """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent.
+        ``not_installed``: Graph has just said the app is not installed (the install comes first)."""
         tenant = tenant_id or self._settings.tenant_id
         key = (tenant.lower(), recipient_key(recipient))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._resolve(recipient, tenant))
+            task = asyncio.ensure_future(self._resolve(recipient, tenant, not_installed))
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _resolve(self, recipient: str, tenant: str) -> ConversationReference:
+    async def _resolve(self, recipient: str, tenant: str, not_installed: bool = False) -> ConversationReference:
         rhash = recipient_hash(tenant, recipient)
         logger.info("resolving recipient %s", rhash)
-        installation = await self._graph.find_installation(tenant, recipient)
+        installation = None if not_installed else await self._graph.find_installation(tenant, recipient)
         just_installed = False
         if installation is None:
             await self._refuse_if_opted_out(tenant, recipient)

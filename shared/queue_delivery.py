@@ -5,8 +5,9 @@ many-recipient request), and keeping a message that failed permanently for an op
 "fanned_out"``, or an exception when the message must be redelivered (transient trouble, or its
 failure could not be kept). ``process_queue_body`` is what a queue message comes to, shared by the
 trigger and the operator's replay (shared.failures). Over Service Bus, an in-flight repeat raises with
-the holder's remaining lease as retry_after; the trigger waits up to ``IN_FLIGHT_QUEUE_WAIT_SECONDS``
-of it before the message is redelivered, so the queue's delivery attempts outlast the lease.
+the holder's remaining lease as retry_after, and any other transient failure with what upstream asked
+(Retry-After); the trigger waits up to ``QUEUE_WAIT_SECONDS`` of it before the message is redelivered,
+so the queue's delivery attempts outlast the lease.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from shared.bootstrap import Services, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
 from shared.delivery import Outcome, deliver, error_outcome
-from shared.errors import NotifyError, RequestInProgressError, TransientError
+from shared.errors import NotifyError, TransientError
 from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
 from shared.idempotency import check_key
 from shared.logcontext import accept_correlation_id, correlation
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 # (10 x 120 s) outlast the lease, and one step stays well inside functionTimeout (5 min) and the
 # lock's auto-renewal (5 min).
 IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
+# Over Service Bus, any transient failure waits out what upstream asked (Retry-After) up to this long
+# before the message is redelivered (well inside functionTimeout and the lock's auto-renewal).
+QUEUE_WAIT_SECONDS = IN_FLIGHT_QUEUE_WAIT_SECONDS
 
 QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
@@ -132,13 +136,11 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
             work = await process_queue_body(services, delivery.body, delivery.message_id)
         except TransientError as err:
             # Abandoning at once would burn the queue's delivery attempts in a second and dead-letter
-            # the message during a short outage: wait (the message lock is renewed meanwhile) for
-            # what upstream asked, up to RetryMaxDelaySeconds (another attempt's lease on the key:
-            # up to IN_FLIGHT_QUEUE_WAIT_SECONDS), then let Service Bus redeliver.
-            cap = services.settings.retry_max_delay
-            if isinstance(err, RequestInProgressError):
-                cap = max(cap, IN_FLIGHT_QUEUE_WAIT_SECONDS)
-            pause = min(err.retry_after, cap)
+            # the message during a short outage: wait (the message lock is renewed meanwhile) for as
+            # long as upstream asked (Retry-After) or another attempt's lease on the key lasts, up to
+            # QUEUE_WAIT_SECONDS per delivery, then let Service Bus redeliver: the redelivery comes no
+            # earlier than Retry-After (up to 10 x 120 s), never faster than Teams allows.
+            pause = min(err.retry_after, QUEUE_WAIT_SECONDS)
             logger.warning(
                 "queue message %s not sent (%s); delivery %s will be retried after %.0fs",
                 delivery.message_id,

@@ -372,7 +372,10 @@ def test_failures_list_show_replay_all_after_the_fix(world: World, cli: Cli) -> 
     assert rows["m-alice"][1:3] == ["recipient_blocked_bot", "alice@contoso.com"]
 
     assert cli("failures", "show", "m-alice") == 0
-    assert "reason          recipient_blocked_bot: The recipient blocked the bot in Teams." in cli.output
+    assert (
+        "reason          recipient_blocked_bot: The recipient blocked the bot in Teams (Teams answered 403 "
+        "ConversationBlockedByUser: User blocked the conversation with the bot.)." in cli.output
+    )
     assert '"text": "Invoice 1001 approved"' in cli.output and "delivery count  1" in cli.output
     code, shown = cli.json("failures", "show", "m-carol")
     assert code == 0 and shown["body"] == {"recipient": "carol@contoso.com", "text": "Welcome aboard"}

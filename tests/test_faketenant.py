@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,13 @@ from faketenant import FakeTenant, FakeTenantServer, FakeUser
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 BOT_SCOPE = "https://api.botframework.com/.default"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_test_client_urls() -> None:
+    """This module's own httpx client logs request URLs (with UPNs) at INFO; the product quiets the
+    same logger when it builds its services, which a run of this module alone never does."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @pytest.fixture()
@@ -110,7 +118,7 @@ def test_token_secret_checks(client: httpx.Client, tenant: FakeTenant) -> None:
 
 def test_install_chat_ready_after_and_conflict(client: httpx.Client, tenant: FakeTenant) -> None:
     alice = tenant.add_user("o'neil@contoso.com", display_name="Alice O'Neil")
-    tenant.chat_ready_after = 1
+    tenant.chat_ready_after = 0.5
     token = get_token(client, tenant, GRAPH_SCOPE)
     path = f"/v1.0/users/{alice.upn.upper()}/teamwork/installedApps"
     params = {"$expand": "teamsApp", "$filter": f"teamsApp/externalId eq '{tenant.teams_app_id}'"}
@@ -123,8 +131,10 @@ def test_install_chat_ready_after_and_conflict(client: httpx.Client, tenant: Fak
     )
     assert again.status_code == 409
     chat_path = f"/v1.0/users/{alice.oid}/teamwork/installedApps/{installation_id}/chat"
+    # The chat appears after a time, not after a number of requests.
     first = client.get(chat_path, headers=auth(token))
     assert first.status_code == 404 and first.json()["error"]["code"] == "NotFound"
+    time.sleep(0.6)
     second = client.get(chat_path, headers=auth(token))
     assert second.status_code == 200
     assert second.json()["id"] == f"19:{alice.oid}_{tenant.app_id}@unq.gbl.spaces"
@@ -376,7 +386,7 @@ def test_control_endpoints(client: httpx.Client, tenant: FakeTenant) -> None:
     created = client.post("/_fake/users", json={"upn": "dave@contoso.com", "installed": True})
     assert created.status_code == 201
     assert client.post("/_fake/settings", json={"chat_ready_after": 3, "rate_limits": True}).status_code == 204
-    assert tenant.chat_ready_after == 3 and tenant.rate_limits is True
+    assert tenant.chat_ready_after == 3.0 and tenant.rate_limits is True
     assert client.post("/_fake/faults", json={"route": "connector.send", "status": 503}).status_code == 204
     assert client.post("/_fake/faults", json={"route": "bogus", "status": 503}).status_code == 400
     dave = tenant.find_user("DAVE@contoso.com")
@@ -412,3 +422,182 @@ def test_entra_access_tokens_verify_against_the_tenants_published_keys(
     channel_kid = jwt.get_unverified_header(tenant.sign_channel_token())["kid"]
     assert channel_kid not in {k["kid"] for k in keys}
     assert client.get(f"/{uuid.uuid4()}/discovery/v2.0/keys").status_code == 400
+
+
+# --- Teams and Graph as they really behave (issue 14) -------------------------------------------------
+
+
+def open_chat(client: httpx.Client, tenant: FakeTenant, user: FakeUser, token: str) -> str:
+    created = client.post(
+        "/teams/v3/conversations",
+        json={
+            "isGroup": False,
+            "bot": {"id": f"28:{tenant.app_id}"},
+            "members": [{"id": user.account_id}],
+            "tenantId": tenant.tenant_id,
+        },
+        headers=auth(token),
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+WRITES_BLOCKED = {"errorCode": 209, "message": '{"subCode":"MessageWritesBlocked"}'}
+
+
+def test_blocked_and_uninstalled_give_the_same_documented_403(client: httpx.Client, tenant: FakeTenant) -> None:
+    tenant.message_writes_blocked = True
+    alice = tenant.add_user("alice@contoso.com", installed=True)
+    bob = tenant.add_user("bob@contoso.com", installed=True)
+    token = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
+    alice_chat, bob_chat = open_chat(client, tenant, alice, token), open_chat(client, tenant, bob, token)
+    tenant.block_bot(alice)
+    tenant.uninstall_app(bob)
+    answers = [
+        client.post(
+            f"/teams/v3/conversations/{c}/activities", json={"type": "message", "text": "x"}, headers=auth(token)
+        )
+        for c in (alice_chat, bob_chat)
+    ]
+    assert [a.status_code for a in answers] == [403, 403]
+    assert answers[0].json() == answers[1].json() == WRITES_BLOCKED
+    # Reinstalled, the same conversation takes messages again; the blocked user's still does not.
+    tenant.install_app(bob)
+    again = client.post(
+        f"/teams/v3/conversations/{bob_chat}/activities", json={"type": "message", "text": "y"}, headers=auth(token)
+    )
+    assert again.status_code == 201
+    assert [m["activity"]["text"] for m in tenant.messages_for(bob)] == ["y"]
+    assert tenant.messages_for(alice) == []
+
+
+def test_update_and_delete_are_gated_by_installation_and_block(client: httpx.Client, tenant: FakeTenant) -> None:
+    tenant.message_writes_blocked = True
+    alice = tenant.add_user("alice@contoso.com", installed=True)
+    token = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
+    cid = open_chat(client, tenant, alice, token)
+    sent = client.post(
+        f"/teams/v3/conversations/{cid}/activities", json={"type": "message", "text": "v1"}, headers=auth(token)
+    )
+    path = f"/teams/v3/conversations/{cid}/activities/{sent.json()['id']}"
+    tenant.uninstall_app(alice)
+    update = client.put(path, json={"type": "message", "text": "v2"}, headers=auth(token))
+    delete = client.delete(path, headers=auth(token))
+    for answer in (update, delete):
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "BotNotInConversationRoster"
+    tenant.install_app(alice)
+    tenant.block_bot(alice)
+    blocked = client.delete(path, headers=auth(token))
+    assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "ConversationBlockedByUser"
+    # Nothing was updated or deleted: the message is still in the chat as sent.
+    [kept] = tenant.messages_for(alice)
+    assert kept["activity"]["text"] == "v1" and kept["updated"] == 0
+
+
+def test_install_blocked_by_app_permission_policy_for_one_user(client: httpx.Client, tenant: FakeTenant) -> None:
+    alice = tenant.add_user("alice@contoso.com")
+    bob = tenant.add_user("bob@contoso.com")
+    tenant.block_app_by_policy(bob)
+    token = get_token(client, tenant, GRAPH_SCOPE)
+    bind = {"teamsApp@odata.bind": f"https://graph.microsoft.com/v1.0/appCatalogs/teamsApps/{tenant.catalog_id}"}
+    ok = client.post(f"/v1.0/users/{alice.upn}/teamwork/installedApps", json=bind, headers=auth(token))
+    refused = client.post(f"/v1.0/users/{bob.upn}/teamwork/installedApps", json=bind, headers=auth(token))
+    assert ok.status_code == 201
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert error["code"] == "Forbidden" and error["message"].startswith("App is blocked by app permission policy.")
+    assert error["innerError"]["code"] == "AccessDenied"
+    assert "Missing role permissions" not in error["message"]
+    assert tenant.is_installed(alice) and not tenant.is_installed(bob)
+
+
+def test_chat_appears_seconds_after_install_not_requests(client: httpx.Client, tenant: FakeTenant) -> None:
+    alice = tenant.add_user("alice@contoso.com")
+    tenant.chat_ready_after = 1.0
+    graph = get_token(client, tenant, GRAPH_SCOPE)
+    installation_id = install_and_get_chat(client, tenant, alice, graph)
+    chat_path = f"/v1.0/users/{alice.oid}/teamwork/installedApps/{installation_id}/chat"
+    bot = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
+    chat_id = tenant.chat_id_for(alice)
+    for _ in range(5):  # however often one asks
+        assert client.get(chat_path, headers=auth(graph)).status_code == 404
+        members = client.get(f"/teams/v3/conversations/{chat_id}/members", headers=auth(bot))
+        assert members.status_code == 404 and members.json()["error"]["code"] == "ConversationNotFound"
+    time.sleep(1.05)
+    assert client.get(chat_path, headers=auth(graph)).json()["id"] == chat_id
+    assert client.get(f"/teams/v3/conversations/{chat_id}/members", headers=auth(bot)).status_code == 200
+
+
+def test_message_size_is_measured_as_teams_does(client: httpx.Client, tenant: FakeTenant) -> None:
+    alice = tenant.add_user("alice@contoso.com", installed=True)
+    token = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
+    cid = open_chat(client, tenant, alice, token)
+    path = f"/teams/v3/conversations/{cid}/activities"
+
+    def send(text: str, **extra: object) -> httpx.Response:
+        body = json.dumps({"type": "message", "text": text, **extra}, ensure_ascii=False).encode()
+        return client.post(path, content=body, headers={**auth(token), "Content-Type": "application/json"})
+
+    # 10,000 characters of Japanese: 20 KB as UTF-16 (30 KB as UTF-8): delivered.
+    assert send("お知らせ" * 2500).status_code == 201
+    # 51,300 ASCII characters: 51 KB on the wire, 102.6 KB as UTF-16: over Teams' ~100 KB.
+    over = send("x" * 51_300)
+    assert over.status_code == 413 and over.json()["error"]["code"] == "MessageSizeTooBig"
+    # A base64 image is not counted.
+    image = "data:image/png;base64," + "A" * 150_000
+    card = {
+        "contentType": "application/vnd.microsoft.card.adaptive",
+        "content": {"type": "AdaptiveCard", "body": [{"type": "Image", "url": image}]},
+    }
+    assert send("see the chart", attachments=[card]).status_code == 201
+    # Any body over 262,144 bytes is refused by the connector itself.
+    huge = send("see", attachments=[{**card, "content": {**card["content"], "pad": "A" * 262_144}}])
+    assert huge.status_code == 413
+    assert huge.json()["error"]["message"] == "The request content length exceeded limit of 262144 bytes."
+    assert [m["activity"]["text"][:4] for m in tenant.messages_for(alice)] == ["お知らせ", "see "]
+
+
+def test_regional_service_urls_and_the_wrong_geo(client: httpx.Client, tenant: FakeTenant) -> None:
+    alice = tenant.add_user("alice@contoso.com", installed=True)
+    token = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
+    cid = open_chat(client, tenant, alice, token)
+    activity = {"type": "message", "text": "hi"}
+    # No geo set: every regional URL works (msteams-docs#2410).
+    assert (
+        client.post(f"/emea/v3/conversations/{cid}/activities", json=activity, headers=auth(token)).status_code == 201
+    )
+    tenant.set_geo("emea")
+    assert tenant.service_url_for(alice).endswith("/emea/")
+    tenant.set_geo("eudb")  # the tenant moved (EU Data Boundary)
+    moved = client.post(f"/emea/v3/conversations/{cid}/activities", json=activity, headers=auth(token))
+    assert moved.status_code == 400
+    assert moved.json()["error"] == {
+        "code": "BadArgument",
+        "message": "Incoming request was redirected to the wrong geo! Current geo: EMEA, Target geo: EUDB",
+    }
+    assert client.get(f"/emea/v3/conversations/{cid}/members", headers=auth(token)).status_code == 400
+    assert (
+        client.post(f"/eudb/v3/conversations/{cid}/activities", json=activity, headers=auth(token)).status_code == 201
+    )
+    assert (
+        client.post(f"/teams/v3/conversations/{cid}/activities", json=activity, headers=auth(token)).status_code == 201
+    )
+    assert len(tenant.messages_for(alice)) == 3
+    with pytest.raises(ValueError):
+        tenant.set_geo("mars")
+
+
+def test_delivered_then_an_error_or_a_timeout(client: httpx.Client, tenant: FakeTenant) -> None:
+    alice = tenant.add_user("alice@contoso.com", installed=True)
+    token = get_token(client, tenant, BOT_SCOPE, authority="botframework.com")
+    cid = open_chat(client, tenant, alice, token)
+    path = f"/teams/v3/conversations/{cid}/activities"
+    tenant.add_fault("connector.send", 502, applied=True)
+    answer = client.post(path, json={"type": "message", "text": "one"}, headers=auth(token))
+    assert answer.status_code == 502
+    tenant.add_fault("connector.send", 504, applied=True, delay=0.5)
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(path, json={"type": "message", "text": "two"}, headers=auth(token), timeout=0.2)
+    time.sleep(0.4)
+    # Both were stored although the sender saw an error.
+    assert [m["activity"]["text"] for m in tenant.messages_for(alice)] == ["one", "two"]

@@ -240,10 +240,11 @@ async def test_malformed_upstream_body_is_transient(world: World, services: Serv
 
 
 async def test_chat_that_appears_shortly_after_install_is_waited_for(world: World, services: Services) -> None:
-    world.tenant.chat_ready_after = 2
+    # Within one request's inline retries (RetryMaxAttempts=4: backoff of at least 1.75 s in all).
+    world.tenant.chat_ready_after = 0.7
     result = await services.notifier.send("alice@contoso.com", HELLO)
     assert result.activity_id
-    assert world.tenant.calls("graph.chat") == 3
+    assert world.tenant.calls("graph.chat") >= 2
 
 
 @pytest.mark.parametrize("name", ["oneil", "guest"])

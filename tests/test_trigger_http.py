@@ -260,7 +260,7 @@ def _graph_throttled_long(world: World) -> dict[str, Any]:
 
 def _payload_rejected(world: World) -> dict[str, Any]:
     world.tenant.add_fault("connector.send", 400, body={"error": {"code": "BadArgument", "message": "bad card"}})
-    return HELLO
+    return {**HELLO, "card": CARD}
 
 
 def _service_error(world: World) -> dict[str, Any]:
