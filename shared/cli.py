@@ -1,7 +1,10 @@
 """The operator's command line: ``python -m shared.cli [--settings FILE] [--json] COMMAND ...``.
 
     doctor [--recipient UPN] [--tenant ID]      is this deployment set up right? (exit 1 if not)
-    send --to UPN|OID (--text T | --card FILE) [--summary S] [--tenant ID]
+    send --to UPN|OID (--text T | --card FILE) [--summary S] [--tenant ID] [--idempotency-key K]
+                                                send once; prints the notification id
+    notification status ID [--watch] | update ID ... | recall ID
+                                                follow, change or delete a sent notification
     cache show|evict UPN|OID [--tenant ID]      the memoised Teams identity of one recipient
     failures list | show ID | replay ID|--all | drop ID
                                                 Service Bus messages kept after a permanent failure
@@ -9,8 +12,12 @@
 Settings are the function app's: the ``Values`` of a local.settings.json (``--settings FILE``;
 by default ./local.settings.json when it exists), otherwise the environment. ``SSL_CERT_FILE`` /
 ``REQUESTS_CA_BUNDLE`` in those Values are applied as the function host would (a private CA, e.g.
-the sandbox's). Output is for people by default and JSON with ``--json``. Exit codes: 0 success,
-1 the operation failed (the reason is printed), 2 wrong usage. Secrets and tokens are never printed.
+the sandbox's). The global options (--settings, --json, -v) may also follow the command.
+
+Output is for people by default: on a terminal, work on many recipients shows a progress bar and a
+wait for Teams' rate limit shows a "waiting N s" line; when not on a terminal the same progress is
+plain lines. ``--json`` prints one JSON document and nothing else. Exit codes: 0 success, 1 the
+operation failed (the reason is printed), 2 wrong usage. Secrets and tokens are never printed.
 """
 
 from __future__ import annotations
@@ -18,10 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
+import re
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +93,20 @@ class SettingsSource:
 
 
 class Output:
-    """Human lines or one JSON document per command."""
+    """Human lines or one JSON document per command, and progress for people (never with --json)."""
 
     def __init__(self, as_json: bool, stream: TextIO) -> None:
         self.as_json = as_json
         self._stream = stream
+        self.terminal = not as_json and stream.isatty()
+        self._bar: Any = None  # the tqdm bar being shown, if any
 
     def line(self, text: str = "") -> None:
-        if not self.as_json:
+        if self.as_json:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
             self._stream.write(text + "\n")
             self._stream.flush()
 
@@ -99,13 +115,133 @@ class Output:
             self._stream.write(json.dumps(payload, indent=2, default=str) + "\n")
             self._stream.flush()
 
-    def error(self, err: NotifyError) -> int:
+    @contextlib.contextmanager
+    def progress(self, total: int, what: str) -> Iterator[Callable[[str], None]]:
+        """Yields ``advance(text)`` to call once per item done: a progress bar on a terminal, a line
+        ``[n/total] text`` otherwise, nothing with --json."""
+        done = 0
+        if self.terminal:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=what, unit="", file=self._stream, leave=True, dynamic_ncols=True)
+
+        def advance(text: str) -> None:
+            nonlocal done
+            done += 1
+            if self._bar is not None:
+                self._bar.set_postfix_str(text[:40], refresh=False)
+                self._bar.update(1)
+            else:
+                self.line(f"[{done}/{total}] {text}")
+
+        try:
+            yield advance
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+    def error(self, err: NotifyError, *, retry_after: float | None = None, key: str | None = None) -> int:
+        return self.error_body(err.to_body()["error"], retry_after=retry_after, key=key)  # type: ignore[arg-type]
+
+    def error_body(self, error: Mapping[str, Any], *, retry_after: float | None = None, key: str | None = None) -> int:
+        """Report a failed operation: the stable code and the library's message, then what to do."""
+        code, message, target = str(error.get("code")), str(error.get("message", "")), error.get("target")
         if self.as_json:
-            self.document(err.to_body())
-        else:
-            target = f" [{err.target}]" if err.target else ""
-            self.line(f"error: {err.code}{target}: {err.message}")
+            body: dict[str, Any] = {"error": dict(error)}
+            if retry_after is not None:
+                body["retryAfter"] = max(1, round(retry_after))
+            self.document(body)
+            return 1
+        where = f" [{target}]" if target else ""
+        self.line(f"error: {code}{where}: {message}")
+        for hint in advice(code, message, target, retry_after, key):
+            self.line("  " + hint)
         return 1
+
+
+# What the upstream services are, for people who do not know the internal names.
+_SERVICES = {
+    "connector": "Teams (its Bot Connector service, which delivers the bot's messages)",
+    "graph": "Microsoft Graph (which finds the user and installs the Teams app for them)",
+}
+
+
+def _when(retry_after: float) -> str:
+    at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_after)
+    return at.strftime("%H:%M:%S UTC")
+
+
+def advice(code: str, message: str, target: Any, retry_after: float | None, key: str | None = None) -> list[str]:
+    """What a person should do about an error, in plain words."""
+    service = _SERVICES.get(str(target), str(target) if target else "an upstream service")
+    same_key = f" --idempotency-key {key}" if key else ""
+    if code == "delivery_unconfirmed":
+        return [
+            f"{service} did not confirm the send: the message may or may not have arrived.",
+            "Check the recipient's chat in Teams before sending it again.",
+            f"To retry safely, repeat the same command with{same_key or ' the same --idempotency-key'}: for 6 "
+            "minutes a retry with that key cannot send a second copy (it answers request_in_progress while the "
+            "first attempt may still land); after that it sends once more.",
+        ]
+    if code == "request_in_progress":
+        wait = f" in {max(1, round(retry_after))} s" if retry_after else ""
+        return [f"An earlier attempt with this idempotency key is still being sent: ask again{wait}."]
+    status = re.search(r"answered (\d{3})", message)
+    if code == "upstream_unavailable" and status is not None and status.group(1) == "429":
+        lines = [f"{service} is rate-limiting this app (HTTP 429); nothing was sent."]
+        if retry_after is not None:
+            lines.append(
+                f"It asked to wait {max(1, round(retry_after))} s: try again after {_when(retry_after)}"
+                + (f" with{same_key}." if same_key else ".")
+            )
+        return lines
+    if code in ("upstream_unavailable", "storage_unavailable", "conversation_unavailable") and retry_after is not None:
+        return [
+            f"{service} is temporarily unavailable; nothing was sent. Try again after {_when(retry_after)} "
+            f"(in {max(1, round(retry_after))} s)" + (f" with{same_key}." if same_key else ".")
+        ]
+    return []
+
+
+class _WaitReporter(logging.Handler):
+    """Shows the library's inline waits (a 429's Retry-After, a backoff) as a line for people."""
+
+    def __init__(self, out: Output) -> None:
+        super().__init__(logging.INFO)
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        seconds = getattr(record, "wait_seconds", None)
+        if seconds is None:
+            return
+        status = getattr(record, "wait_status", None)
+        service = getattr(record, "wait_service", "")
+        name = {"connector": "Teams", "graph": "Microsoft Graph"}.get(service, service)
+        wait = f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+        if status == 429:
+            owner = name + ("'" if name.endswith("s") else "'s")
+            self._out.line(f"waiting {wait} for {owner} rate limit (HTTP 429), then trying again")
+        else:
+            why = f"HTTP {status}" if status else "no answer"
+            self._out.line(f"waiting {wait}: {name} is temporarily unavailable ({why}), then trying again")
+
+
+@contextlib.contextmanager
+def _report_waits(out: Output) -> Iterator[None]:
+    if out.as_json:
+        yield
+        return
+    source = logging.getLogger("shared.http")
+    handler, level = _WaitReporter(out), source.level
+    source.addHandler(handler)
+    if source.getEffectiveLevel() > logging.INFO:
+        source.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level)
 
 
 Handler = Callable[[argparse.Namespace, SettingsSource, Output], Coroutine[Any, Any, int]]
@@ -136,14 +272,15 @@ async def cmd_doctor(args: argparse.Namespace, source: SettingsSource, out: Outp
 
 @contextlib.asynccontextmanager
 async def _services(source: SettingsSource) -> Any:
-    from shared.bootstrap import build_services
-    from shared.settings import load_settings
+    """The library's services from these settings, installed as the process's own (what the function
+    app's handlers use), so a command runs exactly what the HTTP API runs."""
+    from shared.bootstrap import get_services, reset_services
 
-    services = build_services(load_settings(source.values))
+    await reset_services()
     try:
-        yield services
+        yield get_services(source.values)
     finally:
-        await services.aclose()
+        await reset_services()
 
 
 def _read_card(path: str) -> dict[str, Any]:
@@ -161,33 +298,32 @@ def _read_card(path: str) -> dict[str, Any]:
 
 
 async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
-    from shared.models import parse_notify_request
-    from shared.notify import Message
+    """One message through the HTTP API's own handler (``POST /api/notify``): the same validation,
+    error codes and idempotency. Every send is keyed (a fresh key when none is given), so a retry
+    with the printed key after an unconfirmed send cannot send a second copy."""
+    from shared.service import handle_notify
 
     if args.text is None and args.card is None:
         raise UsageError("give --text, --card, or both")
     body: dict[str, Any] = {"recipient": args.to, "text": args.text, "summary": args.summary, "tenantId": args.tenant}
     if args.card is not None:
         body["card"] = _read_card(args.card)
-    # The HTTP API's request model: the same validation and error codes as POST /api/notify.
-    request = parse_notify_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
-    message = Message(text=request.text, card=request.card, summary=request.summary)
-    async with _services(source) as services:
-        result = await services.notifier.send(request.recipient, message, request.tenant_id)
-    out.document(
-        {
-            "status": "sent",
-            "activityId": result.activity_id,
-            "conversationId": result.conversation_id,
-            "recipient": result.recipient,
-            "tenantId": result.tenant_id,
-            "resolved": result.resolved,
-        }
-    )
-    how = "resolved and cached just now" if result.resolved else "from the cache"
-    out.line(f"Sent to {result.recipient} ({how}).")
-    out.line(f"activity id:   {result.activity_id or '(none: Teams accepted it without an id)'}")
-    out.line(f"conversation:  {result.conversation_id}")
+    key = args.idempotency_key or f"cli-{uuid.uuid4()}"
+    request = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+    async with _services(source):
+        outcome = await handle_notify(request, content_type="application/json", idempotency_key=key)
+    if outcome.status != 200:
+        error = outcome.body.get("error")
+        return out.error_body(error if isinstance(error, dict) else {}, retry_after=outcome.retry_after, key=key)
+    out.document({**outcome.body, "idempotencyKey": key, "replayed": outcome.replayed})
+    if outcome.replayed:
+        out.line(f"Already sent to {outcome.body.get('recipient')} with this idempotency key: nothing sent again.")
+    else:
+        out.line(f"Sent to {outcome.body.get('recipient')}.")
+    out.line(f"notification id:  {outcome.body.get('notificationId')}")
+    out.line(f"activity id:      {outcome.body.get('activityId') or '(none: Teams accepted it without an id)'}")
+    out.line(f"conversation:     {outcome.body.get('conversationId')}")
+    out.line(f"idempotency key:  {key}")
     return 0
 
 
@@ -346,35 +482,38 @@ async def _failures_replay(services: Any, out: Output, message_id: str | None, r
     else:
         raise UsageError("give a message id or --all")
     results: list[dict[str, Any]] = []
-    for index, current in enumerate(ids, start=1):
-        try:
-            result = await replay_failure(services, current)
-        except NotifyError as err:
-            if not replay_all:
-                raise
-            entry: dict[str, Any] = {
-                "messageId": current,
-                "outcome": "failed",
-                "code": err.code,
-                "message": err.message,
-            }
-        else:
-            entry = {"messageId": current, "outcome": result.outcome}
-            if result.outcome == "failed":
-                entry.update(code=result.code, message=result.message)
+    with out.progress(len(ids), "replaying") if replay_all and ids else contextlib.nullcontext() as advance:
+        for current in ids:
+            try:
+                result = await replay_failure(services, current)
+            except NotifyError as err:
+                if not replay_all:
+                    raise
+                entry: dict[str, Any] = {
+                    "messageId": current,
+                    "outcome": "failed",
+                    "code": err.code,
+                    "message": err.message,
+                }
             else:
-                entry.update(activityId=result.activity_id, conversationId=result.conversation_id)
-        results.append(entry)
-        progress = f"[{index}/{len(ids)}] " if replay_all else ""
-        if entry["outcome"] == "failed":
-            text = f"{progress}{current}: still failing: {entry['code']}: {entry['message']}"
-        elif entry["outcome"] == "already_sent":
-            text = f"{progress}{current}: had been sent already; record cleared"
-        else:
-            text = f"{progress}{current}: sent (activity {entry['activityId']}); record cleared"
-        out.line(text)
-        if out.as_json and replay_all:
-            sys.stderr.write(text + "\n")
+                entry = {"messageId": current, "outcome": result.outcome}
+                if result.outcome == "failed":
+                    entry.update(code=result.code, message=result.message)
+                else:
+                    entry.update(activityId=result.activity_id, conversationId=result.conversation_id)
+            results.append(entry)
+            if entry["outcome"] == "failed":
+                text = f"{current}: still failing: {entry['code']}: {entry['message']}"
+            elif entry["outcome"] == "already_sent":
+                text = f"{current}: had been sent already; record cleared"
+            else:
+                text = f"{current}: sent (activity {entry['activityId']}); record cleared"
+            if advance is not None:
+                advance(text)
+                if out.terminal and entry["outcome"] == "failed":
+                    out.line(text)  # a failure stays on screen above the bar
+            else:
+                out.line(text)
     failed = sum(1 for r in results if r["outcome"] == "failed")
     out.document({"replayed": results, "failed": failed})
     if replay_all:
@@ -411,26 +550,62 @@ async def cmd_failures(args: argparse.Namespace, source: SettingsSource, out: Ou
 # --- notifications: status, update, recall ----------------------------------------------------
 
 
+def _status_summary(status: Any) -> str:
+    counts = status.counts
+    state = "finished" if status.finished else "in progress"
+    return (
+        f"Notification {status.notification_id}: {state}; {status.total} recipient(s): {counts.sent} sent, "
+        f"{counts.failed} failed, {counts.pending} pending, {counts.recalled} recalled."
+    )
+
+
+async def _watch(services: Any, out: Output, args: argparse.Namespace) -> Any:
+    """Poll the status until every recipient is settled: a bar of settled recipients on a terminal,
+    a line whenever the counts change otherwise. Returns the final status."""
+    from shared.notifications import get_status
+
+    status = await get_status(services, args.id, top=args.top, token=None)
+    last = ""
+    with out.progress(status.total, "sending") if out.terminal else contextlib.nullcontext() as advance:
+        settled = 0
+        while True:
+            counts = status.counts
+            now = counts.sent + counts.failed + counts.recalled
+            text = f"{counts.sent} sent, {counts.failed} failed, {counts.pending} pending, {counts.recalled} recalled"
+            if advance is not None:
+                for _ in range(max(0, now - settled)):
+                    advance(text)
+                settled = max(settled, now)
+            elif text != last:
+                out.line(f"{now}/{status.total} settled: {text}")
+            last = text
+            if status.finished:
+                return status
+            await asyncio.sleep(args.interval)
+            status = await get_status(services, args.id, top=args.top, token=None)
+
+
 async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
     from shared.models import parse_update_request
     from shared.notifications import get_status, recall_notification, update_notification
 
     async with _services(source) as services:
         if args.notification_command == "status":
-            status = await get_status(services, args.id, top=args.top, token=args.continuation_token)
+            if args.watch:
+                status = await _watch(services, out, args)
+            else:
+                status = await get_status(services, args.id, top=args.top, token=args.continuation_token)
             out.document(status.model_dump(by_alias=True))
-            counts = status.counts
-            state = "finished" if status.finished else "in progress"
-            out.line(
-                f"Notification {status.notification_id}: {state}; {status.total} recipient(s): {counts.sent} sent, "
-                f"{counts.failed} failed, {counts.pending} pending, {counts.recalled} recalled."
-            )
+            out.line(_status_summary(status))
             for row in status.recipients:
                 detail = row.activity_id or (f"{row.error.code}: {row.error.message}" if row.error else "")
                 out.line(f"  {row.state:<9} {row.recipient}  {detail}")
             if status.continuation_token:
                 out.line(f"more: --continuation-token {status.continuation_token}")
             return 0
+        # One recipient, or all of them: the total comes from the status (it also names an unknown id).
+        total = 1 if args.recipient else (await get_status(services, args.id, top=1, token=None)).total
+        verb = "updating" if args.notification_command == "update" else "recalling"
         if args.notification_command == "update":
             if args.text is None and args.card is None:
                 raise UsageError("give --text, --card, or both")
@@ -438,77 +613,195 @@ async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out
             if args.card is not None:
                 body["card"] = _read_card(args.card)
             update = parse_update_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
-            response, _ = await update_notification(services, args.id, update, args.recipient)
-        else:
-            response, _ = await recall_notification(services, args.id, args.recipient)
+        with out.progress(total, verb) as advance:
+
+            def on_result(result: Any) -> None:
+                reason = f": {result.error.code}" if result.error else ""
+                advance(f"{result.recipient}: {result.outcome}{reason}")
+
+            if args.notification_command == "update":
+                response, retry_after = await update_notification(services, args.id, update, args.recipient, on_result)
+            else:
+                response, retry_after = await recall_notification(services, args.id, args.recipient, on_result)
     out.document(response.model_dump(by_alias=True))
+    tally: dict[str, int] = {}
     for result in response.results:
-        reason = f"  {result.error.code}: {result.error.message}" if result.error else ""
-        out.line(f"  {result.outcome:<9} {result.recipient}{reason}")
+        tally[result.outcome] = tally.get(result.outcome, 0) + 1
+        if result.error is not None and out.terminal:
+            out.line(f"  {result.outcome:<9} {result.recipient}  {result.error.code}: {result.error.message}")
+    out.line(f"Notification {args.id}: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally.items())) + ".")
+    if retry_after is not None:
+        out.line(
+            f"Some recipients failed for a passing reason: run the same command again after {_when(retry_after)} "
+            "(recipients already done are not called again)."
+        )
     return 1 if any(r.outcome == "failed" for r in response.results) else 0
+
+
+def _examples(*lines: str) -> str:
+    return "example" + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join("  " + line for line in lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.cli",
-        description="Operate the Teams proactive notify app: check the setup, send, inspect the cache and failures.",
+        description="Operate the Teams proactive notify app: check the setup, send, follow, update or recall "
+        "a notification, inspect the recipient cache and the kept failures.",
+        epilog=_examples(
+            "python -m shared.cli doctor --recipient alice@contoso.com",
+            "python -m shared.cli --settings .sandbox/local.settings.json send --to alice@contoso.com --text hi",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--settings",
-        metavar="FILE",
-        help="a local.settings.json whose Values are the settings (default: ./local.settings.json if present, "
-        "else the environment)",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log the library's progress to stderr")
+    # The global options, accepted before the command and after it (``doctor --json``). After the
+    # command their default is SUPPRESS, so a value given before it is kept.
+    for target, default in ((parser, None), (common := argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)):
+        target.add_argument(
+            "--settings",
+            metavar="FILE",
+            default=default,
+            help="a local.settings.json whose Values are the settings (default: ./local.settings.json if present, "
+            "else the environment)",
+        )
+        target.add_argument(
+            "--json", action="store_true", default=default if default else False, help="print JSON for scripts"
+        )
+        target.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=default if default else False,
+            help="log the library's progress to stderr",
+        )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    doctor = commands.add_parser("doctor", help="check settings, tokens, permissions, catalog, storage")
+    def command(parent: Any, name: str, text: str, *examples: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=[common],
+            epilog=_examples(*examples) if examples else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sub
+
+    doctor = command(
+        commands,
+        "doctor",
+        "check settings, tokens, permissions, catalog, storage (exit 1 if something is wrong)",
+        "python -m shared.cli doctor",
+        "python -m shared.cli doctor --recipient alice@contoso.com --json",
+    )
     doctor.add_argument("--recipient", metavar="UPN|OID", help="also resolve this user end to end (sends nothing)")
     doctor.add_argument("--tenant", metavar="ID", help="the tenant to check (default MicrosoftAppTenantId)")
     doctor.set_defaults(handler=cmd_doctor)
 
-    send = commands.add_parser("send", help="send one message through the app's pipeline")
+    send = command(
+        commands,
+        "send",
+        "send one message through the app's pipeline; prints the notification id",
+        'python -m shared.cli send --to alice@contoso.com --text "Build **42** passed"',
+        "python -m shared.cli send --to alice@contoso.com --card card.json --summary Approval "
+        "--idempotency-key invoice-1001",
+    )
     send.add_argument("--to", required=True, metavar="UPN|OID", help="the recipient")
     send.add_argument("--text", help="markdown text")
     send.add_argument("--card", metavar="FILE", help="an Adaptive Card JSON file ('-' for stdin)")
     send.add_argument("--summary", help="preview text for notifications")
     send.add_argument("--tenant", metavar="ID", help="the recipient's tenant (default MicrosoftAppTenantId)")
+    send.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same key sends once: repeat a send with it after an error (default: a new key, printed)",
+    )
     send.set_defaults(handler=cmd_send)
 
-    cache = commands.add_parser("cache", help="show or evict one recipient's memoised Teams identity")
+    cache = command(
+        commands,
+        "cache",
+        "show or evict one recipient's memoised Teams identity",
+        "python -m shared.cli cache show alice@contoso.com",
+        "python -m shared.cli cache evict alice@contoso.com",
+    )
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     for action, text in (("show", "show the cached entry"), ("evict", "drop it (the next send resolves again)")):
-        sub = cache_commands.add_parser(action, help=text)
+        sub = command(cache_commands, action, text, f"python -m shared.cli cache {action} alice@contoso.com")
         sub.add_argument("recipient", metavar="UPN|OID")
         sub.add_argument("--tenant", metavar="ID", help="default MicrosoftAppTenantId")
     cache.set_defaults(handler=cmd_cache)
 
-    failures = commands.add_parser("failures", help="Service Bus messages kept after a permanent failure")
+    failures = command(
+        commands,
+        "failures",
+        "Service Bus messages kept after a permanent failure",
+        "python -m shared.cli failures list",
+        "python -m shared.cli failures replay --all",
+    )
     failures_commands = failures.add_subparsers(dest="failures_command", required=True, metavar="ACTION")
-    failures_commands.add_parser("list", help="the kept failures, oldest first")
-    show = failures_commands.add_parser("show", help="one kept failure with its reason and body")
+    command(failures_commands, "list", "the kept failures, oldest first", "python -m shared.cli failures list --json")
+    show = command(
+        failures_commands,
+        "show",
+        "one kept failure with its reason and body",
+        "python -m shared.cli failures show m-42",
+    )
     show.add_argument("message_id", metavar="ID")
-    replay = failures_commands.add_parser("replay", help="send again (once) and clear the record")
+    replay = command(
+        failures_commands,
+        "replay",
+        "send again (once) and clear the record",
+        "python -m shared.cli failures replay m-42",
+        "python -m shared.cli failures replay --all",
+    )
     replay.add_argument("message_id", metavar="ID", nargs="?")
     replay.add_argument("--all", action="store_true", help="replay every kept failure, oldest first")
-    drop = failures_commands.add_parser("drop", help="forget a kept failure without sending it")
+    drop = command(
+        failures_commands, "drop", "forget a kept failure without sending it", "python -m shared.cli failures drop m-42"
+    )
     drop.add_argument("message_id", metavar="ID")
     failures.set_defaults(handler=cmd_failures)
 
-    notification = commands.add_parser("notification", help="status, update or recall of a sent notification")
+    notification = command(
+        commands,
+        "notification",
+        "status, update or recall of a sent notification (the id `send` prints)",
+        "python -m shared.cli notification status NOTIFICATION_ID --watch",
+        'python -m shared.cli notification update NOTIFICATION_ID --text "Build **42** passed (fixed)"',
+        "python -m shared.cli notification recall NOTIFICATION_ID",
+    )
     notification_commands = notification.add_subparsers(dest="notification_command", required=True, metavar="ACTION")
-    status = notification_commands.add_parser("status", help="counts by state and the recipients")
+    status = command(
+        notification_commands,
+        "status",
+        "counts by state and the recipients",
+        "python -m shared.cli notification status NOTIFICATION_ID",
+        "python -m shared.cli notification status NOTIFICATION_ID --watch   # until every recipient is settled",
+    )
     status.add_argument("id", metavar="NOTIFICATION_ID")
     status.add_argument("--top", type=int, default=100, help="recipients per page (1-1000)")
     status.add_argument("--continuation-token", metavar="TOKEN")
-    update = notification_commands.add_parser("update", help="replace the sent message in place")
+    status.add_argument("--watch", action="store_true", help="follow a fan-out until every recipient is settled")
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch: seconds between polls")
+    update = command(
+        notification_commands,
+        "update",
+        "replace the sent message in place",
+        'python -m shared.cli notification update NOTIFICATION_ID --text "New text"',
+        "python -m shared.cli notification update NOTIFICATION_ID --card approved.json --recipient bob@contoso.com",
+    )
     update.add_argument("id", metavar="NOTIFICATION_ID")
     update.add_argument("--text", help="new markdown text")
     update.add_argument("--card", metavar="FILE", help="new Adaptive Card JSON file ('-' for stdin)")
     update.add_argument("--summary", help="new preview text")
     update.add_argument("--recipient", metavar="UPN|OID", help="only this recipient (default: all)")
-    recall = notification_commands.add_parser("recall", help="delete the sent message")
+    recall = command(
+        notification_commands,
+        "recall",
+        "delete the sent message",
+        "python -m shared.cli notification recall NOTIFICATION_ID",
+        "python -m shared.cli notification recall NOTIFICATION_ID --recipient bob@contoso.com",
+    )
     recall.add_argument("id", metavar="NOTIFICATION_ID")
     recall.add_argument("--recipient", metavar="UPN|OID", help="only this recipient (default: all)")
     notification.set_defaults(handler=cmd_notification)
@@ -520,22 +813,26 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.json, stdout or sys.stdout)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    handler: Handler = args.handler
+    if not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    for root_handler in logging.getLogger().handlers:
+        if isinstance(root_handler, logging.StreamHandler) and root_handler.stream is sys.stderr:
+            root_handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    command: Handler = args.handler
     try:
         source = SettingsSource.locate(args.settings)
-        with source.applied():
-            return asyncio.run(handler(args, source, out))
+        with source.applied(), _report_waits(out):
+            return asyncio.run(command(args, source, out))
     except UsageError as err:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"{parser.prog}: error: {err}\n")
         return 2
     except NotifyError as err:
-        return out.error(err)
+        retry_after = getattr(err, "retry_after", None)
+        return out.error(err, retry_after=retry_after if isinstance(retry_after, float | int) else None)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
