@@ -488,7 +488,8 @@ def test_a_rate_limit_longer_than_we_wait_says_how_long_and_when_to_retry(world:
     world.tenant.add_fault("connector.send", 429, count=2, retry_after=600)
     assert cli("send", "--to", "alice@contoso.com", "--text", "hi", "--idempotency-key", "k-429") == 1
     assert "Teams (its Bot Connector service, which delivers the bot's messages) is rate-limiting" in cli.output
-    match = re.search(r"It asked to wait 600 s: try again after (\d\d:\d\d:\d\d) UTC with --idempotency-key k-429", cli.output)
+    wait = r"It asked to wait 600 s: try again after (\d\d):(\d\d):\d\d UTC with --idempotency-key k-429"
+    match = re.search(wait, cli.output)
     assert match, cli.output
     code, body = cli.json("send", "--to", "alice@contoso.com", "--text", "hi", "--idempotency-key", "k-429")
     assert code == 1 and body["error"]["code"] == "upstream_unavailable" and body["retryAfter"] == 600
@@ -551,7 +552,14 @@ def test_doctor_flags_the_example_files_placeholders(world: World, tmp_path: Pat
     assert cli("doctor") == 1
     line = cli.line("settings")
     assert line.startswith("[FAIL]") and "placeholder_setting: " in line
-    for name in ("MicrosoftAppId", "MicrosoftAppPassword", "MicrosoftAppTenantId", "TeamsAppId", "ServiceBusConnection"):
+    placeholders = (
+        "MicrosoftAppId",
+        "MicrosoftAppPassword",
+        "MicrosoftAppTenantId",
+        "TeamsAppId",
+        "ServiceBusConnection",
+    )
+    for name in placeholders:
         assert name in line, name
     assert "[SKIP] Graph token" in cli.output
 
