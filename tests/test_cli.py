@@ -658,3 +658,51 @@ def test_status_watch_follows_a_fan_out_to_the_end(world: World, cli: Cli) -> No
     assert "25/25 settled: 25 sent, 0 failed, 0 pending, 0 recalled" in lines
     assert f"Notification {notification}: finished; 25 recipient(s): 25 sent" in rest
     assert sum(len(world.tenant.messages_for(u)) for u in users) == 25
+
+
+def test_operators_sign_in_with_their_own_identity_where_shared_keys_are_off(world: World, tmp_path: Path) -> None:
+    """Only the account URI configured (infra disables shared keys): the command line signs in with
+    DefaultAzureCredential (here its environment credential; az login or VS Code on a workstation)
+    and reaches Table Storage with a bearer token. Azurite in OAuth mode accepts only such tokens."""
+    from tests.azurite import Azurite
+
+    certificate = world.server.ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "azurite-cert.pem", tmp_path / "azurite-key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(cert_path))
+    certificate.private_key_pem.write_to_path(str(key_path))
+    storage = Azurite(tls=(str(cert_path), str(key_path))).start()
+    try:
+        settings = write_settings(
+            world,
+            tmp_path / "operator.settings.json",
+            AzureWebJobsStorage=None,
+            AzureWebJobsStorage__tableServiceUri=storage.table_service_uri,
+        )
+        # The operator's sign-in, as `az login` or the AZURE_* variables provide it.
+        env = {k: v for k, v in os.environ.items() if k not in world.env and k != "SSL_CERT_FILE"}
+        env |= {
+            "AZURE_TENANT_ID": world.tenant.tenant_id,
+            "AZURE_CLIENT_ID": world.tenant.app_id,
+            "AZURE_CLIENT_SECRET": CLIENT_SECRET,
+            "AZURE_AUTHORITY_HOST": world.server.base_url,
+        }
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "shared.cli", "--settings", str(settings), *argv]
+            return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+
+        doctor = run("doctor", "--json")
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        checks = {c["check"]: c["status"] for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["store"] == "ok"
+        tokens = world.tenant.calls("token")
+        listed = run("failures", "list")
+        assert listed.returncode == 0 and "No kept failures." in listed.stdout, listed.stderr
+        # Listing needs storage alone: its one token request is the operator's sign-in for Table Storage.
+        assert world.tenant.calls("token") == tokens + 1
+        sent = run("send", "--to", "alice@contoso.com", "--text", "signed in as the operator", "--json")
+        assert sent.returncode == 0 and json.loads(sent.stdout)["status"] == "sent", sent.stderr
+        assert len(world.tenant.messages_for(world.user("alice"))) == 1
+        assert CLIENT_SECRET not in doctor.stdout + doctor.stderr + sent.stdout + sent.stderr
+    finally:
+        storage.stop()
