@@ -201,6 +201,8 @@ def advice(code: str, message: str, target: Any, retry_after: float | None, key:
             f"{service} is temporarily unavailable; nothing was sent. Try again after {_when(retry_after)} "
             f"(in {max(1, round(retry_after))} s)" + (f" with{same_key}." if same_key else ".")
         ]
+    if str(target) in _SERVICES:
+        return [f'"{target}" is {_SERVICES[str(target)]}.']
     return []
 
 
@@ -210,11 +212,16 @@ class _WaitReporter(logging.Handler):
     def __init__(self, out: Output) -> None:
         super().__init__(logging.INFO)
         self._out = out
+        self._until = 0.0  # when the last wait shown ends: concurrent requests' waits are not repeated
 
     def emit(self, record: logging.LogRecord) -> None:
         seconds = getattr(record, "wait_seconds", None)
         if seconds is None:
             return
+        ends = record.created + seconds
+        if ends <= self._until + 1.0:
+            return
+        self._until = ends
         status = getattr(record, "wait_status", None)
         service = getattr(record, "wait_service", "")
         name = {"connector": "Teams", "graph": "Microsoft Graph"}.get(service, service)

@@ -706,3 +706,13 @@ def test_operators_sign_in_with_their_own_identity_where_shared_keys_are_off(wor
         assert CLIENT_SECRET not in doctor.stdout + doctor.stderr + sent.stdout + sent.stderr
     finally:
         storage.stop()
+
+
+def test_a_broadcast_throttled_by_teams_shows_one_wait_line_not_one_per_recipient(world: World, cli: Cli) -> None:
+    notification, users = _group_notification(world, 4)
+    world.tenant.add_fault("connector.update", 429, count=4, retry_after=1)
+    assert cli("notification", "update", notification, "--text", "Standup moved") == 0
+    waits = [line for line in cli.output.splitlines() if line.startswith("waiting ")]
+    assert waits == ["waiting 1 s for Teams' rate limit (HTTP 429), then trying again"], cli.output
+    assert cli.output.splitlines()[-1] == f"Notification {notification}: 4 updated."
+    assert all(world.tenant.messages_for(u)[0]["activity"]["text"] == "Standup moved" for u in users)
