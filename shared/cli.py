@@ -820,14 +820,15 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.json, stdout or sys.stdout)
-    if not logging.getLogger().handlers:
+    root = logging.getLogger()
+    if not root.handlers:  # (an embedding process keeps its own logging)
+        level = logging.INFO if args.verbose else logging.WARNING
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-    for root_handler in logging.getLogger().handlers:
-        if isinstance(root_handler, logging.StreamHandler) and root_handler.stream is sys.stderr:
-            root_handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+        # The handler's level too: the wait reporter lowers shared.http's level to see its waits.
+        handler.setLevel(level)
+        root.addHandler(handler)
+        root.setLevel(level)
     command: Handler = args.handler
     try:
         source = SettingsSource.locate(args.settings)
