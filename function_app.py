@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from shared.service import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -58,13 +60,11 @@ def _emit(out: func.Out[str], messages: tuple[str, ...]) -> None:
         out.set("[" + ",".join(messages) + "]")
 
 
-@app.function_name("notify")
-@app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
-async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
-    from shared.service import handle_notify
-
-    outcome = await handle_notify(
+async def _send(
+    handler: Callable[..., Awaitable[Outcome]], req: func.HttpRequest, fanout: func.Out[str]
+) -> func.HttpResponse:
+    """A send request (POST /api/notify, /api/notifications) to its handler and back; fan-out to the queue."""
+    outcome = await handler(
         req.get_body(),
         content_type=req.headers.get("content-type"),
         idempotency_key=req.headers.get("idempotency-key"),
@@ -72,6 +72,15 @@ async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpRespo
     )
     _emit(fanout, outcome.messages)
     return _response(outcome)
+
+
+@app.function_name("notify")
+@app.route(route="notify", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
+async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
+    from shared.service import handle_notify
+
+    return await _send(handle_notify, req, fanout)
 
 
 @app.function_name("notification_create")
@@ -81,14 +90,7 @@ async def notification_create(req: func.HttpRequest, fanout: func.Out[str]) -> f
     """Many recipients for Power Automate: always answers at once with the id (no async polling)."""
     from shared.service import handle_notify_many
 
-    outcome = await handle_notify_many(
-        req.get_body(),
-        content_type=req.headers.get("content-type"),
-        idempotency_key=req.headers.get("idempotency-key"),
-        correlation_id=_correlation_id(req),
-    )
-    _emit(fanout, outcome.messages)
-    return _response(outcome)
+    return await _send(handle_notify_many, req, fanout)
 
 
 @app.function_name("notify_queue")
