@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.service",
         },
     ),
-    ("entry points", {"shared.cli", "shared.cli_io", "shared.cli_failures"}),
+    ("entry points", {"shared.cli", "shared.cli_io", "shared.cli_failures", "shared.cli_notifications"}),
 ]
 LEVEL = {module: level for level, (_name, modules) in enumerate(LAYERS) for module in modules}
 
