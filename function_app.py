@@ -8,6 +8,7 @@ each function imports the library inside its body, so indexing the app (``import
 | function            | trigger                                                  | library call                        |
 | ------------------- | -------------------------------------------------------- | ----------------------------------- |
 | notify              | HTTP POST /api/notify (function key)                     | service.handle_notify               |
+| notification_create | HTTP POST /api/notifications (function key)              | service.handle_notify_many          |
 | notify_queue        | Service Bus %ServiceBusQueueName% (ServiceBusConnection) | queue_delivery.handle_queue_message |
 | notification_status | HTTP GET /api/notifications/{id}                         | service.handle_status               |
 | notification_update | HTTP PUT /api/notifications/{id}                         | service.handle_update               |
@@ -19,7 +20,7 @@ each function imports the library inside its body, so indexing the app (``import
 The HTTP API (notify, status, update, recall) needs a function key, or, with ApiAuthMode EntraId, an
 Entra ID bearer token that the library checks (shared.callerauth).
 
-notify and notify_queue also have a Service Bus OUTPUT binding to the same queue: a notification to
+notify, notification_create and notify_queue also have a Service Bus OUTPUT binding to the same queue: a notification to
 more recipients than are sent inline is spread as one message per recipient. The Python worker's
 Service Bus output accepts only a str/bytes body (no message id, no list), so the bodies are set as
 one JSON array, which the host writes as one message per element; each element carries its
@@ -36,6 +37,8 @@ import azure.functions as func
 from shared.settings import api_auth_mode
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from shared.delivery import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -69,13 +72,11 @@ def _emit(out: func.Out[str], messages: tuple[str, ...]) -> None:
         out.set("[" + ",".join(messages) + "]")
 
 
-@app.function_name("notify")
-@app.route(route="notify", methods=["POST"], auth_level=API_AUTH)
-@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
-async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
-    from shared.service import handle_notify
-
-    outcome = await handle_notify(
+async def _send(
+    handler: Callable[..., Awaitable[Outcome]], req: func.HttpRequest, fanout: func.Out[str]
+) -> func.HttpResponse:
+    """A send request (POST /api/notify, /api/notifications) to its handler and back; fan-out to the queue."""
+    outcome = await handler(
         req.get_body(),
         content_type=req.headers.get("content-type"),
         idempotency_key=req.headers.get("idempotency-key"),
@@ -84,6 +85,25 @@ async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpRespo
     )
     _emit(fanout, outcome.messages)
     return _response(outcome)
+
+
+@app.function_name("notify")
+@app.route(route="notify", methods=["POST"], auth_level=API_AUTH)
+@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
+async def notify(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
+    from shared.service import handle_notify
+
+    return await _send(handle_notify, req, fanout)
+
+
+@app.function_name("notification_create")
+@app.route(route="notifications", methods=["POST"], auth_level=API_AUTH)
+@app.service_bus_queue_output(arg_name="fanout", queue_name="%ServiceBusQueueName%", connection="ServiceBusConnection")
+async def notification_create(req: func.HttpRequest, fanout: func.Out[str]) -> func.HttpResponse:
+    """Many recipients for Power Automate: always answers at once with the id (no async polling)."""
+    from shared.service import handle_notify_many
+
+    return await _send(handle_notify_many, req, fanout)
 
 
 @app.function_name("notify_queue")

@@ -28,6 +28,7 @@ from .state import (
     ROLE_CATALOG,
     ROLE_INSTALL,
     SEND_LIMITS,
+    STORAGE_AUDIENCE,
     TOKEN_EXCHANGE_AUDIENCE,
     Conversation,
     FakeTenant,
@@ -341,6 +342,8 @@ def _scope_audience(scope: str) -> str | None:
             return GRAPH_AUDIENCE
         if res in (BOT_AUDIENCE, "api://botframework.com"):
             return BOT_AUDIENCE
+        if res == STORAGE_AUDIENCE:
+            return STORAGE_AUDIENCE  # Table Storage with Microsoft Entra ID (see STORAGE_AUDIENCE)
     return None
 
 

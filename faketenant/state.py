@@ -52,6 +52,10 @@ ROUTES: frozenset[str] = frozenset(
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
 BOT_AUDIENCE = "https://api.botframework.com"
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+# Azure Storage's resource: tokens for Table Storage are requested with the scope
+# https://storage.azure.com/.default ("Authorize access to tables using Microsoft Entra ID",
+# https://learn.microsoft.com/azure/storage/tables/authorize-access-azure-active-directory).
+STORAGE_AUDIENCE = "https://storage.azure.com"
 #: The tenant id behind the ``botframework.com`` authority (multi-tenant bots).
 BOTFRAMEWORK_TENANT_ID = "d6d49420-f39b-4df7-a1dc-d59a935871db"
 

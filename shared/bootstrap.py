@@ -47,6 +47,7 @@ class Services:
     channel_auth: ChannelAuthenticator  # the messaging endpoint's inbound token validation
     throttle: Throttle | None = None
     optouts: OptOutStore | None = None  # recipients who uninstalled the bot: {TableNamePrefix}optouts
+    table_credential: Any = None  # an azure-identity credential the tables client uses (closed with it)
 
     def table(self, suffix: str) -> Any:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
@@ -90,19 +91,32 @@ class Services:
         if "notifications" in self.__dict__:
             await self.notifications.close()
         await self.tables.close()
+        if self.table_credential is not None:
+            await self.table_credential.close()
         await self.http.aclose()
 
 
-def table_service(settings: Settings) -> Any:
+def table_service(settings: Settings) -> tuple[Any, Any]:
+    """The TableServiceClient and the credential it owns (None with a connection string).
+
+    An identity-based connection (``AzureWebJobsStorage__tableServiceUri``) authenticates as the
+    Functions host does: with ``AzureWebJobsStorage__credential=managedidentity`` (as infra deploys)
+    only the app's managed identity (``__clientId`` for a user-assigned one); otherwise azure-identity's
+    DefaultAzureCredential, so an operator's workstation uses its own sign-in (``az login``, VS Code,
+    AZURE_* environment variables) where shared keys are disabled."""
     from azure.data.tables.aio import TableServiceClient
 
     if settings.table_connection_string:
-        return TableServiceClient.from_connection_string(settings.table_connection_string)
-    from azure.identity.aio import ManagedIdentityCredential
+        return TableServiceClient.from_connection_string(settings.table_connection_string), None
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
     assert settings.table_service_uri is not None
-    credential = ManagedIdentityCredential(client_id=settings.table_client_id)
-    return TableServiceClient(endpoint=settings.table_service_uri, credential=credential)
+    credential: Any
+    if settings.table_credential == "managedidentity":
+        credential = ManagedIdentityCredential(client_id=settings.table_client_id)
+    else:
+        credential = DefaultAzureCredential(managed_identity_client_id=settings.table_client_id)
+    return TableServiceClient(endpoint=settings.table_service_uri, credential=credential), credential
 
 
 # Loggers of libraries that log request URLs at INFO: Graph URLs name the recipient (a UPN) and Table
@@ -130,7 +144,7 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     )
     graph = GraphClient(settings, http, tokens, policy, throttle)
     connector = ConnectorClient(settings, http, tokens, policy, throttle)
-    tables = table_service(settings)
+    tables, table_credential = table_service(settings)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
     optouts = OptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
@@ -138,7 +152,18 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     # Configures botframework-connector's process-wide validation state (BotOpenIdMetadata) once.
     channel_auth = ChannelAuthenticator(settings.app_id, settings.bot_openid_metadata, http)
     return Services(
-        settings, http, tokens, graph, connector, store, notifier, tables, channel_auth, throttle, optouts=optouts
+        settings,
+        http,
+        tokens,
+        graph,
+        connector,
+        store,
+        notifier,
+        tables,
+        channel_auth,
+        throttle,
+        optouts=optouts,
+        table_credential=table_credential,
     )
 
 

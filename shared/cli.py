@@ -1,7 +1,10 @@
 """The operator's command line: ``python -m shared.cli [--settings FILE] [--json] COMMAND ...``.
 
     doctor [--recipient UPN] [--tenant ID]      is this deployment set up right? (exit 1 if not)
-    send --to UPN|OID (--text T | --card FILE) [--summary S] [--tenant ID]
+    send --to UPN|OID (--text T | --card FILE) [--summary S] [--tenant ID] [--idempotency-key K]
+                                                send once; prints the notification id
+    notification status ID [--watch] | update ID ... | recall ID
+                                                follow, change or delete a sent notification
     cache show|evict UPN|OID [--tenant ID]      the memoised Teams identity of one recipient
     failures list | show ID | replay ID|--all | drop ID
                                                 Service Bus messages kept after a permanent failure
@@ -11,8 +14,12 @@
 Settings are the function app's: the ``Values`` of a local.settings.json (``--settings FILE``;
 by default ./local.settings.json when it exists), otherwise the environment. ``SSL_CERT_FILE`` /
 ``REQUESTS_CA_BUNDLE`` in those Values are applied as the function host would (a private CA, e.g.
-the sandbox's). Output is for people by default and JSON with ``--json``. Exit codes: 0 success,
-1 the operation failed (the reason is printed), 2 wrong usage. Secrets and tokens are never printed.
+the sandbox's). The global options (--settings, --json, -v) may also follow the command.
+
+Output is for people by default: on a terminal, work on many recipients shows a progress bar and a
+wait for Teams' rate limit shows a "waiting N s" line; when not on a terminal the same progress is
+plain lines. ``--json`` prints one JSON document and nothing else. Exit codes: 0 success, 1 the
+operation failed (the reason is printed), 2 wrong usage. Secrets and tokens are never printed.
 """
 
 from __future__ import annotations
@@ -22,11 +29,21 @@ import asyncio
 import json
 import logging
 import sys
-from pathlib import Path
+import uuid
 from typing import Any, TextIO
 
 from shared.cli_failures import cmd_failures
-from shared.cli_io import Handler, Output, SettingsSource, UsageError, print_fields, services_for
+from shared.cli_io import (
+    Handler,
+    Output,
+    SettingsSource,
+    UsageError,
+    print_fields,
+    read_card,
+    report_waits,
+    services_for,
+)
+from shared.cli_notifications import cmd_notification
 from shared.errors import NotifyError
 
 logger = logging.getLogger(__name__)
@@ -54,48 +71,33 @@ async def cmd_doctor(args: argparse.Namespace, source: SettingsSource, out: Outp
 # --- the commands that need the library's services ----------------------------------------------
 
 
-def _read_card(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise UsageError(f"cannot read card file {path}: {err.strerror}") from err
-    try:
-        card = json.loads(text)
-    except ValueError as err:
-        raise UsageError(f"card file {path} is not valid JSON: {err}") from err
-    if not isinstance(card, dict):
-        raise UsageError(f"card file {path} must hold one JSON object (an Adaptive Card)")
-    return card
-
-
 async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
-    from shared.models import parse_notify_request
-    from shared.pipeline import Message
+    """One message through the HTTP API's own handler (``POST /api/notify``): the same validation,
+    error codes and idempotency. Every send is keyed (a fresh key when none is given), so a retry
+    with the printed key after an unconfirmed send cannot send a second copy."""
+    from shared.service import handle_notify
 
     if args.text is None and args.card is None:
         raise UsageError("give --text, --card, or both")
     body: dict[str, Any] = {"recipient": args.to, "text": args.text, "summary": args.summary, "tenantId": args.tenant}
     if args.card is not None:
-        body["card"] = _read_card(args.card)
-    # The HTTP API's request model: the same validation and error codes as POST /api/notify.
-    request = parse_notify_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
-    message = Message(text=request.text, card=request.card, summary=request.summary)
-    async with services_for(source) as services:
-        result = await services.notifier.send(request.recipient, message, request.tenant_id)
-    out.document(
-        {
-            "status": "sent",
-            "activityId": result.activity_id,
-            "conversationId": result.conversation_id,
-            "recipient": result.recipient,
-            "tenantId": result.tenant_id,
-            "resolved": result.resolved,
-        }
-    )
-    how = "resolved and cached just now" if result.resolved else "from the cache"
-    out.line(f"Sent to {result.recipient} ({how}).")
-    out.line(f"activity id:   {result.activity_id or '(none: Teams accepted it without an id)'}")
-    out.line(f"conversation:  {result.conversation_id}")
+        body["card"] = read_card(args.card)
+    key = args.idempotency_key or f"cli-{uuid.uuid4()}"
+    request = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+    async with services_for(source):
+        outcome = await handle_notify(request, content_type="application/json", idempotency_key=key)
+    if outcome.status != 200:
+        error = outcome.body.get("error")
+        return out.error_body(error if isinstance(error, dict) else {}, retry_after=outcome.retry_after, key=key)
+    out.document({**outcome.body, "idempotencyKey": key, "replayed": outcome.replayed})
+    if outcome.replayed:
+        out.line(f"Already sent to {outcome.body.get('recipient')} with this idempotency key: nothing sent again.")
+    else:
+        out.line(f"Sent to {outcome.body.get('recipient')}.")
+    out.line(f"notification id:  {outcome.body.get('notificationId')}")
+    out.line(f"activity id:      {outcome.body.get('activityId') or '(none: Teams accepted it without an id)'}")
+    out.line(f"conversation:     {outcome.body.get('conversationId')}")
+    out.line(f"idempotency key:  {key}")
     return 0
 
 
@@ -154,95 +156,137 @@ async def cmd_erase(args: argparse.Namespace, source: SettingsSource, out: Outpu
 # --- parser and entry point -------------------------------------------------------------------
 
 
-# --- notifications: status, update, recall ----------------------------------------------------
-
-
-async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
-    from shared.lifecycle import get_status, recall_notification, update_notification
-    from shared.models import parse_update_request
-
-    async with services_for(source) as services:
-        if args.notification_command == "status":
-            status = await get_status(services, args.id, top=args.top, token=args.continuation_token)
-            out.document(status.model_dump(by_alias=True))
-            counts = status.counts
-            state = "finished" if status.finished else "in progress"
-            out.line(
-                f"Notification {status.notification_id}: {state}; {status.total} recipient(s): {counts.sent} sent, "
-                f"{counts.failed} failed, {counts.pending} pending, {counts.recalled} recalled."
-            )
-            for row in status.recipients:
-                detail = row.activity_id or (f"{row.error.code}: {row.error.message}" if row.error else "")
-                out.line(f"  {row.state:<9} {row.recipient}  {detail}")
-            if status.continuation_token:
-                out.line(f"more: --continuation-token {status.continuation_token}")
-            return 0
-        if args.notification_command == "update":
-            if args.text is None and args.card is None:
-                raise UsageError("give --text, --card, or both")
-            body: dict[str, Any] = {"text": args.text, "summary": args.summary}
-            if args.card is not None:
-                body["card"] = _read_card(args.card)
-            update = parse_update_request(json.dumps({k: v for k, v in body.items() if v is not None}).encode())
-            response, _ = await update_notification(services, args.id, update, args.recipient)
-        else:
-            response, _ = await recall_notification(services, args.id, args.recipient)
-    out.document(response.model_dump(by_alias=True))
-    for result in response.results:
-        reason = f"  {result.error.code}: {result.error.message}" if result.error else ""
-        out.line(f"  {result.outcome:<9} {result.recipient}{reason}")
-    return 1 if any(r.outcome == "failed" for r in response.results) else 0
+def _examples(*lines: str) -> str:
+    return "example" + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join("  " + line for line in lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.cli",
-        description="Operate the Teams proactive notify app: check the setup, send, inspect the cache and failures.",
+        description="Operate the Teams proactive notify app: check the setup, send, follow, update or recall "
+        "a notification, inspect the recipient cache and the kept failures.",
+        epilog=_examples(
+            "python -m shared.cli doctor --recipient alice@contoso.com",
+            "python -m shared.cli --settings .sandbox/local.settings.json send --to alice@contoso.com --text hi",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--settings",
-        metavar="FILE",
-        help="a local.settings.json whose Values are the settings (default: ./local.settings.json if present, "
-        "else the environment)",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log the library's progress to stderr")
+    # The global options, accepted before the command and after it (``doctor --json``). After the
+    # command their default is SUPPRESS, so a value given before it is kept.
+    for target, default in ((parser, None), (common := argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)):
+        target.add_argument(
+            "--settings",
+            metavar="FILE",
+            default=default,
+            help="a local.settings.json whose Values are the settings (default: ./local.settings.json if present, "
+            "else the environment)",
+        )
+        target.add_argument(
+            "--json", action="store_true", default=default if default else False, help="print JSON for scripts"
+        )
+        target.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=default if default else False,
+            help="log the library's progress to stderr",
+        )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    doctor = commands.add_parser("doctor", help="check settings, tokens, permissions, catalog, storage")
+    def command(parent: Any, name: str, text: str, *examples: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name,
+            help=text,
+            description=text,
+            parents=[common],
+            epilog=_examples(*examples) if examples else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sub
+
+    doctor = command(
+        commands,
+        "doctor",
+        "check settings, tokens, permissions, catalog, storage (exit 1 if something is wrong)",
+        "python -m shared.cli doctor",
+        "python -m shared.cli doctor --recipient alice@contoso.com --json",
+    )
     doctor.add_argument("--recipient", metavar="UPN|OID", help="also resolve this user end to end (sends nothing)")
     doctor.add_argument("--tenant", metavar="ID", help="the tenant to check (default MicrosoftAppTenantId)")
     doctor.set_defaults(handler=cmd_doctor)
 
-    send = commands.add_parser("send", help="send one message through the app's pipeline")
+    send = command(
+        commands,
+        "send",
+        "send one message through the app's pipeline; prints the notification id",
+        'python -m shared.cli send --to alice@contoso.com --text "Build **42** passed"',
+        "python -m shared.cli send --to alice@contoso.com --card card.json --summary Approval "
+        "--idempotency-key invoice-1001",
+    )
     send.add_argument("--to", required=True, metavar="UPN|OID", help="the recipient")
     send.add_argument("--text", help="markdown text")
     send.add_argument("--card", metavar="FILE", help="an Adaptive Card JSON file ('-' for stdin)")
     send.add_argument("--summary", help="preview text for notifications")
     send.add_argument("--tenant", metavar="ID", help="the recipient's tenant (default MicrosoftAppTenantId)")
+    send.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same key sends once: repeat a send with it after an error (default: a new key, printed)",
+    )
     send.set_defaults(handler=cmd_send)
 
-    cache = commands.add_parser("cache", help="show or evict one recipient's memoised Teams identity")
+    cache = command(
+        commands,
+        "cache",
+        "show or evict one recipient's memoised Teams identity",
+        "python -m shared.cli cache show alice@contoso.com",
+        "python -m shared.cli cache evict alice@contoso.com",
+    )
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     for action, text in (("show", "show the cached entry"), ("evict", "drop it (the next send resolves again)")):
-        sub = cache_commands.add_parser(action, help=text)
+        sub = command(cache_commands, action, text, f"python -m shared.cli cache {action} alice@contoso.com")
         sub.add_argument("recipient", metavar="UPN|OID")
         sub.add_argument("--tenant", metavar="ID", help="default MicrosoftAppTenantId")
     cache.set_defaults(handler=cmd_cache)
 
-    failures = commands.add_parser("failures", help="Service Bus messages kept after a permanent failure")
+    failures = command(
+        commands,
+        "failures",
+        "Service Bus messages kept after a permanent failure",
+        "python -m shared.cli failures list",
+        "python -m shared.cli failures replay --all",
+    )
     failures_commands = failures.add_subparsers(dest="failures_command", required=True, metavar="ACTION")
-    failures_commands.add_parser("list", help="the kept failures, oldest first")
-    show = failures_commands.add_parser("show", help="one kept failure with its reason and body")
+    command(failures_commands, "list", "the kept failures, oldest first", "python -m shared.cli failures list --json")
+    show = command(
+        failures_commands,
+        "show",
+        "one kept failure with its reason and body",
+        "python -m shared.cli failures show m-42",
+    )
     show.add_argument("message_id", metavar="ID")
-    replay = failures_commands.add_parser("replay", help="send again (once) and clear the record")
+    replay = command(
+        failures_commands,
+        "replay",
+        "send again (once) and clear the record",
+        "python -m shared.cli failures replay m-42",
+        "python -m shared.cli failures replay --all",
+    )
     replay.add_argument("message_id", metavar="ID", nargs="?")
     replay.add_argument("--all", action="store_true", help="replay every kept failure, oldest first")
-    drop = failures_commands.add_parser("drop", help="forget a kept failure without sending it")
+    drop = command(
+        failures_commands, "drop", "forget a kept failure without sending it", "python -m shared.cli failures drop m-42"
+    )
     drop.add_argument("message_id", metavar="ID")
     failures.set_defaults(handler=cmd_failures)
 
-    erase = commands.add_parser("erase", help="delete every row of the app's storage naming one person")
+    erase = command(
+        commands,
+        "erase",
+        "delete every row of the app's storage naming one person (personal data erasure)",
+        "python -m shared.cli erase alice@contoso.com",
+        "python -m shared.cli erase 00000000-0000-0000-0000-000000000001 --include-opt-out",
+    )
     erase.add_argument("recipient", metavar="UPN|OID")
     erase.add_argument("--tenant", metavar="ID", help="default MicrosoftAppTenantId")
     erase.add_argument(
@@ -250,19 +294,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     erase.set_defaults(handler=cmd_erase)
 
-    notification = commands.add_parser("notification", help="status, update or recall of a sent notification")
+    notification = command(
+        commands,
+        "notification",
+        "status, update or recall of a sent notification (the id `send` prints)",
+        "python -m shared.cli notification status NOTIFICATION_ID --watch",
+        'python -m shared.cli notification update NOTIFICATION_ID --text "Build **42** passed (fixed)"',
+        "python -m shared.cli notification recall NOTIFICATION_ID",
+    )
     notification_commands = notification.add_subparsers(dest="notification_command", required=True, metavar="ACTION")
-    status = notification_commands.add_parser("status", help="counts by state and the recipients")
+    status = command(
+        notification_commands,
+        "status",
+        "counts by state and the recipients",
+        "python -m shared.cli notification status NOTIFICATION_ID",
+        "python -m shared.cli notification status NOTIFICATION_ID --watch   # until every recipient is settled",
+    )
     status.add_argument("id", metavar="NOTIFICATION_ID")
     status.add_argument("--top", type=int, default=100, help="recipients per page (1-1000)")
     status.add_argument("--continuation-token", metavar="TOKEN")
-    update = notification_commands.add_parser("update", help="replace the sent message in place")
+    status.add_argument("--watch", action="store_true", help="follow a fan-out until every recipient is settled")
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch: seconds between polls")
+    update = command(
+        notification_commands,
+        "update",
+        "replace the sent message in place",
+        'python -m shared.cli notification update NOTIFICATION_ID --text "New text"',
+        "python -m shared.cli notification update NOTIFICATION_ID --card approved.json --recipient bob@contoso.com",
+    )
     update.add_argument("id", metavar="NOTIFICATION_ID")
     update.add_argument("--text", help="new markdown text")
     update.add_argument("--card", metavar="FILE", help="new Adaptive Card JSON file ('-' for stdin)")
     update.add_argument("--summary", help="new preview text")
     update.add_argument("--recipient", metavar="UPN|OID", help="only this recipient (default: all)")
-    recall = notification_commands.add_parser("recall", help="delete the sent message")
+    recall = command(
+        notification_commands,
+        "recall",
+        "delete the sent message",
+        "python -m shared.cli notification recall NOTIFICATION_ID",
+        "python -m shared.cli notification recall NOTIFICATION_ID --recipient bob@contoso.com",
+    )
     recall.add_argument("id", metavar="NOTIFICATION_ID")
     recall.add_argument("--recipient", metavar="UPN|OID", help="only this recipient (default: all)")
     notification.set_defaults(handler=cmd_notification)
@@ -274,22 +345,27 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.json, stdout or sys.stdout)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    handler: Handler = args.handler
+    root = logging.getLogger()
+    if not root.handlers:  # (an embedding process keeps its own logging)
+        level = logging.INFO if args.verbose else logging.WARNING
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        # The handler's level too: the wait reporter lowers shared.http's level to see its waits.
+        handler.setLevel(level)
+        root.addHandler(handler)
+        root.setLevel(level)
+    command: Handler = args.handler
     try:
         source = SettingsSource.locate(args.settings)
-        with source.applied():
-            return asyncio.run(handler(args, source, out))
+        with source.applied(), report_waits(out):
+            return asyncio.run(command(args, source, out))
     except UsageError as err:
         parser.print_usage(sys.stderr)
         sys.stderr.write(f"{parser.prog}: error: {err}\n")
         return 2
     except NotifyError as err:
-        return out.error(err)
+        retry_after = getattr(err, "retry_after", None)
+        return out.error(err, retry_after=retry_after if isinstance(retry_after, float | int) else None)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

@@ -4,8 +4,8 @@ Bus messages kept after a permanent failure."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
 from typing import Any
 
 from shared.cli_io import Output, SettingsSource, UsageError, services_for
@@ -114,35 +114,38 @@ async def _failures_replay(services: Any, out: Output, message_id: str | None, r
     else:
         raise UsageError("give a message id or --all")
     results: list[dict[str, Any]] = []
-    for index, current in enumerate(ids, start=1):
-        try:
-            result = await replay_failure(services, current)
-        except NotifyError as err:
-            if not replay_all:
-                raise
-            entry: dict[str, Any] = {
-                "messageId": current,
-                "outcome": "failed",
-                "code": err.code,
-                "message": err.message,
-            }
-        else:
-            entry = {"messageId": current, "outcome": result.outcome}
-            if result.outcome == "failed":
-                entry.update(code=result.code, message=result.message)
+    with out.progress(len(ids), "replaying") if replay_all and ids else contextlib.nullcontext() as advance:
+        for current in ids:
+            try:
+                result = await replay_failure(services, current)
+            except NotifyError as err:
+                if not replay_all:
+                    raise
+                entry: dict[str, Any] = {
+                    "messageId": current,
+                    "outcome": "failed",
+                    "code": err.code,
+                    "message": err.message,
+                }
             else:
-                entry.update(activityId=result.activity_id, conversationId=result.conversation_id)
-        results.append(entry)
-        progress = f"[{index}/{len(ids)}] " if replay_all else ""
-        if entry["outcome"] == "failed":
-            text = f"{progress}{current}: still failing: {entry['code']}: {entry['message']}"
-        elif entry["outcome"] == "already_sent":
-            text = f"{progress}{current}: had been sent already; record cleared"
-        else:
-            text = f"{progress}{current}: sent (activity {entry['activityId']}); record cleared"
-        out.line(text)
-        if out.as_json and replay_all:
-            sys.stderr.write(text + "\n")
+                entry = {"messageId": current, "outcome": result.outcome}
+                if result.outcome == "failed":
+                    entry.update(code=result.code, message=result.message)
+                else:
+                    entry.update(activityId=result.activity_id, conversationId=result.conversation_id)
+            results.append(entry)
+            if entry["outcome"] == "failed":
+                text = f"{current}: still failing: {entry['code']}: {entry['message']}"
+            elif entry["outcome"] == "already_sent":
+                text = f"{current}: had been sent already; record cleared"
+            else:
+                text = f"{current}: sent (activity {entry['activityId']}); record cleared"
+            if advance is not None:
+                advance(text)
+                if out.terminal and entry["outcome"] == "failed":
+                    out.line(text)  # a failure stays on screen above the bar
+            else:
+                out.line(text)
     failed = sum(1 for r in results if r["outcome"] == "failed")
     out.document({"replayed": results, "failed": failed})
     if replay_all:

@@ -16,11 +16,12 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.errors import NotifyError
+from shared.errors import ConfigurationError, NotifyError
 from shared.graph import CATALOG_PERMISSION, INSTALL_PERMISSION
 from shared.health import PROBE_TABLE_SUFFIX, probe_store
 from shared.settings import Settings, load_settings
@@ -104,14 +105,35 @@ def missing_permissions(roles: list[str]) -> list[str]:
     return [needed for needed, granted_by in REQUIRED_PERMISSIONS.items() if not have & set(granted_by)]
 
 
+_ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+
+
+def placeholder_settings(env: Mapping[str, str]) -> list[str]:
+    """Settings that still hold a placeholder of local.settings.json.example: the all-zero GUID or
+    an ``<angle-bracketed>`` hint such as ``<client secret, local development only>``."""
+    return [
+        name
+        for name, value in env.items()
+        if isinstance(value, str) and (value.strip() == _ZERO_GUID or re.search(r"<[^<>]+>", value))
+    ]
+
+
 async def diagnose(
     env: Mapping[str, str], *, recipient: str | None = None, tenant_id: str | None = None
 ) -> AsyncIterator[CheckResult]:
     """Run every check in order, yielding each result as soon as it is known."""
     from shared.bootstrap import build_services
 
+    placeholders = placeholder_settings(env)
     try:
         settings = load_settings(env)
+        if placeholders:
+            raise ConfigurationError(
+                f"{', '.join(placeholders)} still hold(s) the example file's placeholder value: put in your "
+                "own (the app registration's ids and secret, your Teams app id, your Service Bus connection).",
+                code="placeholder_setting",
+                target=", ".join(placeholders),
+            )
     except NotifyError as err:
         yield _fail("settings", err)
         for name in ("graph_token", "permissions", "catalog", "bot_token", "store", "recipient"):

@@ -132,11 +132,13 @@ async def request_with_retry(
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
             reason, wait = f"{service} could not be reached ({type(err).__name__})", None
             last_err: BaseException | None = err
+            status: int | None = None
         except httpx.TransportError as err:
             if not idempotent:
                 raise _unconfirmed(service) from err
             reason, wait = f"{service} failed ({type(err).__name__})", None
             last_err = err
+            status = None
         else:
             if response.status_code not in retry_statuses:
                 return response
@@ -147,6 +149,7 @@ async def request_with_retry(
                 gate.throttled(wait if wait is not None else policy.backoff(attempt))
             reason = f"{service} answered {response.status_code}"
             last_err = None
+            status = response.status_code
         delay = policy.backoff(attempt) if wait is None else wait
         if attempt >= policy.max_attempts or delay > policy.max_delay:
             logger.warning("giving up on %s %s after %d attempt(s): %s", method, service, attempt, reason)
@@ -159,7 +162,16 @@ async def request_with_retry(
             if last_err is not None:
                 raise error from last_err
             raise error
-        logger.info("retrying %s %s in %.2fs (attempt %d): %s", method, service, delay, attempt, reason)
+        # The extra fields let a caller show the wait (the command line's "waiting 12 s" line).
+        logger.info(
+            "retrying %s %s in %.2fs (attempt %d): %s",
+            method,
+            service,
+            delay,
+            attempt,
+            reason,
+            extra={"wait_seconds": delay, "wait_service": service, "wait_status": status},
+        )
         await (gate.sleep(delay) if gate is not None else asyncio.sleep(delay))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ from shared.pipeline import Message, recipient_hash
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
+
+# Told each recipient's result of an update or recall as soon as it is known.
+ResultCallback = Callable[[ChangeResult], None]
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +136,16 @@ async def _rows(services: Services, notification_id: str) -> list[Delivery]:
 
 
 async def update_notification(
-    services: Services, notification_id: str, update: UpdateRequest, recipient: str | None = None
+    services: Services,
+    notification_id: str,
+    update: UpdateRequest,
+    recipient: str | None = None,
+    on_result: ResultCallback | None = None,
 ) -> tuple[ChangeResponse, float | None]:
     """Replace the sent message in place for one or every recipient. Idempotent: a recipient whose
     message already shows this content is not called again. Returns the per-recipient results and a
-    Retry-After when some failed transiently (repeat the same request)."""
+    Retry-After when some failed transiently (repeat the same request). ``on_result`` is called with
+    each recipient's result as it is known (the command line's progress)."""
     rows = await _targets(services, notification_id, recipient)
     if recipient is None:
         await services.notifications.set_content(notification_id, update)
@@ -179,14 +188,15 @@ async def update_notification(
                 )
         return ChangeResult(recipient=row.recipient, outcome="updated")
 
-    return await _apply(notification_id, rows, one)
+    return await _apply(notification_id, rows, one, on_result)
 
 
 async def recall_notification(
-    services: Services, notification_id: str, recipient: str | None = None
+    services: Services, notification_id: str, recipient: str | None = None, on_result: ResultCallback | None = None
 ) -> tuple[ChangeResponse, float | None]:
     """Delete the sent message for one or every recipient; recipients still pending are marked
-    recalled so they are never sent. Idempotent: a second recall calls nothing and succeeds."""
+    recalled so they are never sent. Idempotent: a second recall calls nothing and succeeds.
+    ``on_result`` as for ``update_notification``."""
     rows = await _targets(services, notification_id, recipient)
     if recipient is None:
         await services.notifications.mark_recalled(notification_id)
@@ -216,7 +226,7 @@ async def recall_notification(
             row = current
         return ChangeResult(recipient=row.recipient, outcome="recalled")
 
-    return await _apply(notification_id, rows, one)
+    return await _apply(notification_id, rows, one, on_result)
 
 
 async def delete_activity(services: Services, row: Delivery) -> None:
@@ -264,7 +274,9 @@ def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
     return result
 
 
-async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[ChangeResponse, float | None]:
+async def _apply(
+    notification_id: str, rows: list[Delivery], one: Any, on_result: ResultCallback | None = None
+) -> tuple[ChangeResponse, float | None]:
     """Run ``one`` for every row, at most ``_APPLY_CONCURRENCY`` at a time (a 10,000-recipient change
     does not start 10,000 coroutines of storage reads at once); an error of one recipient (a storage
     blip while recording it) is reported for that recipient, not raised for all."""
@@ -273,7 +285,9 @@ async def _apply(notification_id: str, rows: list[Delivery], one: Any) -> tuple[
     async def bounded(row: Delivery) -> ChangeResult:
         async with gate:
             result: ChangeResult = await one(row)
-            return result
+        if on_result is not None:
+            on_result(result)
+        return result
 
     outcomes = await asyncio.gather(*(bounded(r) for r in rows), return_exceptions=True)
     results: list[ChangeResult] = []

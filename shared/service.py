@@ -1,7 +1,7 @@
-"""The HTTP use cases: ``POST /api/notify`` and ``GET/PUT/DELETE /api/notifications/{id}``, each a
-request -> an ``Outcome`` (status, JSON body, Retry-After, correlation id) that function_app.py turns
-into an HttpResponse. Each first authenticates its caller (shared.callerauth, ``ApiAuthMode``) and
-acts as it for the rest of the invocation.
+"""The HTTP use cases: ``POST /api/notify``, ``POST /api/notifications`` and
+``GET/PUT/DELETE /api/notifications/{id}``, each a request -> an ``Outcome`` (status, JSON body,
+Retry-After, correlation id) that function_app.py turns into an HttpResponse. Each first authenticates
+its caller (shared.callerauth, ``ApiAuthMode``) and acts as it for the rest of the invocation.
 
 An in-flight repeat over HTTP waits briefly (``IN_FLIGHT_WAIT_SECONDS``) for the first attempt's
 result and returns it; if the first attempt is still sending after that, it answers 409
@@ -84,6 +84,47 @@ async def handle_notify(
                 500, {"error": {"code": "internal_error", "message": "Unexpected error; it has been logged."}}
             )
         return replace(outcome, correlation_id=cid)
+
+
+async def handle_notify_many(
+    body: bytes,
+    *,
+    content_type: str | None,
+    idempotency_key: str | None = None,
+    correlation_id: str | None = None,
+    authorization: str | None = None,
+) -> Outcome:
+    """``POST /api/notifications``, the Power Automate connector's many-recipient action: the request of
+    ``POST /api/notify`` with ``recipients``, answered at once with the notification's id and status.
+    Queued recipients answer 200 too (``finished`` false) with no Location: a 202 with a Location would
+    start Power Automate's asynchronous polling; a flow follows with GET /api/notifications/{id}."""
+    try:
+        request = parse_notify_request(body, content_type)
+    except NotifyError:
+        request = None  # handle_notify answers it, with the same error
+    if request is not None and request.recipients is None:
+        cid = accept_correlation_id(correlation_id)
+        with correlation(cid):
+            try:  # an unauthenticated caller learns nothing about its body
+                await _authenticate(get_services(), authorization, "notify", cid)
+            except NotifyError as auth_err:
+                return replace(error_outcome(auth_err), correlation_id=cid)
+        err = InvalidRequestError(
+            "This operation sends to recipients (a list of users); use POST /api/notify for one recipient.",
+            code="invalid_request",
+            target="recipients",
+        )
+        return replace(error_outcome(err), correlation_id=cid)
+    outcome = await handle_notify(
+        body,
+        content_type=content_type,
+        idempotency_key=idempotency_key,
+        correlation_id=correlation_id,
+        authorization=authorization,
+    )
+    if outcome.status == 202:
+        return replace(outcome, status=200, location=None)
+    return outcome
 
 
 async def _identify_unkeyed(

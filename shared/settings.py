@@ -48,6 +48,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__credential",
     "TableStorageConnection",
     "TableNamePrefix",
     "ServiceBusConnection",
@@ -91,6 +92,9 @@ class Settings:
     table_connection_string: str | None = field(default=None, repr=False)
     table_service_uri: str | None = None
     table_client_id: str | None = None
+    # "managedidentity": only the app's managed identity; otherwise the Functions host's developer
+    # chain (DefaultAzureCredential: environment, managed identity, Azure CLI, VS Code, ...).
+    table_credential: str | None = None
     table_prefix: str = DEFAULT_TABLE_PREFIX
     queue_name: str = DEFAULT_QUEUE_NAME
     http_timeout: float = 10.0
@@ -380,6 +384,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         table_connection_string=table_connection,
         table_service_uri=table_service_uri,
         table_client_id=get("AzureWebJobsStorage__clientId"),
+        table_credential=(get("AzureWebJobsStorage__credential") or "").lower() or None,
         table_prefix=table_prefix,
         queue_name=get("ServiceBusQueueName") or DEFAULT_QUEUE_NAME,
         http_timeout=http_timeout,

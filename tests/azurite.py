@@ -36,9 +36,19 @@ def azurite_binary() -> str:
 
 
 class Azurite:
-    def __init__(self) -> None:
+    """``tls=(cert_pem, key_pem)``: HTTPS with OAuth (``--oauth basic``: Azurite checks a bearer
+    token's issuer, audience and expiry, not its signature; Azurite's README, "OAuth Configuration"),
+    as a storage account with shared keys disabled is reached with a Microsoft Entra token."""
+
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
+        self._tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def table_service_uri(self) -> str:
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://127.0.0.1:{self.table_port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
@@ -63,6 +73,7 @@ class Azurite:
                 str(self.queue_port),
                 "--tablePort",
                 str(self.table_port),
+                *(["--oauth", "basic", "--cert", self._tls[0], "--key", self._tls[1]] if self._tls else []),
             ],
             cwd=tempfile.gettempdir(),  # Azurite writes a debug log and extent files into its cwd
             stdout=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -235,11 +236,11 @@ def test_doctor_names_an_unknown_recipient(cli: Cli) -> None:
 # --- send and cache -------------------------------------------------------------------------------
 
 
-def test_send_text_prints_the_activity_id_of_the_delivered_message(world: World, cli: Cli) -> None:
+def test_send_text_prints_the_notification_and_activity_ids_of_the_delivered_message(world: World, cli: Cli) -> None:
     assert cli("send", "--to", "alice@contoso.com", "--text", "Build **42** passed") == 0
     [delivered] = world.tenant.messages_for(world.user("alice"))
-    assert f"activity id:   {delivered['id']}" in cli.output
-    assert "resolved and cached just now" in cli.output
+    assert f"activity id:      {delivered['id']}" in cli.output
+    assert re.search(r"^notification id:  \S+$", cli.output, re.M) and "idempotency key:  cli-" in cli.output
     assert delivered["activity"]["text"] == "Build **42** passed"
 
 
@@ -250,7 +251,7 @@ def test_send_card_with_summary_to_an_object_id_as_json(world: World, cli: Cli, 
 
     code, body = cli.json("send", "--to", bob.oid, "--card", str(tmp_path / "card.json"), "--summary", "Approval")
 
-    assert code == 0 and body["status"] == "sent" and body["resolved"] is True
+    assert code == 0 and body["status"] == "sent" and body["notificationId"] and body["replayed"] is False
     [delivered] = world.tenant.messages_for(bob)
     assert body["activityId"] == delivered["id"]
     assert delivered["activity"]["attachments"][0]["content"] == card
@@ -285,8 +286,10 @@ def test_cache_show_and_evict_one_recipient(world: World, cli: Cli) -> None:
     assert cli("cache", "evict", "alice@contoso.com") == 0 and "Evicted alice@contoso.com" in cli.output
     assert cli("cache", "show", alice.oid) == 1  # every alias is gone
 
+    resolutions = world.tenant.calls("connector.create")
     code, sent = cli.json("send", "--to", "alice@contoso.com", "--text", "two")
-    assert code == 0 and sent["resolved"] is True
+    assert code == 0 and sent["status"] == "sent"
+    assert world.tenant.calls("connector.create") > resolutions  # evicted: resolved again
 
 
 def test_the_module_runs_as_a_command(world: World, cli: Cli) -> None:
@@ -428,3 +431,291 @@ def test_failures_drop_forgets_without_sending(world: World, cli: Cli) -> None:
 @pytest.mark.parametrize("argv", [["failures", "replay"], ["failures", "replay", "m-1", "--all"]])
 def test_failures_replay_needs_one_id_or_all(cli: Cli, argv: list[str]) -> None:
     assert cli(*argv) == 2
+
+
+# --- the notification round trip, idempotency, progress and errors for people -----------------------
+
+
+class Terminal(io.StringIO):
+    """What the command writes to when a person runs it in a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run_on_terminal(cli: Cli, *argv: str) -> tuple[int, str]:
+    stream = Terminal()
+    code = main(["--settings", str(cli.settings), *argv], stdout=stream)
+    return code, stream.getvalue()
+
+
+def test_send_status_update_recall_round_trip(world: World, cli: Cli) -> None:
+    alice = world.user("alice")
+    code, sent = cli.json("send", "--to", "alice@contoso.com", "--text", "Build 42 running")
+    assert code == 0
+    notification = sent["notificationId"]
+
+    code, status = cli.json("notification", "status", notification)
+    assert code == 0 and status["finished"] is True and status["counts"]["sent"] == 1
+    assert status["recipients"][0]["activityId"] == sent["activityId"]
+
+    assert cli("notification", "update", notification, "--text", "Build 42 passed") == 0
+    assert f"Notification {notification}: 1 updated." in cli.output
+    [message] = world.tenant.messages_for(alice)
+    assert message["activity"]["text"] == "Build 42 passed" and message["id"] == sent["activityId"]
+
+    assert cli("notification", "recall", notification) == 0 and "1 recalled." in cli.output
+    assert world.tenant.messages_for(alice) == []
+    assert cli.json("notification", "status", notification)[1]["counts"]["recalled"] == 1
+
+
+def test_send_with_the_same_idempotency_key_sends_once(world: World, cli: Cli) -> None:
+    first = cli.json("send", "--to", "bob@contoso.com", "--text", "Invoice 7", "--idempotency-key", "inv-7")[1]
+    assert cli("send", "--to", "bob@contoso.com", "--text", "Invoice 7", "--idempotency-key", "inv-7") == 0
+    assert "Already sent to bob@contoso.com with this idempotency key: nothing sent again." in cli.output
+    assert f"notification id:  {first['notificationId']}" in cli.output
+    assert len(world.tenant.messages_for(world.user("bob"))) == 1
+
+
+def test_a_wait_for_teams_rate_limit_is_shown_then_the_send_goes_through(world: World, cli: Cli) -> None:
+    world.tenant.add_fault("connector.send", 429, count=1, retry_after=1)
+    assert cli("send", "--to", "alice@contoso.com", "--text", "hi") == 0
+    lines = cli.output.splitlines()
+    assert lines[0] == "waiting 1 s for Teams' rate limit (HTTP 429), then trying again" and lines[1].startswith("Sent")
+    # Scripts get the JSON document and nothing else.
+    world.tenant.add_fault("connector.send", 429, count=1, retry_after=1)
+    assert cli.json("send", "--to", "alice@contoso.com", "--text", "hi")[1]["status"] == "sent"
+
+
+def test_a_rate_limit_longer_than_we_wait_says_how_long_and_when_to_retry(world: World, cli: Cli) -> None:
+    world.tenant.add_fault("connector.send", 429, count=2, retry_after=600)
+    assert cli("send", "--to", "alice@contoso.com", "--text", "hi", "--idempotency-key", "k-429") == 1
+    assert "Teams (its Bot Connector service, which delivers the bot's messages) is rate-limiting" in cli.output
+    wait = r"It asked to wait 600 s: try again after (\d\d):(\d\d):\d\d UTC with --idempotency-key k-429"
+    match = re.search(wait, cli.output)
+    assert match, cli.output
+    code, body = cli.json("send", "--to", "alice@contoso.com", "--text", "hi", "--idempotency-key", "k-429")
+    assert code == 1 and body["error"]["code"] == "upstream_unavailable" and body["retryAfter"] == 600
+    assert world.tenant.messages_for(world.user("alice")) == []
+
+
+def test_an_unconfirmed_send_says_what_to_check_and_a_retry_with_its_key_sends_no_second_copy(
+    world: World, cli: Cli
+) -> None:
+    world.tenant.add_fault("connector.send", 504, count=1)
+    assert cli("send", "--to", "alice@contoso.com", "--text", "Pay invoice 1001", "--idempotency-key", "pay-1001") == 1
+    assert "error: delivery_unconfirmed" in cli.output
+    assert "Check the recipient's chat in Teams" in cli.output
+    assert "repeat the same command with --idempotency-key pay-1001" in cli.output
+    assert "cannot send a second copy" in cli.output
+
+    assert cli("send", "--to", "alice@contoso.com", "--text", "Pay invoice 1001", "--idempotency-key", "pay-1001") == 1
+    assert "error: request_in_progress" in cli.output
+    assert world.tenant.calls("connector.send") == 1
+
+
+def test_global_options_work_after_the_command(world: World, cli: Cli) -> None:
+    stream = io.StringIO()
+    assert main(["doctor", "--settings", str(cli.settings), "--json"], stdout=stream) == 0
+    assert json.loads(stream.getvalue())["ok"] is True
+    stream = io.StringIO()
+    assert main(["--json", "cache", "show", "alice@contoso.com", "--settings", str(cli.settings)], stdout=stream) == 1
+    assert json.loads(stream.getvalue())["cached"] is False
+
+
+def _every_command(parser: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    import argparse
+
+    found = [path] if path else []
+    for action in parser._actions:  # argparse has no public walk of the sub-commands
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _every_command(sub, (*path, name))
+    return found
+
+
+def test_every_command_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.cli import build_parser
+
+    commands = _every_command(build_parser())
+    assert ("notification", "status") in commands and len(commands) >= 13
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert re.search(r"^examples?:\n  python -m shared\.cli .*" + re.escape(command[-1]), text, re.M), command
+
+
+def test_doctor_flags_the_example_files_placeholders(world: World, tmp_path: Path) -> None:
+    example = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps(example), encoding="utf-8")
+    cli = Cli(path)
+    assert cli("doctor") == 1
+    line = cli.line("settings")
+    assert line.startswith("[FAIL]") and "placeholder_setting: " in line
+    placeholders = (
+        "MicrosoftAppId",
+        "MicrosoftAppPassword",
+        "MicrosoftAppTenantId",
+        "TeamsAppId",
+        "ServiceBusConnection",
+    )
+    for name in placeholders:
+        assert name in line, name
+    assert "[SKIP] Graph token" in cli.output
+
+
+def _group_notification(world: World, count: int) -> tuple[str, list[Any]]:
+    """A notification to ``count`` recipients sent through POST /api/notify (up to 20 are sent at once)."""
+    import asyncio
+
+    import azure.functions as func
+
+    from shared.bootstrap import reset_services
+    from tests.functions import OutputMessages, user_function
+
+    users = [world.tenant.add_user(f"member{i}@contoso.com") for i in range(count)]
+
+    async def post() -> func.HttpResponse:
+        try:
+            request = func.HttpRequest(
+                "POST",
+                "https://app.example/api/notify",
+                headers={"Content-Type": "application/json"},
+                params={},
+                route_params={},
+                body=json.dumps({"recipients": [u.upn for u in users], "text": "Standup in 5"}).encode(),
+            )
+            response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
+            return response
+        finally:
+            await reset_services()
+
+    response = asyncio.run(post())
+    assert response.status_code == 200
+    return json.loads(response.get_body())["notificationId"], users
+
+
+def test_a_broadcast_update_shows_progress_lines_then_a_summary(world: World, cli: Cli) -> None:
+    notification, users = _group_notification(world, 3)
+    assert cli("notification", "update", notification, "--text", "Standup moved to 10:00") == 0
+    progress = [line for line in cli.output.splitlines() if line.startswith("[")]
+    assert [line[:5] for line in progress] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert all(line.endswith(": updated") for line in progress)
+    assert cli.output.splitlines()[-1] == f"Notification {notification}: 3 updated."
+    assert all(world.tenant.messages_for(u)[0]["activity"]["text"] == "Standup moved to 10:00" for u in users)
+
+    # On a terminal: a progress bar instead of the lines; with --json nothing but the document.
+    code, shown = run_on_terminal(cli, "notification", "recall", notification)
+    assert code == 0 and "recalling" in shown and "3/3" in shown and "[1/3]" not in shown
+    assert shown.rstrip().splitlines()[-1] == f"Notification {notification}: 3 recalled."
+    code, body = cli.json("notification", "recall", notification)
+    assert code == 0 and [r["outcome"] for r in body["results"]] == ["recalled"] * 3
+
+
+def test_status_watch_follows_a_fan_out_to_the_end(world: World, cli: Cli) -> None:
+    import asyncio
+
+    from shared.bootstrap import reset_services
+    from tests.test_fanout import post, run_queue
+
+    users = [world.tenant.add_user(f"crew{i}@contoso.com") for i in range(25)]
+
+    async def start() -> tuple[str, list[bytes]]:
+        try:
+            response, messages = await post({"recipients": [u.upn for u in users], "text": "Fire drill at 3"})
+            assert response.status_code == 202
+            return str(json.loads(response.get_body())["notificationId"]), messages
+        finally:
+            await reset_services()
+
+    notification, messages = asyncio.run(start())
+    env = {k: v for k, v in os.environ.items() if k not in world.env and k != "SSL_CERT_FILE"}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "--settings", str(cli.settings), "notification", "status"]
+        + [notification, "--watch", "--interval", "0.2", "--top", "5"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = watch.stdout.readline() if watch.stdout else ""
+        assert first.startswith("0/25 settled: 0 sent, 0 failed, 25 pending"), first
+
+        async def deliver() -> None:
+            try:
+                await run_queue(messages)
+            finally:
+                await reset_services()
+
+        asyncio.run(deliver())
+        rest, errors = watch.communicate(timeout=60)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, errors
+    lines = rest.splitlines()
+    assert "25/25 settled: 25 sent, 0 failed, 0 pending, 0 recalled" in lines
+    assert f"Notification {notification}: finished; 25 recipient(s): 25 sent" in rest
+    assert sum(len(world.tenant.messages_for(u)) for u in users) == 25
+
+
+def test_operators_sign_in_with_their_own_identity_where_shared_keys_are_off(world: World, tmp_path: Path) -> None:
+    """Only the account URI configured (infra disables shared keys): the command line signs in with
+    DefaultAzureCredential (here its environment credential; az login or VS Code on a workstation)
+    and reaches Table Storage with a bearer token. Azurite in OAuth mode accepts only such tokens."""
+    from tests.azurite import Azurite
+
+    certificate = world.server.ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "azurite-cert.pem", tmp_path / "azurite-key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(cert_path))
+    certificate.private_key_pem.write_to_path(str(key_path))
+    storage = Azurite(tls=(str(cert_path), str(key_path))).start()
+    try:
+        settings = write_settings(
+            world,
+            tmp_path / "operator.settings.json",
+            AzureWebJobsStorage=None,
+            AzureWebJobsStorage__tableServiceUri=storage.table_service_uri,
+        )
+        # The operator's sign-in, as `az login` or the AZURE_* variables provide it.
+        env = {k: v for k, v in os.environ.items() if k not in world.env and k != "SSL_CERT_FILE"}
+        env |= {
+            "AZURE_TENANT_ID": world.tenant.tenant_id,
+            "AZURE_CLIENT_ID": world.tenant.app_id,
+            "AZURE_CLIENT_SECRET": CLIENT_SECRET,
+            "AZURE_AUTHORITY_HOST": world.server.base_url,
+        }
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "shared.cli", "--settings", str(settings), *argv]
+            return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
+
+        doctor = run("doctor", "--json")
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        checks = {c["check"]: c["status"] for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["store"] == "ok"
+        tokens = world.tenant.calls("token")
+        listed = run("failures", "list")
+        assert listed.returncode == 0 and "No kept failures." in listed.stdout, listed.stderr
+        # Listing needs storage alone: its one token request is the operator's sign-in for Table Storage.
+        assert world.tenant.calls("token") == tokens + 1
+        sent = run("send", "--to", "alice@contoso.com", "--text", "signed in as the operator", "--json")
+        assert sent.returncode == 0 and json.loads(sent.stdout)["status"] == "sent", sent.stderr
+        assert len(world.tenant.messages_for(world.user("alice"))) == 1
+        assert CLIENT_SECRET not in doctor.stdout + doctor.stderr + sent.stdout + sent.stderr
+    finally:
+        storage.stop()
+
+
+def test_a_broadcast_throttled_by_teams_shows_one_wait_line_not_one_per_recipient(world: World, cli: Cli) -> None:
+    notification, users = _group_notification(world, 4)
+    world.tenant.add_fault("connector.update", 429, count=4, retry_after=1)
+    assert cli("notification", "update", notification, "--text", "Standup moved") == 0
+    waits = [line for line in cli.output.splitlines() if line.startswith("waiting ")]
+    assert waits == ["waiting 1 s for Teams' rate limit (HTTP 429), then trying again"], cli.output
+    assert cli.output.splitlines()[-1] == f"Notification {notification}: 4 updated."
+    assert all(world.tenant.messages_for(u)[0]["activity"]["text"] == "Standup moved" for u in users)

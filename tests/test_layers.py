@@ -56,7 +56,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.retention",
         },
     ),
-    ("entry points", {"shared.cli", "shared.cli_io", "shared.cli_failures"}),
+    ("entry points", {"shared.cli", "shared.cli_io", "shared.cli_failures", "shared.cli_notifications"}),
 ]
 LEVEL = {module: level for level, (_name, modules) in enumerate(LAYERS) for module in modules}
 
