@@ -60,6 +60,7 @@ from shared.models import (
     NotificationStatus,
     NotifyRequest,
     UpdateRequest,
+    loads_strict,
 )
 from shared.notify import Message, recipient_hash
 from shared.store import TableBacked, escape_key, translate_storage_errors
@@ -142,8 +143,8 @@ def delivery_from_handle(notification_id: str, default_service_url: str) -> Deli
     if not encoded or not set(encoded) <= _HANDLE_CHARS:
         return None
     try:
-        fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (binascii.Error, ValueError):
+        fields = loads_strict(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, RequestError):
         return None
     if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u"}:
         return None
@@ -493,7 +494,7 @@ def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK ta
     )
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as err:
+    except (binascii.Error, ValueError, RecursionError) as err:
         raise invalid from err
     if (
         not isinstance(raw, dict)

@@ -28,7 +28,14 @@ from shared.bootstrap import Services, get_services
 from shared.errors import NotifyError, RequestError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source, check_key
 from shared.logcontext import accept_correlation_id, correlation
-from shared.models import FanOutItem, NotifyRequest, NotifyResponse, parse_notify_request, parse_update_request
+from shared.models import (
+    FanOutItem,
+    NotifyRequest,
+    NotifyResponse,
+    loads_strict,
+    parse_notify_request,
+    parse_update_request,
+)
 from shared.notifications import (
     Delivery,
     delivery_from_outcome,
@@ -403,8 +410,9 @@ def _fan_out_item(body: bytes) -> FanOutItem | None:
     """A per-recipient fan-out message (it carries ``deliveryId``), or None for a send request."""
     if b'"deliveryId"' not in body:
         return None
+    payload = loads_strict(body)  # hostile JSON is refused here as it would be for a send request
     try:
-        return FanOutItem.model_validate_json(body)
+        return FanOutItem.model_validate(payload)
     except ValueError:
         return None  # not ours after all: validated (and reported) as a send request
 

@@ -124,3 +124,112 @@ async def test_an_unknown_tenant_is_not_found_and_remembered(world: World) -> No
 
     assert (again.status_code, error_code(again)) == (404, "tenant_not_found")
     assert world.tenant.calls("openid") + world.tenant.calls("token") == logins, "no login round trip again"
+
+
+# --- 2. input that used to crash is refused -------------------------------------------------------
+
+CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Approve?"}]}
+
+
+def _nested_card(depth: int) -> bytes:
+    inner = '{"type":"TextBlock","text":"deep"}'
+    for _ in range(depth):
+        inner = '{"type":"Container","items":[' + inner + "]}"
+    return ('{"recipient":"alice@contoso.com","card":{"type":"AdaptiveCard","body":[' + inner + "]}}").encode()
+
+
+HOSTILE_BODIES = [
+    pytest.param(
+        b'{"recipient":"alice@contoso.com","text":"x","n":' + b"9" * 4301 + b"}", 400, "invalid_json", id="huge-int"
+    ),
+    pytest.param(
+        b'{"recipient":"alice@contoso.com","card":{"type":"AdaptiveCard","v":' + b"9" * 5000 + b"}}",
+        400,
+        "invalid_json",
+        id="huge-int-in-card",
+    ),
+    pytest.param(b'{"recipient":"alice@contoso.com","text":"x","n":1e999}', 400, "invalid_json", id="float-overflow"),
+    pytest.param(b"[" * 1000 + b"]" * 1000, 413, "json_too_deep", id="deep-array"),
+    pytest.param(_nested_card(40), 413, "json_too_deep", id="deep-card"),
+    pytest.param(
+        b'{"recipient":"alice@contoso.com","card":{"type":"AdaptiveCard","body":[{"type":"TextBlock","text":"\\ud800"}]}}',
+        400,
+        "invalid_json",
+        id="lone-surrogate-in-card",
+    ),
+    pytest.param(
+        b'{"recipient":"alice@contoso.com","card":{"type":"AdaptiveCard","x":NaN}}', 400, "invalid_json", id="nan"
+    ),
+    pytest.param(
+        b'{"recipient":"alice@contoso.com","card":{"type":"AdaptiveCard","x":-Infinity}}',
+        400,
+        "invalid_json",
+        id="infinity",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), HOSTILE_BODIES)
+@pytest.mark.parametrize("key", [None, "k-hostile"], ids=["unkeyed", "keyed"])
+async def test_hostile_json_is_refused_over_http(
+    world: World, body: bytes, status: int, code: str, key: str | None
+) -> None:
+    response = await post(body, {"Idempotency-Key": key} if key else None)
+
+    assert (response.status_code, error_code(response)) == (status, code)
+    assert world.tenant.calls("connector.send") == 0
+
+
+async def test_a_nan_in_a_many_recipient_send_is_refused(world: World) -> None:
+    body = b'{"recipients":["alice@contoso.com","bob@contoso.com"],"card":{"type":"AdaptiveCard","x":NaN}}'
+    response = await post(body, {"Idempotency-Key": "nan-many"})
+    assert (response.status_code, error_code(response)) == (400, "invalid_json")
+    assert world.tenant.calls("connector.send") == 0
+
+
+@pytest.mark.parametrize(("body", "status", "code"), HOSTILE_BODIES)
+async def test_hostile_json_over_service_bus_is_kept_with_its_reason(
+    world: World, body: bytes, status: int, code: str
+) -> None:
+    await deliver(message(body, "hostile-" + uuid.uuid4().hex[:8]))
+
+    [kept] = await list_failures(get_services())
+    assert (kept.http_status, kept.code) == (status, code)
+    assert world.tenant.calls("connector.send") == 0
+
+
+@pytest.mark.parametrize(("body", "status", "code"), HOSTILE_BODIES)
+async def test_hostile_json_in_an_update_is_refused(world: World, body: bytes, status: int, code: str) -> None:
+    sent = await post(HELLO, {"Idempotency-Key": "to-update"})
+    assert sent.status_code == 200
+    update = body.replace(b'"recipient":"alice@contoso.com",', b"")
+    request = func.HttpRequest(
+        "PUT",
+        "http://localhost/api/notifications/to-update",
+        headers={"Content-Type": "application/json"},
+        params={},
+        route_params={"id": "to-update"},
+        body=update,
+    )
+    response = await user_function("notification_update")(request)
+
+    assert (response.status_code, error_code(response)) == (status, code)
+    assert world.tenant.calls("connector.update") == 0
+
+
+async def test_the_messaging_endpoint_authenticates_before_it_parses(world: World) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for body in (deep, b"x" * 5_000_000):
+        request = func.HttpRequest("POST", "http://localhost/api/messages", headers={}, body=body)
+        response = await user_function("messages")(request)
+        assert (response.status_code, error_code(response)) == (401, "unauthorized")
+
+
+async def test_the_messaging_endpoint_caps_the_body(world: World) -> None:
+    token = "Bearer " + world.tenant.sign_channel_token(service_url=world.server.service_url)
+    big = json.dumps({"type": "message", "text": "x" * 300_000}).encode()
+    deep = b"[" * 2_000 + b"]" * 2_000
+    for body, status, code in ((big, 413, "message_too_large"), (deep, 413, "json_too_deep")):
+        request = func.HttpRequest("POST", "http://localhost/api/messages", headers={"Authorization": token}, body=body)
+        response = await user_function("messages")(request)
+        assert (response.status_code, error_code(response)) == (status, code)
