@@ -150,7 +150,7 @@ class NotifyRequest(BaseModel):
 
 def _a_name(value: str) -> str:
     stripped = value.strip()
-    if not stripped or _CONTROL_CHARS.search(stripped):
+    if not stripped or _CONTROL_CHARS.search(stripped) or stripped in (".", ".."):
         raise ValueError("must be a UPN or an Entra object id")
     return stripped
 

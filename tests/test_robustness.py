@@ -9,6 +9,7 @@ exact outcome a caller or an operator sees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -19,7 +20,7 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
 from shared.bootstrap import get_services
-from shared.errors import TransientError
+from shared.errors import NotifyError, TransientError
 from shared.failures import list_failures
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
@@ -233,3 +234,67 @@ async def test_the_messaging_endpoint_caps_the_body(world: World) -> None:
         request = func.HttpRequest("POST", "http://localhost/api/messages", headers={"Authorization": token}, body=body)
         response = await user_function("messages")(request)
         assert (response.status_code, error_code(response)) == (status, code)
+
+
+# --- 4. dot segments never rewrite an upstream URL ------------------------------------------------
+
+
+@pytest.mark.parametrize("recipient", [".", "..", " .. "])
+async def test_a_dot_segment_recipient_is_refused(world: World, recipient: str) -> None:
+    response = await post({"recipient": recipient, "text": "hi"})
+    assert (response.status_code, error_code(response)) == (400, "invalid_request")
+    assert [e.route for e in world.tenant.log] == []
+
+
+@pytest.mark.parametrize(
+    ("user", "path"),
+    [
+        (".", "/v1.0/users/%2E/teamwork/installedApps"),
+        ("..", "/v1.0/users/%2E%2E/teamwork/installedApps"),
+        ("../..", "/v1.0/users/..%2F../teamwork/installedApps"),
+        ("%2e%2e", "/v1.0/users/%252e%252e/teamwork/installedApps"),
+        ("a?b#c", "/v1.0/users/a%3Fb%23c/teamwork/installedApps"),
+    ],
+)
+async def test_graph_paths_keep_every_hostile_segment_inside_one_segment(world: World, user: str, path: str) -> None:
+    services = get_services()
+    with contextlib.suppress(NotifyError):  # the fake knows no such user: only the path matters here
+        await services.graph.find_installation(world.tenant.tenant_id, user)
+
+    [logged] = [e for e in world.tenant.log if e.route != "token" and e.route != "openid"]
+    assert logged.method == "GET"
+    assert logged.path == path
+
+
+def _handle(fields: dict[str, str]) -> str:
+    import base64
+
+    raw = json.dumps(fields, separators=(",", ":")).encode()
+    return "s1." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("conversation", "activity", "path"),
+    [
+        ("..", "..", "/teams/v3/conversations/%2E%2E/activities/%2E%2E"),
+        (".", ".", "/teams/v3/conversations/%2E/activities/%2E"),
+        ("a:b/../c", "1?x", "/teams/v3/conversations/a:b%2F..%2Fc/activities/1%3Fx"),
+    ],
+)
+async def test_connector_paths_keep_every_hostile_id_inside_one_segment(
+    world: World, conversation: str, activity: str, path: str
+) -> None:
+    handle = _handle({"t": world.tenant.tenant_id, "r": "alice@contoso.com", "c": conversation, "a": activity})
+    request = func.HttpRequest(
+        "DELETE",
+        "http://localhost/api/notifications/x",
+        headers={},
+        params={},
+        route_params={"id": handle},
+        body=b"",
+    )
+    response = await user_function("notification_recall")(request)
+
+    assert response.status_code == 200, response.get_body()
+    [logged] = [e for e in world.tenant.log if e.route.startswith("connector.") or e.route == "unknown"]
+    assert (logged.method, logged.path) == ("DELETE", path)
