@@ -298,3 +298,113 @@ async def test_connector_paths_keep_every_hostile_id_inside_one_segment(
     assert response.status_code == 200, response.get_body()
     [logged] = [e for e in world.tenant.log if e.route.startswith("connector.") or e.route == "unknown"]
     assert (logged.method, logged.path) == ("DELETE", path)
+
+
+# --- 3. one bad recipient or key blocks nothing -----------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["/" * 170, "%" * 200, "#?\\" * 66, "é/" * 100, "\U0001f600/" * 100])
+async def test_a_long_key_that_escapes_past_the_storage_limit_still_works(world: World, key: str) -> None:
+    first = await post(HELLO, {"Idempotency-Key": key})
+    again = await post(HELLO, {"Idempotency-Key": key})
+
+    assert first.status_code == 200, first.get_body()
+    assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") == "true"
+    assert json.loads(again.get_body()) == json.loads(first.get_body())
+    assert len(world.tenant.messages_for(world.user("alice"))) == 1
+
+
+async def test_over_long_ids_and_recipients_are_not_found(world: World) -> None:
+    sent = await post(HELLO, {"Idempotency-Key": "long-lookups"})
+    assert sent.status_code == 200
+    long_id = "n" + "%/" * 3000
+    status = await user_function("notification_status")(
+        func.HttpRequest("GET", "http://localhost/x", headers={}, params={}, route_params={"id": long_id}, body=b"")
+    )
+    recall = await user_function("notification_recall")(
+        func.HttpRequest(
+            "DELETE",
+            "http://localhost/x",
+            headers={},
+            params={"recipient": "#" * 5000},
+            route_params={"id": "long-lookups"},
+            body=b"",
+        )
+    )
+
+    assert (status.status_code, error_code(status)) == (404, "notification_not_found")
+    assert (recall.status_code, error_code(recall)) == (404, "recipient_not_in_notification")
+
+
+POISON = "#" * 300
+
+
+def _twenty_five() -> list[str]:
+    names = [f"user{i:02d}@contoso.com" for i in range(24)]
+    return names[:7] + [POISON] + names[7:]
+
+
+async def _drain(world: World, bodies: list[bytes]) -> None:
+    """What Service Bus does with the fan-out messages: deliver each until it completes."""
+    for index, body in enumerate(bodies):
+        for count in range(1, 4):
+            try:
+                await deliver(message(body, f"fan-{index}", count))
+            except TransientError:
+                continue
+            break
+
+
+async def _status(notification_id: str) -> dict[str, Any]:
+    response = await user_function("notification_status")(
+        func.HttpRequest(
+            "GET", "http://localhost/x", headers={}, params={}, route_params={"id": notification_id}, body=b""
+        )
+    )
+    assert response.status_code == 200, response.get_body()
+    body: dict[str, Any] = json.loads(response.get_body())
+    return body
+
+
+def _assert_one_poison_failed(world: World, status: dict[str, Any]) -> None:
+    assert status["counts"] == {"pending": 0, "sent": 24, "failed": 1, "recalled": 0}
+    assert status["finished"] is True
+    [poisoned] = [r for r in status["recipients"] if r["state"] == "failed"]
+    assert poisoned["recipient"] == POISON
+    assert poisoned["error"]["code"] == "recipient_not_found"
+    assert world.tenant.calls("connector.send") == 24
+
+
+async def test_one_poison_recipient_in_25_over_http_fails_alone(world: World) -> None:
+    for name in _twenty_five():
+        if name != POISON:
+            world.tenant.add_user(name)
+    out = OutputMessages()
+    request = func.HttpRequest(
+        "POST",
+        "http://localhost/api/notify",
+        headers={"Content-Type": "application/json", "Idempotency-Key": "poison-25"},
+        params={},
+        route_params={},
+        body=json.dumps({"recipients": _twenty_five(), "text": "Quarterly results"}).encode(),
+    )
+    response = await user_function("notify")(request, out)
+    assert response.status_code == 202, response.get_body()
+    assert len(out.messages) == 25
+
+    await _drain(world, out.messages)
+
+    _assert_one_poison_failed(world, await _status("poison-25"))
+    assert await list_failures(get_services()) == []
+
+
+async def test_one_poison_recipient_in_25_over_service_bus_fails_alone(world: World) -> None:
+    for name in _twenty_five():
+        if name != POISON:
+            world.tenant.add_user(name)
+    out = await deliver(message({"recipients": _twenty_five(), "text": "Quarterly results"}, "poison-q"))
+    assert len(out.messages) == 25
+
+    await _drain(world, out.messages)
+
+    _assert_one_poison_failed(world, await _status("poison-q"))
