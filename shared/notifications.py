@@ -510,7 +510,7 @@ def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK ta
 
 
 async def send_to_recipient(
-    services: Services, header: Header, recipient: str, *, key_source: str = "delivery"
+    services: Services, header: Header, recipient: str, *, key_source: str = "delivery", wait_seconds: float = 0.0
 ) -> Delivery:
     """One recipient of a notification, exactly once: skipped when already final (sent, failed,
     recalled), else sent through ``deliver`` keyed by the delivery id and recorded. Only the caller's
@@ -533,7 +533,15 @@ async def send_to_recipient(
     key = delivery_id(header.notification_id, recipient)
     pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
     try:
-        outcome = await deliver(services, request, source="delivery", key=key, record_failures=True, fingerprint=key)
+        outcome = await deliver(
+            services,
+            request,
+            source="delivery",
+            key=key,
+            record_failures=True,
+            fingerprint=key,
+            wait_seconds=wait_seconds,
+        )
     except RequestInProgressError:
         # Another attempt holds the key (or an unconfirmed send keeps it held): its error, if any,
         # says more than "in progress", so the row is left as it is.
@@ -678,8 +686,9 @@ def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
     return row.error_status or 500, {"code": row.error_code or "notify_error", "message": row.error_message or ""}
 
 
-async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
-    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered."""
+async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seconds: float = 0.0) -> Delivery:
+    """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered.
+    ``wait_seconds``: how long to wait for the result of another attempt holding the delivery's key."""
     if item.delivery_id != delivery_id(item.notification_id, item.recipient):
         raise RequestError(
             "deliveryId does not match notificationId and recipient.", code="invalid_request", target="deliveryId"
@@ -692,7 +701,7 @@ async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
             target="notificationId",
             http_status=404,
         )
-    return await send_to_recipient(services, header, item.recipient)
+    return await send_to_recipient(services, header, item.recipient, wait_seconds=wait_seconds)
 
 
 async def record_single(services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome) -> None:

@@ -408,3 +408,52 @@ async def test_one_poison_recipient_in_25_over_service_bus_fails_alone(world: Wo
     await _drain(world, out.messages)
 
     _assert_one_poison_failed(world, await _status("poison-q"))
+
+
+# --- 6. a duplicate delivery waits on the first's result, not a fixed sleep ---------------------------
+
+
+async def test_a_concurrent_duplicate_delivery_completes_when_the_first_does(world: World) -> None:
+    world.tenant.add_fault("connector.send", 200, delay=1.0)  # the first send takes a second
+    started = time.monotonic()
+
+    async def duplicate() -> float:
+        await asyncio.sleep(0.3)  # arrives while the first is sending
+        await deliver(message(HELLO, "dup-1", 2))
+        return time.monotonic() - started
+
+    async def original() -> float:
+        await deliver(message(HELLO, "dup-1", 1))
+        return time.monotonic() - started
+
+    first, second = await asyncio.gather(original(), duplicate())
+
+    # The duplicate completes right after the first (it polls the record), not after a fixed sleep.
+    assert second - first < 2, f"the first took {first:.1f}s, the duplicate {second:.1f}s"
+    assert world.tenant.calls("connector.send") == 1
+    assert len(world.tenant.messages_for(world.user("alice"))) == 1
+    assert await list_failures(get_services()) == []
+
+
+async def test_a_concurrent_duplicate_fan_out_delivery_completes_when_the_first_does(world: World) -> None:
+    names = [f"user{i:02d}@contoso.com" for i in range(21)]
+    for name in names:
+        world.tenant.add_user(name)
+    out = await deliver(message({"recipients": names, "text": "Concurrent"}, "dup-fan"))
+    [body] = [m for m in out.messages if b"user00@" in m]
+    world.tenant.add_fault("connector.send", 200, count=10, delay=1.0)
+    started = time.monotonic()
+
+    async def duplicate() -> float:
+        await asyncio.sleep(0.3)
+        await deliver(message(body, "fan-dup", 2))
+        return time.monotonic() - started
+
+    async def original() -> float:
+        await deliver(message(body, "fan-dup", 1))
+        return time.monotonic() - started
+
+    first, second = await asyncio.gather(original(), duplicate())
+
+    assert second - first < 2, f"the first took {first:.1f}s, the duplicate {second:.1f}s"
+    assert len(world.tenant.messages_for(world.tenant.find_user("user00@contoso.com"))) == 1
