@@ -517,7 +517,7 @@ async def send_to_recipient(
     fault (4xx) makes the row ``failed``; a failure on our side or upstream's (5xx) leaves it
     ``pending`` with that error, so a repeat of the request or a replay sends it later. A transient
     failure is recorded on the row (still pending) and raised."""
-    from shared.service import deliver
+    from shared.service import deliver, keep_trying
 
     store = services.notifications
     row = await store.get(header.notification_id, recipient)
@@ -559,7 +559,20 @@ async def send_to_recipient(
         )
         raise
     delivery = delivery_from_outcome(services, pending, outcome)
-    if await _note(store, delivery):
+    if delivery.state == "sent":
+        # Teams confirmed it: the row must say so. Storage trouble here is retried (the key already
+        # holds the result, so no retry of the request can send again), and the answer reports the
+        # send whatever happens to the row.
+        written: list[bool] = []
+
+        async def write() -> None:
+            written.append(await _note(store, delivery))
+
+        if not await keep_trying(write, "a sent delivery row"):
+            return delivery
+        if written[-1]:
+            return delivery
+    elif await _note(store, delivery):
         return delivery
     # The row changed while we sent: a recall of the whole notification marked it. Honour it.
     current = await store.get(header.notification_id, recipient)

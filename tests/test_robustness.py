@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import azure.functions as func
@@ -24,6 +25,7 @@ from shared.errors import NotifyError, TransientError
 from shared.failures import list_failures
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
+from tests.storageproxy import StorageProxy
 
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Build 42 is green"}
 
@@ -457,3 +459,89 @@ async def test_a_concurrent_duplicate_fan_out_delivery_completes_when_the_first_
 
     assert second - first < 2, f"the first took {first:.1f}s, the duplicate {second:.1f}s"
     assert len(world.tenant.messages_for(world.tenant.find_user("user00@contoso.com"))) == 1
+
+
+# --- 5. storage failing between a confirmed send and its record ---------------------------------------
+
+
+@pytest.fixture
+async def storage(world: World, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StorageProxy]:
+    """Table Storage behind a proxy that can take it down (the product is pointed at the proxy)."""
+    original = world.env["AzureWebJobsStorage"]
+    upstream = original.split("TableEndpoint=", 1)[1].split(";", 1)[0]
+    proxy = await StorageProxy(
+        upstream.rsplit("/", 2)[0] if upstream.endswith("/") else upstream.rsplit("/", 1)[0]
+    ).start()
+    monkeypatch.setenv("AzureWebJobsStorage", proxy.connection_string(original))
+    yield proxy
+    await proxy.stop()
+
+
+OUTAGE = 3.0
+
+
+async def test_storage_down_after_a_confirmed_single_send(world: World, storage: StorageProxy) -> None:
+    storage.down_after_first_conditional_write("requests", OUTAGE)
+    started = time.monotonic()
+
+    first = await post(HELLO, {"Idempotency-Key": "outage-1"})
+    took = time.monotonic() - started
+    again = await post(HELLO, {"Idempotency-Key": "outage-1"})
+
+    assert storage.refused > 0, "the outage did not happen"
+    assert first.status_code == 200, first.get_body()
+    [sent] = world.tenant.messages_for(world.user("alice"))
+    assert json.loads(first.get_body())["activityId"] == sent["id"]
+    assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") == "true"
+    assert world.tenant.calls("connector.send") == 1
+    assert took >= OUTAGE - 0.5  # the answer waited for the record instead of leaving it unwritten
+
+
+async def test_storage_down_after_confirmed_sends_to_three(world: World, storage: StorageProxy) -> None:
+    storage.down_after_first_conditional_write("requests", OUTAGE)
+    body = {"recipients": ["alice@contoso.com", "bob@contoso.com", "o'neil@contoso.com"], "text": "Three"}
+
+    first = await post(body, {"Idempotency-Key": "outage-3"})
+    again = await post(body, {"Idempotency-Key": "outage-3"})
+
+    assert storage.refused > 0, "the outage did not happen"
+    for response in (first, again):
+        assert response.status_code == 200, response.get_body()
+        assert json.loads(response.get_body())["counts"] == {"pending": 0, "sent": 3, "failed": 0, "recalled": 0}
+    assert world.tenant.calls("connector.send") == 3
+
+
+async def test_storage_down_after_a_confirmed_fan_out_send(world: World, storage: StorageProxy) -> None:
+    names = [f"user{i:02d}@contoso.com" for i in range(21)]
+    for name in names:
+        world.tenant.add_user(name)
+    out = await deliver(message({"recipients": names, "text": "Outage"}, "outage-fan"))
+    [body] = [m for m in out.messages if b"user00@" in m]
+    storage.down_after_first_conditional_write("requests", OUTAGE)
+
+    await deliver(message(body, "outage-fan-0", 1))  # completes: no redelivery, nothing kept
+    await deliver(message(body, "outage-fan-0", 2))  # a redelivery anyway: nothing sent again
+
+    assert storage.refused > 0, "the outage did not happen"
+    assert len(world.tenant.messages_for(world.tenant.find_user("user00@contoso.com"))) == 1
+    [row] = [r for r in (await _status("outage-fan"))["recipients"] if r["recipient"] == "user00@contoso.com"]
+    assert row["state"] == "sent" and row["activityId"]
+
+
+async def test_storage_down_past_the_record_deadline_never_resends_within_the_lease(
+    world: World, storage: StorageProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The residual window (README, Reliability): storage down longer than RECORD_DEADLINE_SECONDS
+    after a confirmed send. The send is reported, the key stays held (409) for its lease."""
+    from shared import service
+
+    monkeypatch.setattr(service, "RECORD_DEADLINE_SECONDS", 0.5)
+    storage.down_after_first_conditional_write("requests", 30.0)
+
+    first = await post(HELLO, {"Idempotency-Key": "outage-long"})
+    assert first.status_code == 200, first.get_body()
+    storage._down_until = 0.0  # storage is back
+    again = await post(HELLO, {"Idempotency-Key": "outage-long"})
+
+    assert (again.status_code, error_code(again)) == (409, "request_in_progress")
+    assert world.tenant.calls("connector.send") == 1
