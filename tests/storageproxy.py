@@ -23,6 +23,7 @@ class StorageProxy:
         self.port = 0
         self._down_until = 0.0
         self._trigger: tuple[str, float] | None = None
+        self._conditional_only = True
         self.refused = 0
         self.tripped_at: float | None = None
         self.outage_ended_at: float | None = None
@@ -56,15 +57,22 @@ class StorageProxy:
         a table whose name ends with ``table_suffix``: for the idempotency table that is the record
         of a send's result, the first write after Teams confirmed it."""
         self._trigger = (table_suffix, seconds)
+        self._conditional_only = True
+
+    def down_after_first_write(self, table_suffix: str, seconds: float) -> None:
+        """Storage goes down for ``seconds`` starting with the first write (insert or update) of a table
+        whose name ends with ``table_suffix`` (e.g. the deliveries table: a recipient's row)."""
+        self._trigger = (table_suffix, seconds)
+        self._conditional_only = False
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if (
             self._trigger is not None
-            and request.method in ("PUT", "MERGE", "PATCH")
-            and "if-match" in {k.lower() for k in request.headers}
-            and f"{self._trigger[0]}(" in request.raw_path
+            and request.method in ("POST", "PUT", "MERGE", "PATCH")
+            and (not self._conditional_only or "if-match" in {k.lower() for k in request.headers})
+            and (f"{self._trigger[0]}(" in request.raw_path or request.raw_path.endswith(self._trigger[0]))
         ):
             self.tripped_at = now
             self._down_until = now + self._trigger[1]
