@@ -16,6 +16,7 @@ Credentials, chosen by settings:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import threading
@@ -194,7 +195,8 @@ class TokenProvider:
                 self._apps[tenant] = app
                 while len(self._apps) > MAX_TENANTS:
                     self._apps.popitem(last=False)
-            self._apps.move_to_end(tenant)
+            with contextlib.suppress(KeyError):  # dropped meanwhile by another thread: still usable here
+                self._apps.move_to_end(tenant)
             result = dict(app.acquire_token_for_client(scopes=[scope]))
             if "access_token" not in result:
                 result["http_status"] = bridge.last_status
