@@ -16,6 +16,8 @@ import json
 import uuid
 from urllib.parse import quote, urlsplit
 
+from shared.errors import InvalidRequestError
+from shared.models import loads_strict
 from shared.notification_store import Delivery
 
 
@@ -78,8 +80,8 @@ def delivery_from_handle(notification_id: str, default_service_url: str) -> Deli
     if not encoded or not set(encoded) <= _HANDLE_CHARS:
         return None
     try:
-        fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (binascii.Error, ValueError):
+        fields = loads_strict(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, InvalidRequestError):
         return None
     if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u"}:
         return None
