@@ -40,7 +40,9 @@ _MEMBERS_RETRY = _CONNECTOR_RETRY | {404}
 
 
 def _segment(value: str) -> str:
-    return quote(value, safe=":@")
+    """One URL path segment; ``.`` and ``..`` percent-encoded so normalisation cannot rewrite the path."""
+    segment = quote(value, safe=":@")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 class ConnectorClient:

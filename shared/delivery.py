@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_ATTEMPTS = 3
+# Once Teams confirmed a send, its record (the idempotency key's result, the delivery row) is retried
+# for this long before giving up: well inside functionTimeout (5 min) and an HTTP caller's patience
+# (Power Automate waits 120 s), far longer than a storage blip. The key is never released meanwhile.
+RECORD_DEADLINE_SECONDS = 100.0
 # Retry-After for an HTTP repeat that found the first attempt still sending: a send takes seconds.
 IN_FLIGHT_RETRY_AFTER = 2.0
 
@@ -106,19 +110,36 @@ async def deliver(
 
 
 async def _complete(services: Services, claim: Claimed, outcome: Outcome, fingerprint: str) -> None:
-    for attempt in range(1, COMPLETE_ATTEMPTS + 1):
+    async def record() -> None:
+        await services.requests.complete(claim, outcome.status, outcome.body, fingerprint)
+
+    if not await keep_trying(record, "the result of a key-guarded send"):
+        # The send happened: report it. The marker stays in flight (never released: a retry must not
+        # send again) until its lease ends; README "Reliability" states this residual window.
+        logger.error("gave up recording the result of a key-guarded send; the marker stays held until its lease ends")
+
+
+async def keep_trying(write: Callable[[], Awaitable[Any]], what: str) -> bool:
+    """Run a storage write that records a send Teams already confirmed, retrying transient failures
+    with backoff for up to ``RECORD_DEADLINE_SECONDS``. False when it never succeeded (or failed
+    permanently): the caller reports the send anyway."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RECORD_DEADLINE_SECONDS
+    delay = 0.2
+    while True:
         try:
-            await services.requests.complete(claim, outcome.status, outcome.body, fingerprint)
-            return
+            await write()
+            return True
         except TransientError as err:
-            if attempt == COMPLETE_ATTEMPTS:
-                # The send happened: report it. The marker stays in flight until its lease ends.
-                logger.error("could not record the result of a key-guarded send (%s); the marker will expire", err.code)
-                return
-            await asyncio.sleep(0.2 * attempt)
+            if loop.time() + delay > deadline:
+                logger.error("could not record %s within %.0fs (%s)", what, RECORD_DEADLINE_SECONDS, err.code)
+                return False
+            logger.warning("could not record %s yet (%s); retrying in %.1fs", what, err.code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
         except NotifyError as err:
-            logger.error("could not record the result of a key-guarded send (%s); the marker will expire", err.code)
-            return
+            logger.error("could not record %s (%s)", what, err.code)
+            return False
 
 
 async def _release(services: Services, claim: Claimed) -> None:

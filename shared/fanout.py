@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared.callerauth import may_access, owner_id
-from shared.delivery import Outcome, deliver
+from shared.delivery import Outcome, deliver, keep_trying
 from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
 from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
@@ -31,12 +31,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-async def send_to_recipient(services: Services, header: Header, recipient: str) -> Delivery:
+async def send_to_recipient(
+    services: Services, header: Header, recipient: str, *, wait_seconds: float = 0.0
+) -> Delivery:
     """One recipient of a notification, exactly once: skipped when already final (sent, failed,
     recalled), else sent through ``deliver`` keyed by the delivery id and recorded. Only the caller's
     fault (4xx) makes the row ``failed``; a failure on our side or upstream's (5xx) leaves it
     ``pending`` with that error, so a repeat of the request or a replay sends it later. A transient
-    failure is recorded on the row (still pending) and raised."""
+    failure is recorded on the row (still pending) and raised. ``wait_seconds``: how long to wait for
+    the result of another attempt holding the delivery's key."""
     store = services.notifications
     row = await store.get(header.notification_id, recipient)
     if row is not None and row.state != "pending":
@@ -51,7 +54,15 @@ async def send_to_recipient(services: Services, header: Header, recipient: str) 
     key = delivery_id(header.notification_id, recipient)
     pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
     try:
-        outcome = await deliver(services, request, source="delivery", key=key, record_failures=True, fingerprint=key)
+        outcome = await deliver(
+            services,
+            request,
+            source="delivery",
+            key=key,
+            record_failures=True,
+            fingerprint=key,
+            wait_seconds=wait_seconds,
+        )
     except RequestInProgressError:
         # Another attempt holds the key (or an unconfirmed send keeps it held): its error, if any,
         # says more than "in progress", so the row is left as it is.
@@ -69,7 +80,20 @@ async def send_to_recipient(services: Services, header: Header, recipient: str) 
         )
         raise
     delivery = delivery_from_outcome(services, pending, outcome)
-    if await note(store, delivery):
+    if delivery.state == "sent":
+        # Teams confirmed it: the row must say so. Storage trouble here is retried (the key already
+        # holds the result, so no retry of the request can send again), and the answer reports the
+        # send whatever happens to the row.
+        written: list[bool] = []
+
+        async def write() -> None:
+            written.append(await note(store, delivery))
+
+        if not await keep_trying(write, "a sent delivery row"):
+            return delivery
+        if written[-1]:
+            return delivery
+    elif await note(store, delivery):
         return delivery
     # The row changed while we sent: a recall of the whole notification marked it. Honour it.
     current = await store.get(header.notification_id, recipient)
@@ -194,8 +218,9 @@ def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
     return row.error_status or 500, {"code": row.error_code or "notify_error", "message": row.error_message or ""}
 
 
-async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
+async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seconds: float = 0.0) -> Delivery:
     """One queued per-recipient send. Raises ``TransientError`` to have the message redelivered.
+    ``wait_seconds``: how long to wait for the result of another attempt holding the delivery's key.
 
     Only an item this deployment queued is acted on: its signature must match its notification id,
     recipient and delivery id, and the recipient must have a row in that notification. Anything else
@@ -223,7 +248,7 @@ async def handle_fan_out_item(services: Services, item: FanOutItem) -> Delivery:
         row = await services.notifications.get(item.notification_id, item.recipient) or row
     if row.state != "pending":
         return row
-    return await send_to_recipient(services, header, item.recipient)
+    return await send_to_recipient(services, header, item.recipient, wait_seconds=wait_seconds)
 
 
 async def record_single(services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome) -> None:

@@ -38,7 +38,10 @@ def odata_quote(value: str) -> str:
 
 
 def path_segment(value: str) -> str:
-    return quote(value, safe="")
+    """One URL path segment. ``.`` and ``..`` are percent-encoded too: left as they are, URL
+    normalisation (httpx's, RFC 3986 section 5.2.4) would remove them and rewrite the path."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 @dataclass(frozen=True)

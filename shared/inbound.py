@@ -17,7 +17,6 @@ acknowledged and ignored. Nothing is read or stored before the channel token is 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +29,8 @@ from shared.botframework import (
     reply_activity,
 )
 from shared.connector import ConnectorClient
-from shared.errors import NotifyError
+from shared.errors import InvalidRequestError, NotifyError
+from shared.models import loads_strict
 from shared.optout import OptOutStore
 from shared.pipeline import recipient_hash
 from shared.settings import Settings
@@ -45,6 +45,9 @@ HELP_TEXT = (
     "Hi! I'm the notification bot of your organization: I deliver messages to you from its systems. "
     "I can't read or answer chat messages, so there is no need to reply here."
 )
+
+#: The largest activity accepted (Teams' own messages are at most ~28 KB; the rest is envelope).
+MAX_ACTIVITY_BYTES = 256 * 1024
 
 #: How long an install activity may spend looking up the user's UPN (Teams waits ~15 s for the bot).
 UPN_LOOKUP_TIMEOUT = 5.0
@@ -94,6 +97,17 @@ class InboundHandler:
         with a body that is not an activity), TransientError / ConfigurationError (the signing keys could
         not be fetched; Table Storage is down).
         """
+        # The channel token is validated before the body is looked at: a caller without one cannot make
+        # the endpoint parse anything. The activity is validated again with the token below (serviceUrl
+        # and channel endorsement need the activity).
+        await self._authenticator.authenticate_token(authorization)
+        if len(body) > MAX_ACTIVITY_BYTES:
+            raise InvalidRequestError(
+                f"The activity is {len(body)} bytes; this endpoint accepts up to {MAX_ACTIVITY_BYTES}.",
+                code="message_too_large",
+                target="body",
+                http_status=413,
+            )
         activity = await self._authenticator.authenticate_activity(authorization, _json_or_none(body))
         result = await self._dispatch(activity)
         logger.info("inbound %s (%s): %s", activity.type, activity.action or "-", result.outcome)
@@ -233,7 +247,11 @@ def _same(a: ConversationReference, b: ConversationReference) -> bool:
 
 
 def _json_or_none(body: bytes) -> Any:
+    """The parsed body, strictly (shared.models.loads_strict); None when it is not JSON at all, so the
+    caller answers invalid_activity. Too deep a body is refused (413 json_too_deep)."""
     try:
-        return json.loads(body)
-    except ValueError:  # includes UnicodeDecodeError
+        return loads_strict(body)
+    except InvalidRequestError as err:
+        if err.http_status == 413:
+            raise
         return None

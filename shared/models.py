@@ -39,6 +39,10 @@ SYNC_RECIPIENTS = 20
 MAX_REQUEST_BYTES = MAX_RAW_BODY_BYTES + MAX_RECIPIENTS * 330
 GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# JSON nested deeper than this is refused (413 json_too_deep) before anything walks it recursively
+# (json, pydantic, Table Storage and Teams all have limits of their own, some of them crashes). A
+# real Adaptive Card nests well under half of it (one card level is an object and an array).
+MAX_JSON_DEPTH = 64
 _MAX_FIELD_NAME_IN_MESSAGE = 64
 
 
@@ -154,7 +158,7 @@ class NotifyRequest(BaseModel):
 
 def _a_name(value: str) -> str:
     stripped = value.strip()
-    if not stripped or _CONTROL_CHARS.search(stripped):
+    if not stripped or _CONTROL_CHARS.search(stripped) or stripped in (".", ".."):
         raise ValueError("must be a UPN or an Entra object id")
     return stripped
 
@@ -236,16 +240,100 @@ def _json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
         raise InvalidRequestError(
             "The request body is empty: send a JSON object.", code="invalid_request", target="body"
         )
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        position = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise InvalidRequestError(
-            f"The request body is not valid UTF-8 JSON{position}.", code="invalid_json", target="body"
-        ) from None
+    payload = loads_strict(body)
     if not isinstance(payload, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_request", target="body")
     return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def loads_strict(body: bytes | str, target: str = "body") -> Any:
+    """Parse untrusted JSON strictly, or raise ``InvalidRequestError``: UTF-8 only, no NaN/Infinity, no
+    number beyond a float or Python's 4,300-digit integer limit, no lone surrogate in a string
+    (400 ``invalid_json``), nesting at most ``MAX_JSON_DEPTH`` (413 ``json_too_deep``). Whatever it
+    returns can be re-serialised, stored and sent as JSON without an error."""
+    if _nesting_exceeds(body, MAX_JSON_DEPTH):
+        raise InvalidRequestError(
+            f"The JSON is nested deeper than {MAX_JSON_DEPTH} levels.",
+            code="json_too_deep",
+            target=target,
+            http_status=413,
+        )
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        position = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise InvalidRequestError(
+            f"The request {target} is not valid UTF-8 JSON{position}.", code="invalid_json", target=target
+        ) from None
+    except (ValueError, RecursionError) as err:
+        # int() past its digit limit, NaN/Infinity, a float out of range.
+        reason = str(err) if "JSON" in str(err) or "too large" in str(err) else "a number is too large"
+        raise InvalidRequestError(
+            f"The request {target} is not valid JSON: {reason}.", code="invalid_json", target=target
+        ) from None
+    if _has_lone_surrogate(payload):
+        raise InvalidRequestError(
+            f"The request {target} is not valid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff).",
+            code="invalid_json",
+            target=target,
+        )
+    return payload
+
+
+def _nesting_exceeds(body: bytes | str, limit: int) -> bool:
+    """True when brackets nest deeper than ``limit`` outside strings (a cheap scan before parsing,
+    which would recurse once per level)."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _too_large(size: int) -> InvalidRequestError:

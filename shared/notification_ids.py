@@ -18,6 +18,8 @@ import uuid
 from urllib.parse import quote, urlsplit
 
 from shared.callerauth import may_access
+from shared.errors import InvalidRequestError
+from shared.models import loads_strict
 from shared.notification_store import Delivery
 from shared.signing import Signer
 
@@ -93,8 +95,8 @@ def delivery_from_handle(notification_id: str, default_service_url: str, signer:
     if not signer.verify(tag, _HANDLE_PURPOSE, encoded):
         return None
     try:
-        fields = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (binascii.Error, ValueError):
+        fields = loads_strict(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, InvalidRequestError):
         return None
     if not isinstance(fields, dict) or not set(fields) <= {"t", "r", "c", "a", "u", "k"}:
         return None

@@ -398,7 +398,7 @@ def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK ta
     )
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as err:
+    except (binascii.Error, ValueError, RecursionError) as err:
         raise invalid from err
     if (
         not isinstance(raw, dict)

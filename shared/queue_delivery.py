@@ -4,10 +4,12 @@ many-recipient request), and keeping a message that failed permanently for an op
 ``handle_queue_message``: one Service Bus message -> ``"sent" | "duplicate" | "kept" | "delivered" |
 "fanned_out"``, or an exception when the message must be redelivered (transient trouble, or its
 failure could not be kept). ``process_queue_body`` is what a queue message comes to, shared by the
-trigger and the operator's replay (shared.failures). Over Service Bus, an in-flight repeat raises with
-the holder's remaining lease as retry_after, and any other transient failure with what upstream asked
-(Retry-After); the trigger waits up to ``QUEUE_WAIT_SECONDS`` of it before the message is redelivered,
-so the queue's delivery attempts outlast the lease.
+trigger and the operator's replay (shared.failures). Over Service Bus a duplicate delivery polls the
+key's record for up to ``IN_FLIGHT_QUEUE_WAIT_SECONDS`` and completes as soon as the first attempt has
+recorded its result (or sends itself if the first released the key); only a key still held after that
+is abandoned, after a short pause, so the queue's delivery attempts outlast the lease. Any other
+transient failure waits what upstream asked (Retry-After), up to ``QUEUE_WAIT_SECONDS``, before the
+message is redelivered.
 """
 
 from __future__ import annotations
@@ -20,20 +22,21 @@ from typing import Any, Literal
 
 from shared.bootstrap import Services, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
-from shared.delivery import Outcome, deliver, error_outcome
-from shared.errors import NotifyError, TransientError
+from shared.delivery import IN_FLIGHT_RETRY_AFTER, Outcome, deliver, error_outcome
+from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
 from shared.idempotency import check_key
 from shared.logcontext import accept_correlation_id, correlation
-from shared.models import FanOutItem, parse_notify_request
+from shared.models import FanOutItem, loads_strict, parse_notify_request
 from shared.notification_ids import notification_id_for
 
 logger = logging.getLogger(__name__)
 
-# Over Service Bus, a redelivery that finds the key held waits out the holder's remaining lease (up to
-# 6 min after an unconfirmed send) in steps of at most this long, so the queue's 10 delivery attempts
-# (10 x 120 s) outlast the lease, and one step stays well inside functionTimeout (5 min) and the
-# lock's auto-renewal (5 min).
+# Over Service Bus, a delivery that finds the key held polls the key's record for the holder's result
+# for at most this long (it returns as soon as the result is recorded: a duplicate of a delivery that
+# finished in milliseconds completes in milliseconds), so the queue's 10 delivery attempts (10 x 120 s)
+# outlast a lease held after an unconfirmed send (6 min), and one wait stays well inside
+# functionTimeout (5 min) and the lock's auto-renewal (5 min).
 IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
 # Over Service Bus, any transient failure waits out what upstream asked (Retry-After) up to this long
 # before the message is redelivered (well inside functionTimeout and the lock's auto-renewal).
@@ -79,7 +82,7 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
         key = check_key(message_id, target="messageId")
         item = _fan_out_item(body)
         if item is not None:
-            row = await handle_fan_out_item(services, item)
+            row = await handle_fan_out_item(services, item, wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS)
             logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
             if row.needs_operator or row.state == "failed":
                 status, error = row.error_status or 500, {"code": row.error_code, "message": row.error_message or ""}
@@ -99,7 +102,13 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
         notification_id = notification_id_for(key)
         await open_notification(services, request, notification_id, "queue")
         outcome = await deliver(
-            services, request, source="queue", key=key, record_failures=False, notification_id=notification_id
+            services,
+            request,
+            source="queue",
+            key=key,
+            record_failures=False,
+            notification_id=notification_id,
+            wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS,
         )
         await record_single_best_effort(services, request, notification_id, outcome)
     except TransientError:
@@ -140,7 +149,12 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
             # long as upstream asked (Retry-After) or another attempt's lease on the key lasts, up to
             # QUEUE_WAIT_SECONDS per delivery, then let Service Bus redeliver: the redelivery comes no
             # earlier than Retry-After (up to 10 x 120 s), never faster than Teams allows.
-            pause = min(err.retry_after, QUEUE_WAIT_SECONDS)
+            # A key held by another attempt was already waited on (polling its record), and a send Teams
+            # did not confirm keeps its key for the lease, which the next delivery polls: only briefly.
+            cap = QUEUE_WAIT_SECONDS
+            if isinstance(err, RequestInProgressError) or err.code == "delivery_unconfirmed":
+                cap = min(cap, IN_FLIGHT_RETRY_AFTER)
+            pause = min(err.retry_after, cap)
             logger.warning(
                 "queue message %s not sent (%s); delivery %s will be retried after %.0fs",
                 delivery.message_id,
@@ -176,7 +190,8 @@ def _fan_out_item(body: bytes) -> FanOutItem | None:
     """A per-recipient fan-out message (it carries ``deliveryId``), or None for a send request."""
     if b'"deliveryId"' not in body:
         return None
+    payload = loads_strict(body)  # hostile JSON is refused here as it would be for a send request
     try:
-        return FanOutItem.model_validate_json(body)
+        return FanOutItem.model_validate(payload)
     except ValueError:
         return None  # not ours after all: validated (and reported) as a send request

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -30,9 +31,19 @@ logger = logging.getLogger(__name__)
 _FORBIDDEN_KEY_CHARS = frozenset("/\\#?%")
 
 
+# Table Storage keys are at most 1 KiB of UTF-16 (512 code units; Azurite enforces exactly that). An
+# escaped key longer than that is cut to _KEY_PREFIX_UNITS and ends with "%~" + a SHA-256 of the
+# whole value: "%~" never occurs in an escaped key ('%' is always followed by two hex digits), so a
+# shortened key never equals a plain one, and the digest keeps distinct values apart.
+MAX_KEY_UNITS = 512
+_KEY_PREFIX_UNITS = 400
+
+
 def escape_key(value: str) -> str:
     """A Table Storage key for any string: '/', '\\', '#', '?', '%' and control characters are
-    percent-encoded (Table Storage forbids them; guest UPNs contain '#EXT#'). Reversible."""
+    percent-encoded (Table Storage forbids them; guest UPNs contain '#EXT#'). Reversible while it fits
+    the key limit; a longer one is shortened with a digest (see MAX_KEY_UNITS), so every value has a
+    key that Table Storage accepts."""
     out: list[str] = []
     for ch in value:
         code = ord(ch)
@@ -40,7 +51,22 @@ def escape_key(value: str) -> str:
             out.append(f"%{code:02X}")
         else:
             out.append(ch)
-    return "".join(out)
+    escaped = "".join(out)
+    if len(escaped) <= MAX_KEY_UNITS // 2 or _utf16_units(escaped) <= MAX_KEY_UNITS:
+        return escaped
+    prefix: list[str] = []
+    units = 0
+    for piece in out:
+        units += _utf16_units(piece)
+        if units > _KEY_PREFIX_UNITS:
+            break
+        prefix.append(piece)
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return "".join(prefix) + "%~" + digest
+
+
+def _utf16_units(text: str) -> int:
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
 def unescape_key(value: str) -> str:

@@ -16,9 +16,12 @@ Credentials, chosen by settings:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,16 @@ BOT_SCOPE = "https://api.botframework.com/.default"
 TOKEN_EXCHANGE_RESOURCE = "api://AzureADTokenExchange"
 # Refresh this long before expiry so a token never expires in flight.
 _REFRESH_MARGIN = 300.0
+# Per-tenant state (MSAL apps, token locks) is kept for at most this many tenants (least recently
+# used dropped first): a flood of requests naming unknown tenant ids cannot grow it without bound.
+MAX_TENANTS = 1000
+# A tenant the login service said does not exist is answered from memory for this long (no login
+# round trip per request naming it).
+NEGATIVE_TTL = 60.0
+# The only evidence that a tenant does not exist: the login service's own words for it. Anything
+# else (a 429/5xx replayed by MSAL's throttle cache, a malformed or empty OpenID document, a
+# connection error) is transient.
+_UNKNOWN_TENANT_MARKERS = ("AADSTS90002", "invalid_tenant")
 
 
 class _MsalHttpBridge:
@@ -92,9 +105,10 @@ class TokenProvider:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._settings = settings
         self._client = client
-        self._tokens: dict[tuple[str, str], _Token] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._apps: dict[str, Any] = {}
+        self._tokens: OrderedDict[tuple[str, str], _Token] = OrderedDict()
+        self._locks: OrderedDict[tuple[str, str], asyncio.Lock] = OrderedDict()
+        self._apps: OrderedDict[str, Any] = OrderedDict()
+        self._unknown: OrderedDict[str, tuple[float, NotifyError]] = OrderedDict()
         self._mi_client: Any = None
         self._bridge: _MsalHttpBridge | None = None
 
@@ -118,7 +132,12 @@ class TokenProvider:
         now = time.time()
         if cached is not None and cached.expires_at - _REFRESH_MARGIN > now:
             return cached.value
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        known_missing = self._unknown.get(tenant)
+        if known_missing is not None:
+            if known_missing[0] > now:
+                raise copy.copy(known_missing[1]) from None
+            del self._unknown[tenant]
+        lock = self._lock(key)
         async with lock:
             cached = self._tokens.get(key)
             if cached is not None and cached.expires_at - _REFRESH_MARGIN > time.time():
@@ -126,9 +145,34 @@ class TokenProvider:
             if self._bridge is None:
                 self._bridge = _MsalHttpBridge(self._client, asyncio.get_running_loop(), self._settings.http_timeout)
             result = await asyncio.to_thread(self._acquire, tenant, scope)
-            token = self._check(result, tenant, recipient_tenant=recipient_tenant)
+            try:
+                token = self._check(result, tenant, recipient_tenant=recipient_tenant)
+            except NotifyError as err:
+                if err.code == "tenant_not_found":
+                    self._remember_unknown(tenant, err)
+                raise
             self._tokens[key] = token
+            self._tokens.move_to_end(key)
+            while len(self._tokens) > 2 * MAX_TENANTS:
+                self._tokens.popitem(last=False)
             return token.value
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        """The lock of one (tenant, scope); at most ``2 * MAX_TENANTS`` are kept (idle ones dropped first)."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+            if len(self._locks) > 2 * MAX_TENANTS:
+                for old in [k for k, v in self._locks.items() if not v.locked()][: len(self._locks) - 2 * MAX_TENANTS]:
+                    del self._locks[old]
+        self._locks.move_to_end(key)
+        return lock
+
+    def _remember_unknown(self, tenant: str, err: NotifyError) -> None:
+        self._unknown[tenant] = (time.time() + NEGATIVE_TTL, err)
+        self._unknown.move_to_end(tenant)
+        while len(self._unknown) > MAX_TENANTS:
+            self._unknown.popitem(last=False)
 
     # --- runs in a worker thread -------------------------------------------------------------
     def _acquire(self, tenant: str, scope: str) -> dict[str, Any]:
@@ -153,6 +197,10 @@ class TokenProvider:
                     instance_discovery=False,
                 )
                 self._apps[tenant] = app
+                while len(self._apps) > MAX_TENANTS:
+                    self._apps.popitem(last=False)
+            with contextlib.suppress(KeyError):  # dropped meanwhile by another thread: still usable here
+                self._apps.move_to_end(tenant)
             result = dict(app.acquire_token_for_client(scopes=[scope]))
             if "access_token" not in result:
                 result["http_status"] = bridge.last_status
@@ -160,15 +208,16 @@ class TokenProvider:
         except httpx.TransportError as err:
             return {"error": "transport_error", "error_description": type(err).__name__}
         except msal.exceptions.MsalServiceError:
-            # MSAL raises (rather than returning an error) when the authority's metadata request
-            # fails, e.g. a 503 from the login endpoint: transient unless it was a 4xx.
-            status = bridge.last_status or 0
-            if status == 429 or status >= 500:
-                return {"error": "temporarily_unavailable", "error_description": f"HTTP {status}"}
-            return {"error": "invalid_authority", "error_description": f"HTTP {status}"}
-        except ValueError as err:
-            # MSAL raises ValueError when the authority's metadata cannot be fetched (unknown tenant).
-            return {"error": "invalid_authority", "error_description": str(err)}
+            # MSAL raises this for a 5xx answer of the login endpoint (token or OpenID document),
+            # including one its throttle cache replays for a few seconds without an HTTP call.
+            return {"error": "temporarily_unavailable", "error_description": "login endpoint answered 5xx"}
+        except (ValueError, RuntimeError) as err:
+            # MSAL raises ValueError when the OpenID document cannot be had: a 4xx (an unknown tenant
+            # answers 400 AADSTS90002, but a 429 is a 4xx too), or a body that is not JSON (also a
+            # token answer). Only the login service's own words make it "tenant not found".
+            if _says_unknown_tenant(err):
+                return {"error": "invalid_authority", "error_description": "AADSTS90002"}
+            return {"error": "temporarily_unavailable", "error_description": type(err).__name__}
 
     def _credential(self, msal: Any, bridge: _MsalHttpBridge) -> Any:
         if self._settings.credential_kind == "secret":
@@ -207,6 +256,19 @@ class TokenProvider:
         raise _token_error(result, tenant, self._settings, recipient_tenant=recipient_tenant)
 
 
+def _says_unknown_tenant(err: BaseException) -> bool:
+    """True when the exception (or one it was raised from) quotes the login service saying the
+    tenant does not exist. The text is only searched, never logged."""
+    seen: BaseException | None = err
+    for _ in range(5):
+        if seen is None:
+            return False
+        if any(marker in str(seen) for marker in _UNKNOWN_TENANT_MARKERS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _token_error(
     result: dict[str, Any],
     tenant: str,
@@ -227,7 +289,7 @@ def _token_error(
         "msi": "MicrosoftAppId",
     }[settings.credential_kind]
     status = result.get("http_status") or 0
-    if error in ("transport_error", "temporarily_unavailable") or status == 429 or status >= 500:
+    if error in ("transport_error", "temporarily_unavailable", "server_error") or status == 429 or status >= 500:
         return TransientError(
             "The login endpoint could not be reached; try again later.", target="AuthorityHost", retry_after=5.0
         )
