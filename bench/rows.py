@@ -102,10 +102,16 @@ async def calls_per_send(world: World, sizes: Sizes) -> list[Line]:
             "1",
             "calls: cold send, app installed",
             fmt(cold_installed, cold_installed_tokens),
-            "<= 5 + tokens",
-            len(cold_installed) <= 5,
+            "3 + tokens (installed apps, chat, send)",
+            cold_installed == ["graph.installed_apps", "graph.chat", "connector.send"],
         ),
-        Line("1", "calls: cold send that installs", fmt(cold_install, cold_install_tokens), "info"),
+        Line(
+            "1",
+            "calls: cold send that installs (first in the process: with the catalog lookup)",
+            fmt(cold_install, cold_install_tokens),
+            "<= 6 + tokens",
+            len(cold_install) <= 6 and cold_install[-1] == "connector.send",
+        ),
         Line(
             "1",
             f"token requests per send over {sizes.amortise} sends (fresh process)",
@@ -121,7 +127,7 @@ async def calls_per_send(world: World, sizes: Sizes) -> list[Line]:
 class WarmRecipient:
     upn: str
     conversation_id: str
-    account_id: str
+    account_id: str | None  # None: resolved from the installation's chat id (no members call)
 
 
 async def warm_recipients(world: World, count: int) -> list[WarmRecipient]:

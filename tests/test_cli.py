@@ -279,8 +279,12 @@ def test_cache_show_and_evict_one_recipient(world: World, cli: Cli) -> None:
 
     assert cli("send", "--to", "alice@contoso.com", "--text", "one") == 0
     code, shown = cli.json("cache", "show", alice.oid)  # any alias finds the entry
-    assert code == 0 and shown["accountId"] == alice.account_id and shown["upn"] == "alice@contoso.com"
-    assert cli("cache", "show", "ALICE@contoso.com") == 0 and alice.account_id in cli.output
+    # A cold send memoises the installation's chat id (the 1:1 conversation id); the ChannelAccount
+    # and the UPN come with Teams' install activity on /api/messages.
+    chat_id = world.tenant.chat_id_for(alice)
+    assert code == 0 and shown["conversationId"] == chat_id and shown["objectId"] == alice.oid
+    assert shown["accountId"] is None
+    assert cli("cache", "show", "ALICE@contoso.com") == 0 and chat_id in cli.output
 
     assert cli("cache", "evict", "alice@contoso.com") == 0 and "Evicted alice@contoso.com" in cli.output
     assert cli("cache", "show", alice.oid) == 1  # every alias is gone
