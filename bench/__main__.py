@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import asyncio
 
+        if "4" in only:
+            from bench.firstsend import first_send
+
+            lines += first_send(world, quick=args.quick)
         if "1" in only:
             lines += asyncio.run(calls_per_send(world, sizes))
         if "2" in only:

@@ -26,6 +26,7 @@ from shared.notify import Notifier
 from shared.settings import Settings, load_settings
 from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.throttle import Throttle
+from shared.tokens import TokenProvider
 
 if TYPE_CHECKING:
     from shared.notifications import NotificationStore
@@ -43,8 +44,14 @@ class Services:
     store: RecipientStore
     notifier: Notifier
     tables: Any  # azure.data.tables.aio.TableServiceClient
-    channel_auth: ChannelAuthenticator  # the messaging endpoint's inbound token validation
     throttle: Throttle | None = None
+
+    @functools.cached_property
+    def channel_auth(self) -> ChannelAuthenticator:
+        """The messaging endpoint's inbound token validation, built on the first inbound activity: it
+        loads the Bot Framework SDK (botframework-connector), which no send needs. It also configures
+        the SDK's process-wide validation state (BotOpenIdMetadata), once."""
+        return ChannelAuthenticator(self.settings.app_id, self.settings.bot_openid_metadata, self.http)
 
     def table(self, suffix: str) -> Any:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
@@ -79,16 +86,40 @@ class Services:
         await self.http.aclose()
 
 
-def table_service(settings: Settings) -> Any:
+def table_service(settings: Settings, tokens: TokenProvider) -> Any:
     from azure.data.tables.aio import TableServiceClient
 
     if settings.table_connection_string:
         return TableServiceClient.from_connection_string(settings.table_connection_string)
-    from azure.identity.aio import ManagedIdentityCredential
-
     assert settings.table_service_uri is not None
-    credential = ManagedIdentityCredential(client_id=settings.table_client_id)
+    credential = StorageCredential(tokens, settings.table_client_id)
     return TableServiceClient(endpoint=settings.table_service_uri, credential=credential)
+
+
+class StorageCredential:
+    """The managed identity's token for Table Storage (an azure-core AsyncTokenCredential), from the
+    app's own managed-identity client (shared.tokens): azure.identity would load msal and requests on
+    a first send's path."""
+
+    def __init__(self, tokens: TokenProvider, client_id: str | None) -> None:
+        self._tokens = tokens
+        self._client_id = client_id or ""
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        resource = scopes[0].removesuffix("/.default") if scopes else "https://storage.azure.com"
+        token = await self._tokens.managed_identity_token(resource, self._client_id)
+        return AccessToken(token.value, int(token.expires_at))
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StorageCredential:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        return None
 
 
 # Loggers of libraries that log request URLs at INFO: Graph URLs name the recipient (a UPN) and Table
@@ -102,8 +133,6 @@ def quiet_url_loggers() -> None:
 
 
 def build_services(settings: Settings, *, store: RecipientStore | None = None) -> Services:
-    from shared.tokens import TokenProvider
-
     quiet_url_loggers()
     http = build_http_client(settings)
     policy = RetryPolicy.from_settings(settings)
@@ -116,13 +145,11 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     )
     graph = GraphClient(settings, http, tokens, policy, throttle)
     connector = ConnectorClient(settings, http, tokens, policy, throttle)
-    tables = table_service(settings)
+    tables = table_service(settings, tokens)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
     notifier = Notifier(settings, graph, connector, store, throttle)
-    # Configures botframework-connector's process-wide validation state (BotOpenIdMetadata) once.
-    channel_auth = ChannelAuthenticator(settings.app_id, settings.bot_openid_metadata, http)
-    return Services(settings, http, tokens, graph, connector, store, notifier, tables, channel_auth, throttle)
+    return Services(settings, http, tokens, graph, connector, store, notifier, tables, throttle)
 
 
 _services: Services | None = None

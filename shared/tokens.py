@@ -1,9 +1,9 @@
 """App tokens: MSAL client credentials for Graph (per recipient tenant) and the Bot Connector.
 
-One ``ConfidentialClientApplication`` per authority, so MSAL's token cache is reused; a small memo of
-the current token per (authority, scope) in front of it keeps the warm send free of thread hops.
-MSAL is synchronous: it runs in a worker thread and its HTTP goes through our shared
-``httpx.AsyncClient`` (``_MsalHttpBridge``), so there is one outbound HTTP stack.
+The client-credentials request (PROTOCOL.md, Tokens) is made directly over the shared
+``httpx.AsyncClient``, with a memo of the current token per (authority, scope): MSAL is not used on
+the send path (it is synchronous and loads requests, which a first send after a cold start would pay
+for). One outbound HTTP stack, no worker threads.
 
 Credentials, chosen by settings:
 - ``secret``: MicrosoftAppPassword (local development).
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,41 +36,9 @@ TOKEN_EXCHANGE_RESOURCE = "api://AzureADTokenExchange"
 _REFRESH_MARGIN = 300.0
 
 
-class _MsalHttpBridge:
-    """The requests-like object MSAL wants, running each call on our AsyncClient's event loop."""
-
-    def __init__(self, client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._client = client
-        self._loop = loop
-        self._timeout = timeout
-        # Several MSAL calls may run at once in worker threads: each sees its own last status.
-        self._local = threading.local()
-
-    @property
-    def last_status(self) -> int | None:
-        """The status of the last response in the calling thread (MSAL hides it in errors)."""
-        status: int | None = getattr(self._local, "status", None)
-        return status
-
-    def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        kwargs.pop("timeout", None)
-        kwargs.pop("verify", None)
-        self._local.status = None
-        future = asyncio.run_coroutine_threadsafe(self._client.request(method, url, **kwargs), self._loop)
-        response = future.result(self._timeout * 2)
-        self._local.status = response.status_code
-        return response
-
-    def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> httpx.Response:
-        return self._call("GET", url, params=params, headers=headers)
-
-    def post(
-        self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
-    ) -> httpx.Response:
-        return self._call("POST", url, params=params, data=data, headers=headers)
-
-    def close(self) -> None:  # MSAL may call it; the shared client outlives MSAL.
-        return None
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: The App Service managed identity protocol version (Functions, Flex Consumption included).
+_MI_API_VERSION = "2019-08-01"
 
 
 @dataclass
@@ -87,9 +55,7 @@ class TokenProvider:
         self._client = client
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._apps: dict[str, Any] = {}
-        self._mi_client: Any = None
-        self._bridge: _MsalHttpBridge | None = None
+        self._mi_tokens: dict[tuple[str, str], _Token] = {}
 
     async def graph_token(self, tenant_id: str) -> str:
         return await self._token(tenant_id, GRAPH_SCOPE, recipient_tenant=tenant_id != self._settings.tenant_id)
@@ -101,12 +67,9 @@ class TokenProvider:
         return await self._token(tenant, BOT_SCOPE, recipient_tenant=False)
 
     def forget(self, tenant_id: str, scope: str) -> None:
-        """Drop a token that the service rejected (401): ours and MSAL's cached copy, so the next
-        call fetches a new one."""
+        """Drop a token that the service rejected (401), so the next call fetches a new one."""
         self._tokens.pop((tenant_id, scope), None)
-        app = self._apps.get(tenant_id)
-        if app is not None:
-            app.remove_tokens_for_client()
+        self._mi_tokens.clear()
 
     async def _token(self, tenant: str, scope: str, *, recipient_tenant: bool) -> str:
         key = (tenant, scope)
@@ -119,83 +82,74 @@ class TokenProvider:
             cached = self._tokens.get(key)
             if cached is not None and cached.expires_at - _REFRESH_MARGIN > time.time():
                 return cached.value
-            if self._bridge is None:
-                self._bridge = _MsalHttpBridge(self._client, asyncio.get_running_loop(), self._settings.http_timeout)
-            result = await asyncio.to_thread(self._acquire, tenant, scope)
+            result = await self._acquire(tenant, scope)
             token = self._check(result, tenant, recipient_tenant=recipient_tenant)
             self._tokens[key] = token
             return token.value
 
-    # --- runs in a worker thread -------------------------------------------------------------
-    def _acquire(self, tenant: str, scope: str) -> dict[str, Any]:
-        import msal  # imported on first token only: keeps cold start light
-        import msal.exceptions
+    async def managed_identity_token(self, resource: str, client_id: str) -> _Token:
+        """A managed-identity token (App Service protocol: IDENTITY_ENDPOINT + IDENTITY_HEADER, which
+        Azure Functions provides), memoised until shortly before it expires."""
+        key = (resource, client_id)
+        cached = self._mi_tokens.get(key)
+        if cached is not None and cached.expires_at - _REFRESH_MARGIN > time.time():
+            return cached
+        result = await self._managed_identity(resource, client_id)
+        if "access_token" not in result:
+            raise ConfigurationError(
+                f"The managed identity could not get a token: {result.get('error', 'unknown error')}.",
+                code="managed_identity_unavailable",
+                target="ManagedIdentityClientId",
+            )
+        token = _Token(str(result["access_token"]), time.time() + float(result.get("expires_in", 3600)))
+        self._mi_tokens[key] = token
+        return token
 
-        bridge = self._bridge
-        assert bridge is not None
+    async def _acquire(self, tenant: str, scope: str) -> dict[str, Any]:
+        """OAuth 2.0 client credentials (PROTOCOL.md, Tokens) straight over the shared httpx client: the
+        send path needs no MSAL (which would load requests). Answers are dicts in the token
+        endpoint's shape (``access_token``/``expires_in`` or ``error``/``error_codes``)."""
+        settings = self._settings
+        if settings.credential_kind == "msi":
+            return await self._managed_identity(scope.removesuffix("/.default"), settings.app_id)
+        form = {"grant_type": "client_credentials", "client_id": settings.app_id, "scope": scope}
+        if settings.credential_kind == "secret":
+            form["client_secret"] = settings.app_password or ""
+        else:
+            assert settings.managed_identity_client_id is not None
+            assertion = await self.managed_identity_token(TOKEN_EXCHANGE_RESOURCE, settings.managed_identity_client_id)
+            form["client_assertion_type"] = JWT_BEARER
+            form["client_assertion"] = assertion.value
+        url = f"{settings.authority_host}/{tenant}/oauth2/v2.0/token"
+        return await self._post_json("POST", url, data=form)
+
+    async def _managed_identity(self, resource: str, client_id: str) -> dict[str, Any]:
+        endpoint, secret = os.environ.get("IDENTITY_ENDPOINT"), os.environ.get("IDENTITY_HEADER")
+        if not endpoint or not secret:
+            return {"error": "managed_identity_unavailable", "error_description": "IDENTITY_ENDPOINT is not set"}
+        params = {"resource": resource, "api-version": _MI_API_VERSION, "client_id": client_id}
+        result = await self._post_json("GET", endpoint, params=params, headers={"X-IDENTITY-HEADER": secret})
+        if "access_token" in result and "expires_in" not in result:
+            expires_on = float(result.get("expires_on") or 0)
+            result["expires_in"] = max(0.0, expires_on - time.time()) if expires_on else 3600.0
+        if "access_token" not in result and "error" not in result:
+            result["error"] = "managed_identity_unavailable"
+        return result
+
+    async def _post_json(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            if self._settings.credential_kind == "msi":
-                resource = scope.removesuffix("/.default")
-                return dict(self._managed_identity(msal, bridge).acquire_token_for_client(resource=resource))
-            app = self._apps.get(tenant)
-            if app is None:
-                app = msal.ConfidentialClientApplication(
-                    self._settings.app_id,
-                    client_credential=self._credential(msal, bridge),
-                    authority=f"{self._settings.authority_host}/{tenant}",
-                    http_client=bridge,
-                    # Our AuthorityHost comes from settings (national cloud, loopback fake): no
-                    # discovery call to the public cloud, the configured host is trusted as given.
-                    instance_discovery=False,
-                )
-                self._apps[tenant] = app
-            result = dict(app.acquire_token_for_client(scopes=[scope]))
-            if "access_token" not in result:
-                result["http_status"] = bridge.last_status
-            return result
+            response = await self._client.request(method, url, **kwargs)
         except httpx.TransportError as err:
             return {"error": "transport_error", "error_description": type(err).__name__}
-        except msal.exceptions.MsalServiceError:
-            # MSAL raises (rather than returning an error) when the authority's metadata request
-            # fails, e.g. a 503 from the login endpoint: transient unless it was a 4xx.
-            status = bridge.last_status or 0
-            if status == 429 or status >= 500:
-                return {"error": "temporarily_unavailable", "error_description": f"HTTP {status}"}
-            return {"error": "invalid_authority", "error_description": f"HTTP {status}"}
-        except ValueError as err:
-            # MSAL raises ValueError when the authority's metadata cannot be fetched (unknown tenant).
-            return {"error": "invalid_authority", "error_description": str(err)}
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        result: dict[str, Any] = dict(body) if isinstance(body, dict) else {"error": "malformed_response"}
+        if "access_token" not in result:
+            result["http_status"] = response.status_code
+        return result
 
-    def _credential(self, msal: Any, bridge: _MsalHttpBridge) -> Any:
-        if self._settings.credential_kind == "secret":
-            return self._settings.app_password
-
-        def assertion() -> str:
-            result = self._managed_identity(msal, bridge).acquire_token_for_client(resource=TOKEN_EXCHANGE_RESOURCE)
-            if "access_token" not in result:
-                raise ConfigurationError(
-                    "The managed identity could not get a token for the federated credential: "
-                    f"{result.get('error', 'unknown error')}.",
-                    code="managed_identity_unavailable",
-                    target="ManagedIdentityClientId",
-                )
-            return str(result["access_token"])
-
-        return {"client_assertion": assertion}
-
-    def _managed_identity(self, msal: Any, bridge: _MsalHttpBridge) -> Any:
-        if self._mi_client is None:
-            client_id = (
-                self._settings.app_id
-                if self._settings.credential_kind == "msi"
-                else self._settings.managed_identity_client_id
-            )
-            self._mi_client = msal.ManagedIdentityClient(
-                msal.UserAssignedManagedIdentity(client_id=client_id), http_client=bridge
-            )
-        return self._mi_client
-
-    # --- back on the event loop ---------------------------------------------------------------
     def _check(self, result: dict[str, Any], tenant: str, *, recipient_tenant: bool) -> _Token:
         if "access_token" in result:
             expires_in = float(result.get("expires_in", 3600))
@@ -210,7 +164,7 @@ def _token_error(
     *,
     recipient_tenant: bool,
 ) -> NotifyError:
-    """Translate an MSAL error result. Only codes and AADSTS numbers are used: never the raw body."""
+    """Translate a token endpoint error answer. Only codes and AADSTS numbers are used: never the raw body."""
     error = str(result.get("error", ""))
     description = str(result.get("error_description", ""))
     aadsts = {c for c in result.get("error_codes", []) if isinstance(c, int)}
