@@ -9,7 +9,7 @@ is fed to the ``notify_queue`` function with bounded concurrency, and redelivere
 
 Settings: the deployed per-instance values scaled to ONE instance, which here stands for the whole
 app's budget (README, "Rate limits: instances x rate": 4 instances x 7/s = 28/s under Teams' 30/s):
-SendRatePerSecond = GraphRatePerSecond = 28, MaxConcurrentSends = 4 x 8 = 32, queue concurrency
+TenantSendRatePerSecond = TenantGraphRatePerSecond = 28, MaxConcurrentSends = 4 x 8 = 32, queue concurrency
 4 x 4 (host.json maxConcurrentCalls) = 16.
 
 The theoretical minimum is the number of rate-limited connector requests (warm: the send; cold:
@@ -36,8 +36,8 @@ from shared.settings import load_settings
 APP_RATE = 30  # Teams: requests per second per app per tenant (the fake enforces it)
 INSTANCES = 4  # infra/ maximumInstanceCount: one bench instance stands for all of them
 SETTINGS = {
-    "SendRatePerSecond": str(INSTANCES * 7),
-    "GraphRatePerSecond": str(INSTANCES * 7),
+    "TenantSendRatePerSecond": str(INSTANCES * 7),
+    "TenantGraphRatePerSecond": str(INSTANCES * 7),
     "MaxConcurrentSends": str(INSTANCES * 8),
 }
 QUEUE_CONCURRENCY = INSTANCES * 4  # host.json maxConcurrentCalls per instance

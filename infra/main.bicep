@@ -25,7 +25,7 @@ param teamsAppId string = ''
 
 @minValue(1)
 @maxValue(1000)
-@description('Upper bound on Function App instances. maximumInstanceCount x sendRatePerSecond is the global send rate, which must stay under the Teams per-app-per-tenant limit (30/s): 4 x 7 = 28. Raise it only together with a lower sendRatePerSecond.')
+@description('Upper bound on Function App instances. The send rate does not depend on it: TenantSendRatePerSecond is the whole tenant budget, shared by all instances.')
 param maximumInstanceCount int = 4
 
 @allowed([
@@ -62,10 +62,10 @@ param retryMaxAttempts string = '4'
 param retryMaxDelaySeconds string = '30'
 @description('Sends in flight per instance (app setting MaxConcurrentSends).')
 param maxConcurrentSends string = '8'
-@description('Bot Connector requests per second per tenant per instance (app setting SendRatePerSecond).')
-param sendRatePerSecond string = '7'
-@description('Graph requests per second per tenant per instance, cold resolutions (app setting GraphRatePerSecond).')
-param graphRatePerSecond string = '7'
+@description('Bot Connector requests per second per tenant, the whole deployment\'s budget shared by all instances (app setting TenantSendRatePerSecond).')
+param tenantSendRatePerSecond string = '30'
+@description('Graph requests per second per tenant (cold resolutions), the whole deployment\'s budget shared by all instances (app setting TenantGraphRatePerSecond).')
+param tenantGraphRatePerSecond string = '30'
 
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -170,8 +170,8 @@ module functionApp 'modules/functionapp.bicep' = {
     retryMaxAttempts: retryMaxAttempts
     retryMaxDelaySeconds: retryMaxDelaySeconds
     maxConcurrentSends: maxConcurrentSends
-    sendRatePerSecond: sendRatePerSecond
-    graphRatePerSecond: graphRatePerSecond
+    tenantSendRatePerSecond: tenantSendRatePerSecond
+    tenantGraphRatePerSecond: tenantGraphRatePerSecond
   }
 }
 

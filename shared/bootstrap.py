@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from shared.botframework import ChannelAuthenticator
+from shared.budget import TenantBudget
 from shared.connector import ConnectorClient
 from shared.failures import FailureStore
 from shared.graph import GraphClient
@@ -45,6 +46,7 @@ class Services:
     notifier: Notifier
     tables: Any  # azure.data.tables.aio.TableServiceClient
     throttle: Throttle | None = None
+    budget: TenantBudget | None = None  # the tenants' shared request budgets ({TableNamePrefix}budget)
 
     @functools.cached_property
     def channel_auth(self) -> ChannelAuthenticator:
@@ -76,6 +78,8 @@ class Services:
 
     async def aclose(self) -> None:
         await self.store.close()
+        if self.budget is not None:
+            await self.budget.close()
         if "requests" in self.__dict__:
             await self.requests.close()
         if "failures" in self.__dict__:
@@ -137,19 +141,24 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     http = build_http_client(settings)
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)
+    tables = table_service(settings, tokens)
+    budget = TenantBudget(
+        tables.get_table_client(settings.table_prefix + "budget"),
+        {"connector": settings.tenant_send_rate, "graph": settings.tenant_graph_rate},
+    )
     throttle = Throttle(
         max_concurrent=settings.max_concurrent_sends,
-        send_rate=settings.send_rate_per_second,
-        graph_rate=settings.graph_rate_per_second,
+        send_rate=settings.tenant_send_rate,
+        graph_rate=settings.tenant_graph_rate,
         max_wait=settings.retry_max_delay,
+        budget=budget,
     )
     graph = GraphClient(settings, http, tokens, policy, throttle)
     connector = ConnectorClient(settings, http, tokens, policy, throttle)
-    tables = table_service(settings, tokens)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
     notifier = Notifier(settings, graph, connector, store, throttle)
-    return Services(settings, http, tokens, graph, connector, store, notifier, tables, throttle)
+    return Services(settings, http, tokens, graph, connector, store, notifier, tables, throttle, budget)
 
 
 _services: Services | None = None

@@ -69,8 +69,8 @@ class Notifier:
         self._settings = settings
         self._throttle = throttle or Throttle(
             max_concurrent=settings.max_concurrent_sends,
-            send_rate=settings.send_rate_per_second,
-            graph_rate=settings.graph_rate_per_second,
+            send_rate=settings.tenant_send_rate,
+            graph_rate=settings.tenant_graph_rate,
             max_wait=settings.retry_max_delay,
         )
         self._graph = graph

@@ -49,8 +49,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "RetryMaxDelaySeconds",
     "BotOpenIdMetadata",
     "MaxConcurrentSends",
-    "SendRatePerSecond",
-    "GraphRatePerSecond",
+    "TenantSendRatePerSecond",
+    "TenantGraphRatePerSecond",
 )
 
 _TABLE_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,39}$")
@@ -77,11 +77,11 @@ class Settings:
     retry_max_attempts: int = 4
     retry_max_delay: float = 30.0
     bot_openid_metadata: str | None = None
-    # Per-instance send limits (README, "Sending to many recipients"): instances x rate must stay
-    # under Teams' per-app-per-tenant limit.
+    # Sends in flight per instance; the request rates are the whole tenant's budgets, shared by all
+    # instances through Table Storage (shared.budget; README, "Rate limits").
     max_concurrent_sends: int = 8
-    send_rate_per_second: float = 7.0
-    graph_rate_per_second: float = 7.0
+    tenant_send_rate: float = 30.0
+    tenant_graph_rate: float = 30.0
 
     @property
     def graph_base(self) -> str:
@@ -225,8 +225,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     retry_attempts = int(number("RetryMaxAttempts", 4, 1, 10))
     retry_max_delay = number("RetryMaxDelaySeconds", 30.0, 0.0, 300.0)
     max_concurrent_sends = int(number("MaxConcurrentSends", 8, 1, 256))
-    send_rate = number("SendRatePerSecond", 7.0, 0.1, 1000.0)
-    graph_rate = number("GraphRatePerSecond", 7.0, 0.1, 1000.0)
+    send_rate = number("TenantSendRatePerSecond", 30.0, 1.0, 1000.0)
+    graph_rate = number("TenantGraphRatePerSecond", 30.0, 1.0, 1000.0)
 
     if problems:
         raise ConfigurationError(
@@ -256,6 +256,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_max_delay=retry_max_delay,
         bot_openid_metadata=get("BotOpenIdMetadata"),
         max_concurrent_sends=max_concurrent_sends,
-        send_rate_per_second=send_rate,
-        graph_rate_per_second=graph_rate,
+        tenant_send_rate=send_rate,
+        tenant_graph_rate=graph_rate,
     )

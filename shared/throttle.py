@@ -3,9 +3,10 @@
 ``Throttle`` is built once per process and shared by every send of every trigger:
 
 - a per-instance concurrency bound (``MaxConcurrentSends``): at most that many sends in flight;
-- a per-tenant send rate for Bot Connector calls (``SendRatePerSecond``) and, separately, a
-  per-tenant rate for Graph calls (``GraphRatePerSecond``: the cold path's installed-apps, install
-  and chat requests, which Graph limits to ~30 per second per app per tenant);
+- the tenant's request budget for Bot Connector calls (``TenantSendRatePerSecond``) and, separately,
+  for Graph calls (``TenantGraphRatePerSecond``: the cold path's installed-apps, install and chat
+  requests): the whole deployment's budget, shared by all instances through Table Storage
+  (shared.budget); without a shared budget (tests, the CLI without storage) a local window per tenant;
 - a per-conversation window (Teams: 7 per 1 s, 8 per 2 s, 60 per 30 s, 1800 per hour per bot and
   conversation), so repeated sends to one user are spaced rather than throttled;
 - a per-tenant pause: a 429 from either service stops *every* request of that service to that tenant
@@ -16,8 +17,7 @@ users and tenants are not held up behind it, and never waits longer than ``max_w
 policy's RetryMaxDelaySeconds) at a time: a longer wait raises ``TransientError`` with that wait as
 ``retry_after`` (HTTP 503 / a Service Bus redelivery) instead of sleeping past functionTimeout.
 
-Global limits across instances follow from instances x rate (README, "Sending to many recipients");
-a 429 that still happens is honoured through the pause and the retry loop of shared.http.
+A 429 that still happens is honoured through the pause and the retry loop of shared.http.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shared.errors import TransientError
+
+if TYPE_CHECKING:
+    from shared.budget import TenantBudget
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +81,9 @@ class Throttle:
         graph_rate: float,
         max_wait: float = 30.0,
         clock: Callable[[], float] | None = None,
+        budget: TenantBudget | None = None,
     ) -> None:
+        self._budget = budget
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._concurrency = asyncio.Semaphore(max_concurrent)
         self._max_wait = max_wait
@@ -137,23 +142,45 @@ class Throttle:
         window = self._tenant_windows.get(key)
         if window is None:
             window = self._tenant_windows[key] = SlidingWindow(self._rates[service], self._clock)
+        shared = self._budget is not None
         while True:
             # Single-threaded asyncio: checking and recording happen without an await in between.
             pause = self._paused_until.get(key, 0.0) - self._clock()
-            wait = max(pause, conversation.wait() if conversation is not None else 0.0, window.wait())
+            local = 0.0 if shared else window.wait()
+            wait = max(pause, conversation.wait() if conversation is not None else 0.0, local)
             if wait <= 0:
                 break
-            if wait > self._max_wait:
-                raise TransientError(
-                    f"{service} requests for this tenant are paused or paced for {wait:.0f}s; try again later.",
-                    code="upstream_unavailable",
-                    target=service,
-                    retry_after=wait,
-                )
+            self._check_wait(service, wait)
             await self.idle(wait)
         if conversation is not None:
             conversation.record()
-        window.record()
+        if self._budget is None:
+            window.record()
+            return
+        # The tenant's shared budget: reserve a token, then wait for its time (slot given back).
+        state = self._held.get()
+        if state is not None and state[0]:
+            state[0] = False
+            self._concurrency.release()
+            try:
+                wait = await self._budget.take(service, tenant_id)
+            finally:
+                await self._concurrency.acquire()
+                state[0] = True
+        else:
+            wait = await self._budget.take(service, tenant_id)
+        if wait > 0:
+            self._check_wait(service, wait)
+            await self.idle(wait)
+
+    def _check_wait(self, service: Service, wait: float) -> None:
+        if wait > self._max_wait:
+            raise TransientError(
+                f"{service} requests for this tenant are paused or paced for {wait:.0f}s; try again later.",
+                code="upstream_unavailable",
+                target=service,
+                retry_after=wait,
+            )
 
     def throttled_for(self, service: Service, tenant_id: str, seconds: float) -> None:
         """A 429 with Retry-After ``seconds``: pause every request of ``service`` to the tenant."""

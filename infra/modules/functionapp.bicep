@@ -41,10 +41,10 @@ param tableNamePrefix string
 param httpTimeoutSeconds string
 param retryMaxAttempts string
 param retryMaxDelaySeconds string
-@description('Per-instance send limits (README, Sending to many recipients): maximumInstanceCount x sendRatePerSecond must stay under the Teams per-app-per-tenant limit (30/s).')
+@description('The tenant\'s whole request budgets, shared by all instances through Table Storage (README, Rate limits): Teams allows 30-50 Bot Connector requests per second per app per tenant.')
 param maxConcurrentSends string = '8'
-param sendRatePerSecond string = '7'
-param graphRatePerSecond string = '7'
+param tenantSendRatePerSecond string = '30'
+param tenantGraphRatePerSecond string = '30'
 
 // Every app setting of the Function App. tests/test_infra.py parses the keys of this object and
 // checks them against shared/settings.py SETTING_NAMES.
@@ -79,8 +79,8 @@ var appSettings = {
   RetryMaxAttempts: retryMaxAttempts
   RetryMaxDelaySeconds: retryMaxDelaySeconds
   MaxConcurrentSends: maxConcurrentSends
-  SendRatePerSecond: sendRatePerSecond
-  GraphRatePerSecond: graphRatePerSecond
+  TenantSendRatePerSecond: tenantSendRatePerSecond
+  TenantGraphRatePerSecond: tenantGraphRatePerSecond
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
