@@ -30,7 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Literal
 
-from shared.errors import TransientError
+from shared.errors import NotifyError, TransientError
 
 if TYPE_CHECKING:
     from shared.budget import TenantBudget
@@ -159,16 +159,24 @@ class Throttle:
             return
         # The tenant's shared budget: reserve a token, then wait for its time (slot given back).
         state = self._held.get()
-        if state is not None and state[0]:
+        holding = state is not None and state[0]
+        if holding:
+            assert state is not None
             state[0] = False
             self._concurrency.release()
-            try:
-                wait = await self._budget.take(service, tenant_id)
-            finally:
+        try:
+            wait = await self._budget.take(service, tenant_id)
+        except NotifyError as err:
+            # Table Storage trouble must not stop Graph and Teams requests: this instance paces the
+            # tenant alone meanwhile (a 429 is still honoured), like an app without a shared budget.
+            logger.warning("the shared %s budget is unavailable (%s): pacing locally", service, err.code)
+            wait = window.wait()
+            window.record()
+        finally:
+            if holding:
+                assert state is not None
                 await self._concurrency.acquire()
                 state[0] = True
-        else:
-            wait = await self._budget.take(service, tenant_id)
         if wait > 0:
             self._check_wait(service, wait)
             await self.idle(wait)
