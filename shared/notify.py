@@ -169,7 +169,8 @@ class Notifier:
         key = (tenant.lower(), recipient_key(recipient))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._resolve(recipient, tenant))
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(self._resolve(recipient, tenant), context=self._throttle.detached_context())
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)

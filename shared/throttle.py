@@ -119,6 +119,14 @@ class Throttle:
             if state[0]:
                 self._concurrency.release()
 
+    def detached_context(self) -> contextvars.Context:
+        """A copy of the current context for a task that shares work between sends (a single-flight
+        resolution): it holds no slot of its own, so its waits must not give back (and then compete
+        to take again) the slot of the send that started it, which waits for it."""
+        context = contextvars.copy_context()
+        context.run(self._held.set, None)
+        return context
+
     async def idle(self, seconds: float) -> None:
         """Sleep without holding the current task's slot (if it holds one), then take a slot again."""
         state = self._held.get()
@@ -157,13 +165,8 @@ class Throttle:
         if self._budget is None:
             window.record()
             return
-        # The tenant's shared budget: reserve a token, then wait for its time (slot given back).
-        state = self._held.get()
-        holding = state is not None and state[0]
-        if holding:
-            assert state is not None
-            state[0] = False
-            self._concurrency.release()
+        # The tenant's shared budget: reserve a token (a lease from Table Storage now and then), then
+        # wait for its time with the slot given back (idle).
         try:
             wait = await self._budget.take(service, tenant_id)
         except NotifyError as err:
@@ -172,11 +175,6 @@ class Throttle:
             logger.warning("the shared %s budget is unavailable (%s): pacing locally", service, err.code)
             wait = window.wait()
             window.record()
-        finally:
-            if holding:
-                assert state is not None
-                await self._concurrency.acquire()
-                state[0] = True
         if wait > 0:
             self._check_wait(service, wait)
             await self.idle(wait)
