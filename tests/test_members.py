@@ -5,6 +5,10 @@ The Bot Connector's members call answers ChannelAccounts whose ``id`` is opaque:
 is "28:...". The product picks the member whose aadObjectId/objectId (or UPN) is the recipient, else the
 one member that is not the bot (PROTOCOL.md step 5; https://learn.microsoft.com/microsoftteams/platform/
 bots/how-to/get-teams-context#fetch-the-roster-or-user-profile).
+
+The members call is the fallback of a tenant whose connector refuses the installation's chat id as a
+conversation id (a cold send otherwise sends to the chat id directly), so every test here runs in
+such a tenant.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tests.test_trigger_http import payload, post
 
 
 def _bot(world: World) -> dict[str, Any]:
+    world.tenant.refuse_chat_id_conversations()  # the members fallback (module docstring)
     return {"id": "28:" + world.tenant.app_id, "name": "Notifier"}
 
 
