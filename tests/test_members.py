@@ -59,4 +59,7 @@ async def test_several_other_members_and_none_is_the_recipient_is_not_guessed(wo
     response = await post({"recipient": alice.oid, "text": "for Alice"})
 
     assert response.status_code >= 500, payload(response)
-    assert world.tenant.calls("connector.send") == 0
+    # Only the refused send to the chat id; nothing after the members call.
+    assert world.tenant.calls("connector.send") == 1
+    for name in ("alice", "bob", "oneil"):
+        assert world.tenant.messages_for(world.user(name)) == []
