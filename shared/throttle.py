@@ -45,6 +45,7 @@ class RequestBudget(Protocol):
         """Reserve one request for ``service`` in ``tenant_id``: the seconds to wait before sending it."""
         ...
 
+
 # Teams' per-bot-per-conversation limits for sends ("Rate limiting for bots": 7/1 s, 8/2 s, 60/30 s, 1800/h).
 CONVERSATION_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 _MAX_TRACKED_CONVERSATIONS = 50_000

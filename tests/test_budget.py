@@ -47,9 +47,7 @@ def test_two_processes_share_one_tenant_budget(azurite: Azurite) -> None:
     args = [azurite.connection_string, table, str(PER_PROCESS), str(RATE), str(start_at)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _INSTANCE, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([sys.executable, "-c", _INSTANCE, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     results = []
