@@ -280,11 +280,11 @@ def test_cache_show_and_evict_one_recipient(world: World, cli: Cli) -> None:
 
     assert cli("send", "--to", "alice@contoso.com", "--text", "one") == 0
     code, shown = cli.json("cache", "show", alice.oid)  # any alias finds the entry
-    # A cold send memoises the installation's chat id (the 1:1 conversation id); the ChannelAccount
-    # and the UPN come with Teams' install activity on /api/messages.
+    # A cold send memoises the installation's chat id (the 1:1 conversation id) under the object id
+    # and the UPN it was sent to; the ChannelAccount comes with Teams' install activity on /api/messages.
     chat_id = world.tenant.chat_id_for(alice)
     assert code == 0 and shown["conversationId"] == chat_id and shown["objectId"] == alice.oid
-    assert shown["accountId"] is None
+    assert shown["accountId"] is None and shown["upn"] == "alice@contoso.com"
     assert cli("cache", "show", "ALICE@contoso.com") == 0 and chat_id in cli.output
 
     assert cli("cache", "evict", "alice@contoso.com") == 0 and "Evicted alice@contoso.com" in cli.output

@@ -218,10 +218,12 @@ async def test_throttling_is_retried_after_retry_after(world: World, services: S
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
 
 
-@pytest.mark.parametrize("route", ["graph.installed_apps", "graph.chat", "connector.send"])
+@pytest.mark.parametrize("route", ["graph.installed_apps", "graph.chat", "connector.members", "connector.send"])
 async def test_persistent_503_is_a_transient_error_with_retry_after(
     world: World, services: Services, route: str
 ) -> None:
+    if route == "connector.members":
+        world.tenant.refuse_chat_id_conversations()  # the members call is the fallback of such a tenant
     world.tenant.add_fault(route, 503, count=50, retry_after=0.01)
     with pytest.raises(TransientError) as caught:
         await services.notifier.send("alice@contoso.com", HELLO)
