@@ -466,6 +466,9 @@ async def test_over_the_queue_a_redelivery_comes_no_earlier_than_retry_after(wor
         await queue(request, "m-ra", 1)
     # Waited out (a send held back by the tenant's pause may report what is left of it: a hair less).
     assert time.monotonic() - started >= 2.9
+    # One 429 may be left unused: the tenant's shared budget spaces the two sends, so the second can be
+    # held back by the tenant's pause before it reaches Teams. Teams' own pause is over by now.
+    world.tenant.clear_faults()
     await queue(request, "m-ra", 2)
 
     assert texts(world, alice) == ["first", "queued"] and texts(world, bob) == ["first", "queued"]
