@@ -14,7 +14,7 @@ from bench.report import Line, table, write_results
 from bench.rows import Sizes, calls_per_send, warm_sends
 from bench.world import start_world, stop_world
 
-ROWS = ("1", "2", "4", "5", "6")
+ROWS = ("1", "2", "4", "5", "6", "7")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import asyncio
 
+        if "4" in only:
+            from bench.firstsend import first_send
+
+            lines += first_send(world, quick=args.quick)
         if "1" in only:
             lines += asyncio.run(calls_per_send(world, sizes))
         if "2" in only:
@@ -51,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             fan_lines, fan_notes = asyncio.run(fan_out(world, sizes))
             lines += fan_lines
             notes += fan_notes
+        if "7" in only:
+            from bench.broadcast import broadcast
+
+            total = 40 if args.quick else 2000
+            lines += broadcast(world, total=total, workers=4)
+            lines += broadcast(world, total=total, workers=1)
         if "6" in only:
             from bench.cachescale import cache_scale
 

@@ -120,9 +120,11 @@ async def _measure_size(
                 upn=synthetic_upn(i),
             )
             store._remember((world.tenant_id.lower(), recipient_key(synthetic_upn(i))), entry)
+        world.fake.clear_log()
         hit = await measure(
             lambda i: services.notifier.send(probe[i % len(probe)], message), n=sizes.n, repeats=sizes.repeats
         )
+        _check_one_request_per_send(world, sizes.n * (sizes.repeats + 1), "LRU hit")
     finally:
         await services.aclose()
 
@@ -130,12 +132,21 @@ async def _measure_size(
     settings = load_settings(world.env)
     services = build_services(settings, store=TableRecipientStore(_table_client(world, prefix + "accounts")))
     try:
+        world.fake.clear_log()
         table = await measure(
             lambda i: services.notifier.send(probe[i % len(probe)], message), n=sizes.cache_probe, repeats=sizes.repeats
         )
+        _check_one_request_per_send(world, sizes.cache_probe * (sizes.repeats + 1), "Table lookup")
     finally:
         await services.aclose()
     return hit, table, fill
+
+
+def _check_one_request_per_send(world: World, sends: int, what: str) -> None:
+    """The fake saw exactly one upstream request per send (the send itself), tokens aside."""
+    upstream = [e["route"] for e in world.fake.log() if e["route"].startswith(("graph.", "connector."))]
+    if upstream != ["connector.send"] * sends:
+        raise RuntimeError(f"{what}: {len(upstream)} upstream requests for {sends} sends")
 
 
 def _table_client(world: World, name: str) -> Any:

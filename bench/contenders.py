@@ -111,7 +111,7 @@ class LibrarySender:
 
 
 class AdapterSender:
-    def __init__(self, world: World, conversations: list[tuple[str, str]]) -> None:
+    def __init__(self, world: World, conversations: list[tuple[str, str | None]]) -> None:
         """``conversations``: (conversation id, account id) pairs, rotated over like the others."""
         from botbuilder.core import BotFrameworkAdapter, BotFrameworkAdapterSettings, TurnContext
         from botbuilder.schema import Activity, ChannelAccount, ConversationAccount, ConversationReference
@@ -135,7 +135,7 @@ class AdapterSender:
                     id=conversation_id, tenant_id=world.tenant_id, conversation_type="personal"
                 ),
                 bot=ChannelAccount(id=f"28:{world.app_id}"),
-                user=ChannelAccount(id=account_id),
+                user=ChannelAccount(id=account_id) if account_id else None,
             )
             for conversation_id, account_id in conversations
         ]

@@ -7,10 +7,9 @@ in its own process so the client's CPU is the product's alone): ``POST /api/noti
 ``recipients`` answers 202 and sets one Service Bus message per recipient on its output binding; each
 is fed to the ``notify_queue`` function with bounded concurrency, and redelivered when it raises.
 
-Settings: the deployed per-instance values scaled to ONE instance, which here stands for the whole
-app's budget (README, "Rate limits: instances x rate": 4 instances x 7/s = 28/s under Teams' 30/s):
-SendRatePerSecond = GraphRatePerSecond = 28, MaxConcurrentSends = 4 x 8 = 32, queue concurrency
-4 x 4 (host.json maxConcurrentCalls) = 16.
+Settings: one process stands for the app (row 7 has several worker processes sharing the budget):
+TenantSendRatePerSecond = TenantGraphRatePerSecond = 28 (the tenant's whole budget, under Teams' 30/s),
+MaxConcurrentSends = 4 x 8 = 32, queue concurrency 4 x 4 (host.json maxConcurrentCalls) = 16.
 
 The theoretical minimum is the number of rate-limited connector requests (warm: the send; cold:
 members + create + send; Graph is not limited by the fake) divided by Teams' 30/s.
@@ -34,10 +33,10 @@ from shared.errors import NotifyError
 from shared.settings import load_settings
 
 APP_RATE = 30  # Teams: requests per second per app per tenant (the fake enforces it)
-INSTANCES = 4  # infra/ maximumInstanceCount: one bench instance stands for all of them
+INSTANCES = 4  # infra/ maximumInstanceCount: one bench process stands for all of them
 SETTINGS = {
-    "SendRatePerSecond": str(INSTANCES * 7),
-    "GraphRatePerSecond": str(INSTANCES * 7),
+    "TenantSendRatePerSecond": str(INSTANCES * 7),
+    "TenantGraphRatePerSecond": str(INSTANCES * 7),
     "MaxConcurrentSends": str(INSTANCES * 8),
 }
 QUEUE_CONCURRENCY = INSTANCES * 4  # host.json maxConcurrentCalls per instance
@@ -184,7 +183,7 @@ async def fan_out(world: World, sizes: Sizes) -> tuple[list[Line], list[str]]:
     settings = ", ".join(f"{k}={v}" for k, v in SETTINGS.items())
     notes = [
         f"Row 5: POST /api/notify (202) + {len(out.messages)} output-binding messages fed to notify_queue,"
-        f" {QUEUE_CONCURRENCY} at a time; {settings} (deployed per-instance values x {INSTANCES} instances:"
+        f" {QUEUE_CONCURRENCY} at a time; {settings} (the tenant budget and {INSTANCES} instances' concurrency:"
         f" this one instance stands for the whole app's budget); the fake enforces {APP_RATE}/s per tenant"
         " and Teams' per-conversation limits. Upstream requests: "
         + ", ".join(f"{k} x{v}" for k, v in sorted(routes.items()) if not k.startswith(("token", "openid"))),

@@ -74,3 +74,40 @@ def measure_sync(op: Callable[[int], object], *, n: int, repeats: int, warmup: i
         cpus.append((time.process_time() - cpu0) / n)
         walls.append((time.perf_counter() - wall0) / n)
     return Timing(Stat.of(cpus), Stat.of(walls), n, repeats)
+
+
+async def measure_interleaved(
+    ops: dict[str, Callable[[int], Awaitable[object]]],
+    *,
+    n: int,
+    repeats: int,
+    before_batch: Callable[[], object] | None = None,
+    after_batch: Callable[[str, int], object] | None = None,
+) -> dict[str, Timing]:
+    """Contenders batch by batch (A B C, B C A, C A B, ...): machine noise hits them alike.
+    ``before_batch``/``after_batch(name, n)`` run outside the timed region (e.g. to check the fake's
+    request count for every batch of every contender)."""
+    names = list(ops)
+    counters = dict.fromkeys(names, 0)
+    for name in names:  # warm-up batch each
+        for _ in range(n):
+            await ops[name](counters[name])
+            counters[name] += 1
+    cpus: dict[str, list[float]] = {name: [] for name in names}
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            if before_batch is not None:
+                before_batch()
+            gc.collect()
+            op = ops[name]
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for _ in range(n):
+                await op(counters[name])
+                counters[name] += 1
+            cpus[name].append((time.process_time() - cpu0) / n)
+            walls[name].append((time.perf_counter() - wall0) / n)
+            if after_batch is not None:
+                after_batch(name, n)
+    return {name: Timing(Stat.of(cpus[name]), Stat.of(walls[name]), n, repeats) for name in names}

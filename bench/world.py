@@ -215,8 +215,8 @@ def start_world() -> World:
         # sends reaches), so pacing never waits and only its CPU is measured. Throttle still spaces
         # sends per conversation (Teams' 7/1 s, 8/2 s, 60/30 s), so those loops rotate over
         # WARM_RECIPIENTS conversations. Row 5 sets deployed-like values and turns the fake's limits on.
-        "SendRatePerSecond": "1000",
-        "GraphRatePerSecond": "1000",
+        "TenantSendRatePerSecond": "1000",
+        "TenantGraphRatePerSecond": "1000",
         "MaxConcurrentSends": "8",
         "BotOpenIdMetadata": info["base_url"] + "/botframework/v1/.well-known/openidconfiguration",
     }

@@ -765,6 +765,9 @@ def _connector_send(tenant: FakeTenant, req: Request) -> Response:
     geo = _geo_gate(tenant, req, user.tenant_id)
     if geo is not None:
         return geo
+    if conv.id.startswith("19:") and not tenant.accepts_chat_id_conversations(user.tenant_id):
+        # A tenant whose connector refuses the Graph chat id for sends (FakeTenant.get_conversation).
+        return connector_error(404, "ConversationNotFound", "Conversation not found.")
     wait = tenant.check_rate(conv.id, user.tenant_id, SEND_LIMITS)
     if wait is not None:
         return _throttled(wait)

@@ -260,6 +260,9 @@ class TenantInfo:
     #: The region the tenant's Teams data lives in (e.g. "emea"), or None: every regional service
     #: URL then works (MicrosoftDocs/msteams-docs#2410: "Service url from wrong region works fine").
     geo: str | None = None
+    #: False: the connector refuses the Graph chat id as a conversation id in this tenant (404
+    #: ConversationNotFound), so senders need members + create conversation (see get_conversation).
+    chat_id_conversations: bool = True
 
 
 @dataclass
@@ -566,7 +569,14 @@ class FakeTenant:
         with self.lock:
             conv = self._conversations.get(conversation_id)
             if conv is None and conversation_id.startswith("19:"):
-                # The Graph personal chat id is a valid conversation id once the app is installed.
+                # The Graph personal chat id is a valid conversation id once the app is installed:
+                # Teams' "Send proactive installation messages" page sends to it directly
+                # (https://learn.microsoft.com/microsoftteams/platform/graph-api/proactive-bots-and-messages/graph-proactive-bots-and-messages).
+                # A tenant with chat_id_conversations off models the connector refusing it with 404
+                # ConversationNotFound, the answer public reports show for conversation ids it does not
+                # know (https://github.com/MicrosoftDocs/msteams-docs/issues/9425,
+                # https://github.com/microsoft/botframework-sdk/issues/6628): the members call on the
+                # chat id (PROTOCOL.md step 5) still works there, as it always has for this flow.
                 body = conversation_id[3:].split("@", 1)[0]
                 oid, _, app = body.partition("_")
                 inst = self._installations.get(oid)
@@ -575,6 +585,18 @@ class FakeTenant:
             if conv is None or conv.deleted:
                 return None
             return conv
+
+    def refuse_chat_id_conversations(self, tenant_id: str | None = None, refused: bool = True) -> None:
+        """Make the connector refuse the Graph chat id as a conversation id for sends in a tenant."""
+        tid = tenant_id or self.tenant_id
+        with self.lock:
+            self._tenants.setdefault(tid, TenantInfo(tid)).chat_id_conversations = not refused
+
+    def accepts_chat_id_conversations(self, tenant_id: str) -> bool:
+        """Whether the connector takes the Graph chat id as a conversation id in ``tenant_id``."""
+        with self.lock:
+            info = self._tenants.get(tenant_id)
+            return info is None or info.chat_id_conversations
 
     def delete_conversation(self, conversation_id: str) -> None:
         """Delete a conversation: later sends give 404 ConversationNotFound, and the next

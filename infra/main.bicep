@@ -27,22 +27,23 @@ param teamsAppId string = ''
 // (https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations).
 @minValue(40)
 @maxValue(1000)
-@description('Upper bound on Function App instances (Flex Consumption: 40 to 1000). Every instance gets tenantSendRatePerSecond / maximumInstanceCount as its SendRatePerSecond, so all instances together stay within the tenant budget however far the app scales.')
+@description('Upper bound on Function App instances (Flex Consumption: 40 to 1000). The send rate does not depend on it: tenantSendRatePerSecond is the whole tenant budget, shared by all instances.')
 param maximumInstanceCount int = 40
 
 // Teams allows about 30-50 Bot Connector requests per second per app per tenant (sends, conversation
 // creation) and Graph about 30 per second per app per tenant for the install calls
-// (PROTOCOL.md, rate limits). These budgets are what ALL instances together may use; each instance
-// gets budget / maximumInstanceCount (app settings SendRatePerSecond and GraphRatePerSecond), which the
-// app enforces per process (shared/throttle.py). The default 28 stays under the lower end.
-@minValue(4)
+// (PROTOCOL.md, rate limits). These budgets are what ALL instances together may use: they are passed
+// through as the app settings TenantSendRatePerSecond and TenantGraphRatePerSecond, and the instances
+// share them through a token bucket in Table Storage (shared/budget.py), however many there are. The
+// default 28 stays under the lower end. The app accepts 1 to 1000.
+@minValue(1)
 @maxValue(1000)
-@description('Bot Connector requests per second per tenant for the whole app (Teams: ~30-50 per app per tenant). Split evenly over maximumInstanceCount instances.')
+@description('Bot Connector requests per second per tenant for the whole app (Teams: ~30-50 per app per tenant), shared by all instances (app setting TenantSendRatePerSecond).')
 param tenantSendRatePerSecond int = 28
 
-@minValue(4)
+@minValue(1)
 @maxValue(1000)
-@description('Graph requests per second per tenant for the whole app (cold resolutions: install, chat lookup). Split evenly over maximumInstanceCount instances.')
+@description('Graph requests per second per tenant for the whole app (cold resolutions: install, chat lookup), shared by all instances (app setting TenantGraphRatePerSecond).')
 param tenantGraphRatePerSecond int = 28
 
 @minValue(1)
@@ -120,17 +121,6 @@ var tags = {
 var effectiveTeamsAppId = empty(teamsAppId) ? guid(subscription().id, environmentName, 'teams-app-manifest') : teamsAppId
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
 var appRegistrationUniqueName = '${abbrs.entraApplications}teams-notify-${resourceToken}${empty(appRegistrationSuffix) ? '' : '-${appRegistrationSuffix}'}'
-
-// Per-instance rates = tenant budget / instance cap, as decimal strings with three decimals (Bicep
-// integers only: the budget is scaled to thousandths first and the division rounds down, so the sum
-// over all instances never exceeds the budget). The app refuses a rate under 0.1, so the cap is
-// limited to 10 x the smaller budget (280 at the default 28): more instances could not each get 0.1/s.
-// Budgets start at 4, so the limited cap never falls under Flex Consumption's lowest maximum (40).
-var effectiveMaximumInstanceCount = min(maximumInstanceCount, tenantSendRatePerSecond * 10, tenantGraphRatePerSecond * 10)
-var sendRateMilli = (tenantSendRatePerSecond * 1000) / effectiveMaximumInstanceCount
-var graphRateMilli = (tenantGraphRatePerSecond * 1000) / effectiveMaximumInstanceCount
-var sendRatePerSecond = '${sendRateMilli / 1000}.${padLeft(string(sendRateMilli % 1000), 3, '0')}'
-var graphRatePerSecond = '${graphRateMilli / 1000}.${padLeft(string(graphRateMilli % 1000), 3, '0')}'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -216,7 +206,7 @@ module functionApp 'modules/functionapp.bicep' = {
     appInsightsConnectionString: monitoring.outputs.appInsightsConnectionString
     serviceBusFullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
     serviceBusQueueName: serviceBus.outputs.queueName
-    maximumInstanceCount: effectiveMaximumInstanceCount
+    maximumInstanceCount: maximumInstanceCount
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
     microsoftAppId: appRegistration.outputs.appId
     microsoftAppTenantId: tenant().tenantId
@@ -229,8 +219,8 @@ module functionApp 'modules/functionapp.bicep' = {
     retryMaxAttempts: retryMaxAttempts
     retryMaxDelaySeconds: retryMaxDelaySeconds
     maxConcurrentSends: maxConcurrentSends
-    sendRatePerSecond: sendRatePerSecond
-    graphRatePerSecond: graphRatePerSecond
+    tenantSendRatePerSecond: string(tenantSendRatePerSecond)
+    tenantGraphRatePerSecond: string(tenantGraphRatePerSecond)
     apiAuthMode: apiAuthMode
     apiAudience: apiAudience
     apiRequiredRole: apiRequiredRole
@@ -271,9 +261,6 @@ output MICROSOFT_APP_ID string = appRegistration.outputs.appId
 // needs to purge it after deletion (docs/DEPLOYMENT.md, Remove).
 output APP_REGISTRATION_OBJECT_ID string = appRegistration.outputs.objectId
 output APP_REGISTRATION_UNIQUE_NAME string = appRegistration.outputs.uniqueName
-output MAXIMUM_INSTANCE_COUNT_EFFECTIVE int = effectiveMaximumInstanceCount
-output SEND_RATE_PER_SECOND_PER_INSTANCE string = sendRatePerSecond
-output GRAPH_RATE_PER_SECOND_PER_INSTANCE string = graphRatePerSecond
 output MICROSOFT_APP_TENANT_ID string = tenant().tenantId
 output TEAMS_APP_ID string = effectiveTeamsAppId
 output SERVICE_BUS_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace

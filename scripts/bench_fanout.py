@@ -75,8 +75,8 @@ async def run_fanout(
             "AzureWebJobsStorage": azurite.connection_string,
             "TableNamePrefix": "b" + uuid.uuid4().hex[:12],
             "ServiceBusConnection": "Endpoint=sb://localhost/;SharedAccessKeyName=b;SharedAccessKey=b",
-            "SendRatePerSecond": str(app_rate * 2),  # above the emulated limit: 429s are part of the run
-            "GraphRatePerSecond": "1000",
+            "TenantSendRatePerSecond": str(app_rate * 2),  # above the emulated limit: 429s are part of the run
+            "TenantGraphRatePerSecond": "1000",
             "MaxConcurrentSends": str(concurrency),
             "RetryMaxDelaySeconds": "2",
             "SSL_CERT_FILE": server.ca_pem_path,

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from shared.botframework import ChannelAuthenticator
+from shared.budget import TenantBudget
 from shared.callerauth import CallerAuthenticator
 from shared.connector import ConnectorClient
 from shared.failure_store import FailureStore
@@ -44,10 +45,17 @@ class Services:
     store: RecipientStore
     notifier: Notifier
     tables: Any  # azure.data.tables.aio.TableServiceClient
-    channel_auth: ChannelAuthenticator  # the messaging endpoint's inbound token validation
     throttle: Throttle | None = None
     optouts: OptOutStore | None = None  # recipients who uninstalled the bot: {TableNamePrefix}optouts
     table_credential: Any = None  # an azure-identity credential the tables client uses (closed with it)
+    budget: TenantBudget | None = None  # the tenants' shared request budgets ({TableNamePrefix}budget)
+
+    @functools.cached_property
+    def channel_auth(self) -> ChannelAuthenticator:
+        """The messaging endpoint's inbound token validation, built on the first inbound activity: it
+        loads the Bot Framework SDK (botframework-connector), which no send needs. It also configures
+        the SDK's process-wide validation state (BotOpenIdMetadata), once."""
+        return ChannelAuthenticator(self.settings.app_id, self.settings.bot_openid_metadata, self.http)
 
     def table(self, suffix: str) -> Any:
         """A TableClient for one of the app's tables: {TableNamePrefix}{suffix}."""
@@ -80,6 +88,8 @@ class Services:
 
     async def aclose(self) -> None:
         await self.store.close()
+        if self.budget is not None:
+            await self.budget.close()
         if "requests" in self.__dict__:
             await self.requests.close()
         if "failures" in self.__dict__:
@@ -136,21 +146,24 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     http = build_http_client(settings)
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)
+    tables, table_credential = table_service(settings)
+    budget = TenantBudget(
+        tables.get_table_client(settings.table_prefix + "budget"),
+        {"connector": settings.tenant_send_rate, "graph": settings.tenant_graph_rate},
+    )
     throttle = Throttle(
         max_concurrent=settings.max_concurrent_sends,
-        send_rate=settings.send_rate_per_second,
-        graph_rate=settings.graph_rate_per_second,
+        send_rate=settings.tenant_send_rate,
+        graph_rate=settings.tenant_graph_rate,
         max_wait=settings.retry_max_delay,
+        budget=budget,
     )
     graph = GraphClient(settings, http, tokens, policy, throttle)
     connector = ConnectorClient(settings, http, tokens, policy, throttle)
-    tables, table_credential = table_service(settings)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
     optouts = OptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
     notifier = Notifier(settings, graph, connector, store, throttle, optouts=optouts)
-    # Configures botframework-connector's process-wide validation state (BotOpenIdMetadata) once.
-    channel_auth = ChannelAuthenticator(settings.app_id, settings.bot_openid_metadata, http)
     return Services(
         settings,
         http,
@@ -160,10 +173,10 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
         store,
         notifier,
         tables,
-        channel_auth,
         throttle,
         optouts=optouts,
         table_credential=table_credential,
+        budget=budget,
     )
 
 

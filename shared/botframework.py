@@ -42,10 +42,18 @@ class Member:
 
 
 def parse_member(payload: dict[str, Any]) -> Member:
-    """A Teams channel account (conversation member) from its JSON, via botbuilder-schema."""
-    from botbuilder.schema import ChannelAccount
-
-    return _member(ChannelAccount.deserialize(payload))
+    """A Teams channel account (conversation member) from its JSON (the ChannelAccount wire schema;
+    Teams adds objectId, userPrincipalName and email). Plain dict reading: the send path never loads
+    the Bot Framework SDK."""
+    object_id = payload.get("aadObjectId") or payload.get("objectId")
+    upn = payload.get("userPrincipalName") or payload.get("email")
+    name = payload.get("name")
+    return Member(
+        account_id=str(payload.get("id", "")),
+        object_id=str(object_id) if object_id else None,
+        upn=str(upn) if upn else None,
+        name=name if isinstance(name, str) else None,
+    )
 
 
 def _member(account: Any) -> Member:
@@ -62,18 +70,15 @@ def _member(account: Any) -> Member:
 
 
 def conversation_parameters(bot_id: str, member_id: str, tenant_id: str) -> dict[str, Any]:
-    """The body of POST /v3/conversations for a 1:1 chat (Bot Connector CreateConversation)."""
-    from botbuilder.schema import ChannelAccount, ConversationParameters
-
-    parameters = ConversationParameters(
-        is_group=False,
-        bot=ChannelAccount(id=bot_id),
-        members=[ChannelAccount(id=member_id)],
-        tenant_id=tenant_id,
-        channel_data={"tenant": {"id": tenant_id}},
-    )
-    body: dict[str, Any] = parameters.serialize()
-    return body
+    """The body of POST /v3/conversations for a 1:1 chat (PROTOCOL.md step 6), in the
+    ConversationParameters wire schema."""
+    return {
+        "isGroup": False,
+        "bot": {"id": bot_id},
+        "members": [{"id": member_id}],
+        "channelData": {"tenant": {"id": tenant_id}},
+        "tenantId": tenant_id,
+    }
 
 
 def message_activity(text: str | None, card: dict[str, Any] | None, summary: str | None) -> dict[str, Any]:

@@ -131,7 +131,7 @@ async def cmd_cache(args: argparse.Namespace, source: SettingsSource, out: Outpu
         print_fields(out, fields)
     else:
         out.document({"recipient": args.recipient, "evicted": True, **fields})
-        out.line(f"Evicted {args.recipient} (Teams account {entry.account_id}); the next send resolves them again.")
+        out.line(f"Evicted {args.recipient} (conversation {entry.conversation_id}); the next send resolves them again.")
     return 0
 
 

@@ -239,8 +239,8 @@ async def diagnose(
                     yield CheckResult(
                         "recipient",
                         "ok",
-                        f"{recipient} resolved: Teams account {entry.account_id}, conversation "
-                        f"{entry.conversation_id} (nothing sent)",
+                        f"{recipient} resolved: conversation {entry.conversation_id}, Teams account "
+                        f"{entry.account_id or '(not known yet)'} (nothing sent)",
                     )
     finally:
         await services.aclose()

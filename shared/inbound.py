@@ -154,7 +154,9 @@ class InboundHandler:
             return InboundResult("ignored", activity.type)
         existing = await self._store.get(tenant, object_id)
         upn = user.upn
-        if upn is None and existing is not None and existing.account_id == user.account_id:
+        if upn is None and existing is not None and existing.account_id in (user.account_id, None):
+            # The same account, or an entry a send resolved from the installation's chat id (found by
+            # this user's object id, no account yet): its UPN stays an alias.
             upn = existing.upn
         if upn is None and look_up_upn:
             upn = await self._look_up_upn(activity, tenant, user)

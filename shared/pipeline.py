@@ -1,7 +1,10 @@
 """The notify pipeline: resolve a recipient's Teams identity on demand and send to them.
 
-Cold path: app token -> installed app? -> install if missing -> the
-installation's 1:1 chat -> the chat member (ChannelAccount) -> create the conversation -> send.
+Cold path (PROTOCOL.md steps 1-4, 7): app token -> installed app? -> install if missing -> the
+installation's 1:1 chat, whose id is the bot's conversation id -> send: 3 requests for an installed
+user, 6 when installing (plus the catalog lookup once per process and tenant). Where the connector
+refuses the chat id, the chat member (ChannelAccount) and create conversation (steps 5-6) are the
+fallback, remembered per tenant in this process so later resolutions there go straight to it.
 Warm path: the memoised entry and a memoised token, so the send is the only HTTP request.
 
 A memoised entry the connector rejects as gone is evicted and resolved again once; a fresh entry
@@ -81,14 +84,16 @@ class Notifier:
         self._optouts = optouts
         self._throttle = throttle or Throttle(
             max_concurrent=settings.max_concurrent_sends,
-            send_rate=settings.send_rate_per_second,
-            graph_rate=settings.graph_rate_per_second,
+            send_rate=settings.tenant_send_rate,
+            graph_rate=settings.tenant_graph_rate,
             max_wait=settings.retry_max_delay,
         )
         self._graph = graph
         self._connector = connector
         self._store = store
         self._inflight: dict[tuple[str, str], asyncio.Task[ConversationReference]] = {}
+        # Tenants (lower-cased) whose connector refused a chat id: resolved by members there.
+        self._chat_id_refused: set[str] = set()
 
     @property
     def store(self) -> RecipientStore:
@@ -112,7 +117,7 @@ class Notifier:
             entry = await self._resolve_fresh(recipient, tenant)
             resolved = True
         try:
-            activity_id, entry = await self._send_entry(entry, tenant, recipient, activity)
+            activity_id, entry = await self._send_entry(entry, tenant, recipient, activity, fresh=resolved)
         except (StaleConversationError, WritesBlockedError) as err:
             # MessageWritesBlocked is Teams' one answer for "blocked the bot" AND "uninstalled the
             # app" (Teams docs, "Handle bot errors"): only the installation tells them apart.
@@ -125,7 +130,7 @@ class Notifier:
             entry = await self._resolve_fresh(recipient, tenant, not_installed=isinstance(err, WritesBlockedError))
             resolved = True
             try:
-                activity_id, entry = await self._send_entry(entry, tenant, recipient, activity)
+                activity_id, entry = await self._send_entry(entry, tenant, recipient, activity, fresh=True)
             except StaleConversationError:
                 await self._store.evict(tenant, recipient)
                 raise _still_stale() from None
@@ -144,6 +149,26 @@ class Notifier:
         return await self._graph.find_installation(tenant, recipient) is not None
 
     async def _send_entry(
+        self, entry: ConversationReference, tenant: str, recipient: str, activity: dict[str, Any], *, fresh: bool
+    ) -> tuple[str | None, ConversationReference]:
+        """Send to an entry. A freshly resolved chat id (no ChannelAccount yet) the connector refuses as
+        gone goes through the members fallback (PROTOCOL.md steps 5-6), and the tenant is remembered as
+        one that needs it; any other gone conversation raises ``StaleConversationError``."""
+        try:
+            return await self._send_regional(entry, tenant, recipient, activity)
+        except StaleConversationError:
+            if not (fresh and entry.account_id is None):
+                raise
+        # The connector refused the installation's chat id: members + create conversation.
+        await self._store.evict(tenant, recipient)
+        fallback = await self._resolve_by_members(recipient, tenant, entry.conversation_id, entry.object_id)
+        activity_id, fallback = await self._send_regional(fallback, tenant, recipient, activity)
+        if tenant.lower() not in self._chat_id_refused:
+            self._chat_id_refused.add(tenant.lower())
+            logger.info("the connector refuses chat ids as conversation ids in this tenant; using the members fallback")
+        return activity_id, fallback
+
+    async def _send_regional(
         self, entry: ConversationReference, tenant: str, recipient: str, activity: dict[str, Any]
     ) -> tuple[str | None, ConversationReference]:
         """Send on the entry's service URL. One the connector says belongs to another region (the
@@ -206,18 +231,26 @@ class Notifier:
     async def resolve(
         self, recipient: str, tenant_id: str | None = None, *, not_installed: bool = False
     ) -> ConversationReference:
-        """Resolve (and memoise) the recipient's ChannelAccount and 1:1 conversation; no message is sent.
+        """Resolve (and memoise) the recipient's 1:1 conversation; no message is sent.
         ``not_installed``: Graph has just said the app is not installed (the install comes first)."""
         tenant = tenant_id or self._settings.tenant_id
         key = (tenant.lower(), recipient_key(recipient))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._resolve(recipient, tenant, not_installed))
+            # Detached from the starting send's concurrency slot: sends that join this resolution must
+            # not wait on a slot the starter holds (shared.throttle).
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(
+                self._resolve(recipient, tenant, not_installed), context=self._throttle.detached_context()
+            )
             self._inflight[key] = task
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
     async def _resolve(self, recipient: str, tenant: str, not_installed: bool = False) -> ConversationReference:
+        """PROTOCOL steps 1-4: the installation's chat id is the bot's 1:1 conversation id, so that is
+        all a send needs (3 requests for an installed user). Only in a tenant whose connector refused a
+        chat id does the resolution go on to the members call and create conversation (steps 5-6)."""
         rhash = recipient_hash(tenant, recipient)
         logger.info("resolving recipient %s", rhash)
         installation = None if not_installed else await self._graph.find_installation(tenant, recipient)
@@ -235,6 +268,25 @@ class Notifier:
         chat_id = await self._graph.installation_chat(
             tenant, recipient, installation.installation_id, just_installed=just_installed
         )
+        if tenant.lower() in self._chat_id_refused:
+            return await self._resolve_by_members(recipient, tenant, chat_id, None)
+        entry = ConversationReference(
+            tenant_id=tenant,
+            account_id=None,
+            conversation_id=chat_id,
+            service_url=self._settings.service_url,
+            object_id=_object_id(recipient) or _chat_user_object_id(chat_id, self._settings.app_id),
+            upn=recipient.strip() if "@" in recipient else None,
+        )
+        await self._store.put(entry, [recipient])
+        logger.info("resolved recipient %s", rhash)
+        return entry
+
+    async def _resolve_by_members(
+        self, recipient: str, tenant: str, chat_id: str, object_id: str | None
+    ) -> ConversationReference:
+        """PROTOCOL steps 5-6: the user's ChannelAccount from the chat's members, then the 1:1
+        conversation created for it (memoised with the account)."""
         service_url = self._settings.service_url
         member = await self._connector.get_conversation_members(
             service_url, chat_id, recipient=recipient, tenant_id=tenant
@@ -245,11 +297,11 @@ class Notifier:
             account_id=member.account_id,
             conversation_id=conversation_id,
             service_url=service_url,
-            object_id=member.object_id,
+            object_id=member.object_id or object_id,
             upn=member.upn,
         )
         await self._store.put(entry, [recipient])
-        logger.info("resolved recipient %s", rhash)
+        logger.info("resolved recipient %s through the conversation members", recipient_hash(tenant, recipient))
         return entry
 
 
@@ -261,6 +313,24 @@ def _opted_out() -> RecipientError:
         target="recipient",
         http_status=403,
     )
+
+
+def _object_id(recipient: str) -> str | None:
+    """The recipient's Entra object id when the caller named them by it (a GUID), else None."""
+    value = recipient.strip().lower()
+    if len(value) == 36 and value.count("-") == 4 and all(c in "0123456789abcdef-" for c in value):
+        return value
+    return None
+
+
+def _chat_user_object_id(chat_id: str, app_id: str) -> str | None:
+    """The user's object id in a personal chat id ``19:{id}_{id}@unq.gbl.spaces`` (PROTOCOL.md step 4):
+    the GUID that is not the bot's app id. None for any other form (the id stays opaque then)."""
+    if not chat_id.startswith("19:") or not chat_id.endswith("@unq.gbl.spaces"):
+        return None
+    ids = chat_id[3 : -len("@unq.gbl.spaces")].split("_")
+    users = [i for i in (_object_id(part) for part in ids) if i is not None and i != app_id.lower()]
+    return users[0] if len(ids) == 2 and len(users) == 1 else None
 
 
 def _still_stale() -> TransientError:

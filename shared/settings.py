@@ -58,8 +58,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "RetryMaxDelaySeconds",
     "BotOpenIdMetadata",
     "MaxConcurrentSends",
-    "SendRatePerSecond",
-    "GraphRatePerSecond",
+    "TenantSendRatePerSecond",
+    "TenantGraphRatePerSecond",
     # Security and governance (issue 17): signed ids, who may call the API, recipients' side.
     "NotificationSigningKey",
     "ApiAuthMode",
@@ -101,11 +101,11 @@ class Settings:
     retry_max_attempts: int = 4
     retry_max_delay: float = 30.0
     bot_openid_metadata: str | None = None
-    # Per-instance send limits (README, "Sending to many recipients"): instances x rate must stay
-    # under Teams' per-app-per-tenant limit.
+    # Sends in flight per instance; the request rates are the whole tenant's budgets, shared by all
+    # instances through Table Storage (shared.budget; README, "Rate limits").
     max_concurrent_sends: int = 8
-    send_rate_per_second: float = 7.0
-    graph_rate_per_second: float = 7.0
+    tenant_send_rate: float = 30.0
+    tenant_graph_rate: float = 30.0
     # HMAC key of notification ids and queued items (NotificationSigningKey, e.g. a Key Vault
     # reference); None: a key generated once and kept in Table Storage (shared.signing).
     notification_signing_key: bytes | None = field(default=None, repr=False)
@@ -316,8 +316,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     retry_attempts = int(number("RetryMaxAttempts", 4, 1, 10))
     retry_max_delay = number("RetryMaxDelaySeconds", 30.0, 0.0, 300.0)
     max_concurrent_sends = int(number("MaxConcurrentSends", 8, 1, 256))
-    send_rate = number("SendRatePerSecond", 7.0, 0.1, 1000.0)
-    graph_rate = number("GraphRatePerSecond", 7.0, 0.1, 1000.0)
+    send_rate = number("TenantSendRatePerSecond", 30.0, 1.0, 1000.0)
+    graph_rate = number("TenantGraphRatePerSecond", 30.0, 1.0, 1000.0)
 
     signing_raw = get("NotificationSigningKey")
     signing_key = _signing_key(signing_raw) if signing_raw is not None else None
@@ -392,8 +392,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_max_delay=retry_max_delay,
         bot_openid_metadata=get("BotOpenIdMetadata"),
         max_concurrent_sends=max_concurrent_sends,
-        send_rate_per_second=send_rate,
-        graph_rate_per_second=graph_rate,
+        tenant_send_rate=send_rate,
+        tenant_graph_rate=graph_rate,
         notification_signing_key=signing_key,
         api_auth_mode=mode,
         api_audience=api_audience,

@@ -83,10 +83,13 @@ def recipient_key(recipient: str) -> str:
 @dataclass(frozen=True)
 class ConversationReference:
     """The memoised conversation reference of one recipient: the user's ChannelAccount id
-    (``account_id``), aadObjectId, userPrincipalName, the 1:1 conversation id, its service URL and tenant."""
+    (``account_id``), aadObjectId, userPrincipalName, the 1:1 conversation id, its service URL and tenant.
+    ``account_id`` (``29:...``) is None when the entry came from the installation's chat id alone (the
+    chat id is the 1:1 conversation id); it is known when the entry came from an inbound install
+    activity or the members fallback."""
 
     tenant_id: str
-    account_id: str
+    account_id: str | None
     conversation_id: str
     service_url: str
     object_id: str | None = None
@@ -134,13 +137,15 @@ class MemoryRecipientStore:
                 self._rows.pop((tenant_id.lower(), alias), None)
             # Aliases given at put time that are neither UPN nor oid point at the same account.
             for key in [
-                k for k, v in self._rows.items() if v.account_id == entry.account_id and k[0] == tenant_id.lower()
+                k
+                for k, v in self._rows.items()
+                if v.conversation_id == entry.conversation_id and k[0] == tenant_id.lower()
             ]:
                 del self._rows[key]
         return entry
 
     async def count(self, tenant_id: str) -> int:
-        return len({v.account_id for k, v in self._rows.items() if k[0] == tenant_id.lower()})
+        return len({v.conversation_id for k, v in self._rows.items() if k[0] == tenant_id.lower()})
 
     async def close(self) -> None:
         return None
@@ -215,9 +220,9 @@ class TableRecipientStore(TableBacked):
         accounts: set[str] = set()
         with translate_storage_errors():
             async for entity in self._table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": tenant_id.lower()}, select=["AccountId"]
+                "PartitionKey eq @pk", parameters={"pk": tenant_id.lower()}, select=["ConversationId"]
             ):
-                accounts.add(str(entity["AccountId"]))
+                accounts.add(str(entity["ConversationId"]))
         return len(accounts)
 
     async def close(self) -> None:
@@ -257,7 +262,7 @@ class CachedRecipientStore:
         entry = await self._inner.evict(tenant_id, recipient)
         for gone in (local, entry):
             if gone is not None:
-                for k in [k for k, v in self._lru.items() if v.account_id == gone.account_id]:
+                for k in [k for k, v in self._lru.items() if v.conversation_id == gone.conversation_id]:
                     del self._lru[k]
         return entry or local
 
@@ -332,11 +337,12 @@ async def create_table_if_missing(table: TableClient) -> None:
 def _to_entity(entry: ConversationReference) -> dict[str, Any]:
     row: dict[str, Any] = {
         "TenantId": entry.tenant_id,
-        "AccountId": entry.account_id,
         "ConversationId": entry.conversation_id,
         "ServiceUrl": entry.service_url,
         "UpdatedAt": entry.updated_at,
     }
+    if entry.account_id:
+        row["AccountId"] = entry.account_id
     if entry.object_id:
         row["ObjectId"] = entry.object_id
     if entry.upn:
@@ -348,7 +354,7 @@ def _from_entity(entity: Any) -> ConversationReference:
     updated = entity.get("UpdatedAt")
     return ConversationReference(
         tenant_id=str(entity["TenantId"]),
-        account_id=str(entity["AccountId"]),
+        account_id=entity.get("AccountId") or None,
         conversation_id=str(entity["ConversationId"]),
         service_url=str(entity["ServiceUrl"]),
         object_id=entity.get("ObjectId"),

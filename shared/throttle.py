@@ -4,9 +4,10 @@
 ``Throttle`` is built once per process and shared by every send of every trigger:
 
 - a per-instance concurrency bound (``MaxConcurrentSends``): at most that many sends in flight;
-- a per-tenant send rate for Bot Connector calls (``SendRatePerSecond``) and, separately, a
-  per-tenant rate for Graph calls (``GraphRatePerSecond``: the cold path's installed-apps, install
-  and chat requests, which Graph limits to ~30 per second per app per tenant);
+- the tenant's request budget for Bot Connector calls (``TenantSendRatePerSecond``) and, separately,
+  for Graph calls (``TenantGraphRatePerSecond``: the cold path's installed-apps, install and chat
+  requests): the whole deployment's budget, shared by all instances through Table Storage
+  (shared.budget); without a shared budget (tests, the CLI without storage) a local window per tenant;
 - a per-conversation window (Teams: 7 per 1 s, 8 per 2 s, 60 per 30 s, 1800 per hour per bot and
   conversation), so repeated sends to one user are spaced rather than throttled;
 - a per-tenant pause: a 429 from either service stops *every* request of that service to that tenant
@@ -17,8 +18,7 @@ users and tenants are not held up behind it, and never waits longer than ``max_w
 policy's RetryMaxDelaySeconds) at a time: a longer wait raises ``TransientError`` with that wait as
 ``retry_after`` (HTTP 503 / a Service Bus redelivery) instead of sleeping past functionTimeout.
 
-Global limits across instances follow from instances x rate (README, "Sending to many recipients");
-a 429 that still happens is honoured through the pause and the retry loop of shared.http.
+A 429 that still happens is honoured through the pause and the retry loop of shared.http.
 """
 
 from __future__ import annotations
@@ -29,13 +29,22 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Literal
+from typing import Literal, Protocol
 
-from shared.errors import TransientError
+from shared.errors import NotifyError, TransientError
 
 logger = logging.getLogger(__name__)
 
 Service = Literal["connector", "graph"]
+
+
+class RequestBudget(Protocol):
+    """The tenants' shared request budgets (shared.budget.TenantBudget, in the storage layer above)."""
+
+    async def take(self, service: Service, tenant_id: str) -> float:
+        """Reserve one request for ``service`` in ``tenant_id``: the seconds to wait before sending it."""
+        ...
+
 
 # Teams' per-bot-per-conversation limits for sends ("Rate limiting for bots": 7/1 s, 8/2 s, 60/30 s, 1800/h).
 CONVERSATION_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
@@ -79,7 +88,9 @@ class Throttle:
         graph_rate: float,
         max_wait: float = 30.0,
         clock: Callable[[], float] | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
+        self._budget = budget
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._concurrency = asyncio.Semaphore(max_concurrent)
         self._max_wait = max_wait
@@ -115,6 +126,14 @@ class Throttle:
             if state[0]:
                 self._concurrency.release()
 
+    def detached_context(self) -> contextvars.Context:
+        """A copy of the current context for a task that shares work between sends (a single-flight
+        resolution): it holds no slot of its own, so its waits must not give back (and then compete
+        to take again) the slot of the send that started it, which waits for it."""
+        context = contextvars.copy_context()
+        context.run(self._held.set, None)
+        return context
+
     async def idle(self, seconds: float) -> None:
         """Sleep without holding the current task's slot (if it holds one), then take a slot again."""
         state = self._held.get()
@@ -138,23 +157,43 @@ class Throttle:
         window = self._tenant_windows.get(key)
         if window is None:
             window = self._tenant_windows[key] = SlidingWindow(self._rates[service], self._clock)
+        shared = self._budget is not None
         while True:
             # Single-threaded asyncio: checking and recording happen without an await in between.
             pause = self._paused_until.get(key, 0.0) - self._clock()
-            wait = max(pause, conversation.wait() if conversation is not None else 0.0, window.wait())
+            local = 0.0 if shared else window.wait()
+            wait = max(pause, conversation.wait() if conversation is not None else 0.0, local)
             if wait <= 0:
                 break
-            if wait > self._max_wait:
-                raise TransientError(
-                    f"{service} requests for this tenant are paused or paced for {wait:.0f}s; try again later.",
-                    code="upstream_unavailable",
-                    target=service,
-                    retry_after=wait,
-                )
+            self._check_wait(service, wait)
             await self.idle(wait)
         if conversation is not None:
             conversation.record()
-        window.record()
+        if self._budget is None:
+            window.record()
+            return
+        # The tenant's shared budget: reserve a token (a lease from Table Storage now and then), then
+        # wait for its time with the slot given back (idle).
+        try:
+            wait = await self._budget.take(service, tenant_id)
+        except NotifyError as err:
+            # Table Storage trouble must not stop Graph and Teams requests: this instance paces the
+            # tenant alone meanwhile (a 429 is still honoured), like an app without a shared budget.
+            logger.warning("the shared %s budget is unavailable (%s): pacing locally", service, err.code)
+            wait = window.wait()
+            window.record()
+        if wait > 0:
+            self._check_wait(service, wait)
+            await self.idle(wait)
+
+    def _check_wait(self, service: Service, wait: float) -> None:
+        if wait > self._max_wait:
+            raise TransientError(
+                f"{service} requests for this tenant are paused or paced for {wait:.0f}s; try again later.",
+                code="upstream_unavailable",
+                target=service,
+                retry_after=wait,
+            )
 
     def throttled_for(self, service: Service, tenant_id: str, seconds: float) -> None:
         """A 429 with Retry-After ``seconds``: pause every request of ``service`` to the tenant."""

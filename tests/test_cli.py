@@ -280,16 +280,20 @@ def test_cache_show_and_evict_one_recipient(world: World, cli: Cli) -> None:
 
     assert cli("send", "--to", "alice@contoso.com", "--text", "one") == 0
     code, shown = cli.json("cache", "show", alice.oid)  # any alias finds the entry
-    assert code == 0 and shown["accountId"] == alice.account_id and shown["upn"] == "alice@contoso.com"
-    assert cli("cache", "show", "ALICE@contoso.com") == 0 and alice.account_id in cli.output
+    # A cold send memoises the installation's chat id (the 1:1 conversation id) under the object id
+    # and the UPN it was sent to; the ChannelAccount comes with Teams' install activity on /api/messages.
+    chat_id = world.tenant.chat_id_for(alice)
+    assert code == 0 and shown["conversationId"] == chat_id and shown["objectId"] == alice.oid
+    assert shown["accountId"] is None and shown["upn"] == "alice@contoso.com"
+    assert cli("cache", "show", "ALICE@contoso.com") == 0 and chat_id in cli.output
 
     assert cli("cache", "evict", "alice@contoso.com") == 0 and "Evicted alice@contoso.com" in cli.output
     assert cli("cache", "show", alice.oid) == 1  # every alias is gone
 
-    resolutions = world.tenant.calls("connector.create")
+    resolutions = world.tenant.calls("graph.chat")
     code, sent = cli.json("send", "--to", "alice@contoso.com", "--text", "two")
     assert code == 0 and sent["status"] == "sent"
-    assert world.tenant.calls("connector.create") > resolutions  # evicted: resolved again
+    assert world.tenant.calls("graph.chat") > resolutions  # evicted: resolved again
 
 
 def test_the_module_runs_as_a_command(world: World, cli: Cli) -> None:

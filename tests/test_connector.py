@@ -204,8 +204,8 @@ async def _call(path: str, method: str, body: Any = None, **kwargs: Any) -> tupl
 
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SendRatePerSecond", "1000")
-    monkeypatch.setenv("GraphRatePerSecond", "1000")
+    monkeypatch.setenv("TenantSendRatePerSecond", "1000")
+    monkeypatch.setenv("TenantGraphRatePerSecond", "1000")
 
 
 async def test_real_answers_of_every_action_validate_against_the_swagger(world: World) -> None:

@@ -31,11 +31,11 @@ APPROVED = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlo
 
 @pytest.fixture(autouse=True)
 def _fast_limits(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """The fake does not rate-limit unless asked: lift our own per-instance rates so tests are quick
+    """The fake does not rate-limit unless asked: lift our own tenant budgets so tests are quick
     (the test that turns the emulated Teams limits on sets its own). The Azure SDK's DEBUG lines (every
     storage request's headers) are not needed here; ours stay captured and checked for secrets."""
-    monkeypatch.setenv("SendRatePerSecond", "1000")
-    monkeypatch.setenv("GraphRatePerSecond", "1000")
+    monkeypatch.setenv("TenantSendRatePerSecond", "1000")
+    monkeypatch.setenv("TenantGraphRatePerSecond", "1000")
     caplog.set_level(logging.WARNING, logger="azure")
 
 
@@ -137,11 +137,11 @@ async def test_a_thousand_recipients_under_rate_limits_each_get_exactly_one_mess
     world.tenant.rate_limits = True
     # The emulated Teams per-app-per-tenant limit, raised from Teams' 30/s so the run takes seconds
     # (at 30/s 1,000 sends need >= 33 s); the minimum wall time is 1,000 sends / 200 per second = 5 s.
-    # Our per-instance rate is set above it, as if instances x SendRatePerSecond exceeded the limit,
+    # Our tenant budget (TenantSendRatePerSecond) is set above it, as if it were misconfigured,
     # and Teams additionally throttles a burst of sends: the 429s must be absorbed, not lost.
     world.tenant.app_rate_per_second = 200
     world.tenant.add_fault("connector.send", 429, count=40, retry_after=0.3)
-    monkeypatch.setenv("SendRatePerSecond", "400")
+    monkeypatch.setenv("TenantSendRatePerSecond", "400")
     monkeypatch.setenv("MaxConcurrentSends", "32")
     started = time.monotonic()
 
@@ -401,7 +401,9 @@ def test_command_line_shows_updates_and_recalls_a_notification(world: World, tmp
 
     asyncio.run(send())
     cli = Cli(
-        write_settings(world, tmp_path / "local.settings.json", SendRatePerSecond="1000", GraphRatePerSecond="1000")
+        write_settings(
+            world, tmp_path / "local.settings.json", TenantSendRatePerSecond="1000", TenantGraphRatePerSecond="1000"
+        )
     )
 
     assert cli("notification", "status", "cli-1") == 0

@@ -14,7 +14,7 @@ import pytest
 import tree_sitter
 import tree_sitter_bicep
 
-from shared.settings import SETTING_NAMES, load_settings
+from shared.settings import SETTING_NAMES, ConfigurationError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -498,74 +498,23 @@ def test_maximum_instance_count_has_the_documented_flex_range() -> None:
     assert params["tenantSendRatePerSecond"]["value"] == "${TENANT_SEND_RATE_PER_SECOND=28}"
     assert params["tenantGraphRatePerSecond"]["value"] == "${TENANT_GRAPH_RATE_PER_SECOND=28}"
     assert params["httpPerInstanceConcurrency"]["value"] == "${HTTP_PER_INSTANCE_CONCURRENCY=16}"
-    # The rates reach the app from the budget split, not from fixed per-instance parameters.
+    # The tenant budgets reach the app as they are (the instances share them through Table Storage),
+    # not divided by the instance cap.
     main = _parse(INFRA / "main.bicep")
     module = next(m for m in _children(main, "module_declaration") if m.children[1].text.decode() == "functionApp")
     passed = _object_property(next(c for c in module.children if c.type == "object"), "params")
     assert passed is not None
     expected = {
-        "maximumInstanceCount": "effectiveMaximumInstanceCount",
-        "sendRatePerSecond": "sendRatePerSecond",
-        "graphRatePerSecond": "graphRatePerSecond",
+        "maximumInstanceCount": "maximumInstanceCount",
+        "tenantSendRatePerSecond": "string(tenantSendRatePerSecond)",
+        "tenantGraphRatePerSecond": "string(tenantGraphRatePerSecond)",
         "httpPerInstanceConcurrency": "httpPerInstanceConcurrency",
     }
     for key, value in expected.items():
         node = _object_property(passed, key)
         assert node is not None and node.text.decode() == value, key
     assert "sendRatePerSecond" not in _param_decorators(INFRA / "main.bicep")
-
-
-class _BicepEval:
-    """Evaluates the few Bicep expressions of the rate split (int arithmetic, min, string, padLeft,
-    interpolated strings) with Bicep's semantics, from the parsed main.bicep."""
-
-    def __init__(self, root: tree_sitter.Node, params: dict[str, int]) -> None:
-        self.values: dict[str, object] = dict(params)
-        self.vars = {d.children[1].text.decode(): d.children[-1] for d in _children(root, "variable_declaration")}
-
-    def name(self, name: str) -> object:
-        if name not in self.values:
-            self.values[name] = self.eval(self.vars[name])
-        return self.values[name]
-
-    def eval(self, node: tree_sitter.Node) -> object:
-        kind = node.type
-        if kind == "number":
-            return int(node.text.decode())
-        if kind == "identifier":
-            return self.name(node.text.decode())
-        if kind == "parenthesized_expression":
-            return self.eval(node.children[1])
-        if kind == "binary_expression":
-            left, op, right = node.children
-            a, b = self.eval(left), self.eval(right)
-            assert isinstance(a, int) and isinstance(b, int)
-            ops = {"*": a * b, "+": a + b, "-": a - b}
-            if op.type in ops:
-                return ops[op.type]
-            assert op.type in ("/", "%") and a >= 0 and b > 0  # Bicep: integer division, truncated
-            return a // b if op.type == "/" else a % b
-        if kind == "call_expression":
-            fn = node.children[0].text.decode()
-            args = [self.eval(a) for a in node.children[1].children if a.type not in ("(", ",", ")")]
-            if fn == "min":
-                return min(args)  # type: ignore[type-var]
-            if fn == "string":
-                return str(args[0])
-            if fn == "padLeft":
-                value, width, pad = args
-                assert isinstance(value, str) and isinstance(width, int) and isinstance(pad, str)
-                return value.rjust(width, pad)
-            raise AssertionError(f"function {fn} not modelled")
-        if kind == "string":
-            parts = []
-            for child in node.children:
-                if child.type == "string_content":
-                    parts.append(child.text.decode())
-                elif child.type == "interpolation":
-                    parts.append(str(self.eval(child.children[1])))
-            return "".join(parts)
-        raise AssertionError(f"{kind} not modelled: {node.text.decode()}")
+    assert not [d for d in _children(main, "variable_declaration") if "RatePerSecond" in d.text.decode()]
 
 
 SETTINGS_BASE = {
@@ -577,37 +526,29 @@ SETTINGS_BASE = {
 }
 
 
-def test_instances_times_rate_stays_within_the_tenant_budget() -> None:
-    """For every instance cap Flex accepts and a range of budgets, main.bicep's split gives each
-    instance a rate the app accepts, and all instances together never exceed the budget."""
-    main = _parse(INFRA / "main.bicep")
+def test_tenant_budget_parameters_are_what_the_app_accepts() -> None:
+    """main.bicep's tenant budgets go to the app settings TenantSendRatePerSecond /
+    TenantGraphRatePerSecond unchanged: every value the parameters allow is one the app accepts, and
+    the values just outside are ones it refuses (so the ranges agree)."""
     params = _param_decorators(INFRA / "main.bicep")
-    low = int(params["tenantSendRatePerSecond"][1]["minValue"])
-    assert low == int(params["tenantGraphRatePerSecond"][1]["minValue"])
-    defaults = {
-        n: int(params[n][0]) for n in ("maximumInstanceCount", "tenantSendRatePerSecond", "tenantGraphRatePerSecond")
-    }
-    default_eval = _BicepEval(main, defaults)
-    assert (default_eval.name("effectiveMaximumInstanceCount"), default_eval.name("sendRatePerSecond")) == (40, "0.700")
-    edges = (40, 41, 69, 70, 71, 99, 100, 101, 279, 280, 281, 333, 500, 999, 1000)
-    cases = [((28, 28), n) for n in range(40, 1001)] + [
-        (budgets, n) for budgets in ((low, low), (7, 7), (30, 50), (50, 28), (1000, 1000)) for n in edges
-    ]
-    for budgets, instances in cases:
-        ev = _BicepEval(main, dict(zip(defaults, (instances, *budgets), strict=True)))
-        cap = ev.name("effectiveMaximumInstanceCount")
-        assert isinstance(cap, int) and 40 <= cap <= instances  # Flex's lowest maximum still holds
-        settings = load_settings(
-            {
-                **SETTINGS_BASE,
-                "SendRatePerSecond": str(ev.name("sendRatePerSecond")),
-                "GraphRatePerSecond": str(ev.name("graphRatePerSecond")),
-            }
-        )  # the app accepts both rates (it refuses under 0.1/s)
-        assert cap * settings.send_rate_per_second <= budgets[0] + 1e-9
-        assert cap * settings.graph_rate_per_second <= budgets[1] + 1e-9
-        # Rounding down to thousandths loses at most one thousandth per instance.
-        assert budgets[0] - cap * settings.send_rate_per_second < cap / 1000 + 1e-9
+    for name, setting in (
+        ("tenantSendRatePerSecond", "TenantSendRatePerSecond"),
+        ("tenantGraphRatePerSecond", "TenantGraphRatePerSecond"),
+    ):
+        default, decorators = params[name]
+        low, high = int(decorators["minValue"]), int(decorators["maxValue"])
+        assert low <= int(default) <= high, name
+        for value in (low, int(default), high):
+            settings = load_settings({**SETTINGS_BASE, setting: str(value)})
+            rate = settings.tenant_send_rate if setting == "TenantSendRatePerSecond" else settings.tenant_graph_rate
+            assert rate == value, (name, value)
+        for value in (low - 1, high + 1):
+            with pytest.raises(ConfigurationError) as excinfo:
+                load_settings({**SETTINGS_BASE, setting: str(value)})
+            assert setting in str(excinfo.value), (name, value)
+    module = (INFRA / "modules" / "functionapp.bicep").read_text(encoding="utf-8")
+    assert "TenantSendRatePerSecond: tenantSendRatePerSecond" in module
+    assert "TenantGraphRatePerSecond: tenantGraphRatePerSecond" in module
 
 
 def test_app_registration_name_can_be_renewed_and_purged() -> None:

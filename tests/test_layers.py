@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.notification_store",
             "shared.signing",
             "shared.optout",
+            "shared.budget",
         },
     ),
     ("domain", {"shared.pipeline", "shared.notification_ids"}),

@@ -5,6 +5,10 @@ The Bot Connector's members call answers ChannelAccounts whose ``id`` is opaque:
 is "28:...". The product picks the member whose aadObjectId/objectId (or UPN) is the recipient, else the
 one member that is not the bot (PROTOCOL.md step 5; https://learn.microsoft.com/microsoftteams/platform/
 bots/how-to/get-teams-context#fetch-the-roster-or-user-profile).
+
+The members call is the fallback of a tenant whose connector refuses the installation's chat id as a
+conversation id (a cold send otherwise sends to the chat id directly), so every test here runs in
+such a tenant.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tests.test_trigger_http import payload, post
 
 
 def _bot(world: World) -> dict[str, Any]:
+    world.tenant.refuse_chat_id_conversations()  # the members fallback (module docstring)
     return {"id": "28:" + world.tenant.app_id, "name": "Notifier"}
 
 
@@ -54,4 +59,7 @@ async def test_several_other_members_and_none_is_the_recipient_is_not_guessed(wo
     response = await post({"recipient": alice.oid, "text": "for Alice"})
 
     assert response.status_code >= 500, payload(response)
-    assert world.tenant.calls("connector.send") == 0
+    # Only the refused send to the chat id; nothing after the members call.
+    assert world.tenant.calls("connector.send") == 1
+    for name in ("alice", "bob", "oneil"):
+        assert world.tenant.messages_for(world.user(name)) == []

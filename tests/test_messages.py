@@ -136,13 +136,17 @@ async def test_install_activity_for_an_install_we_made_keeps_the_cache_warm(
     services = await app_services()
     await services.notifier.send(bob.upn, Message(text="first"))
     resolved = await services.store.get(world.tenant.tenant_id, bob.upn)
+    world.tenant.open_conversation(bob)  # the conversation Teams names in the activity
     activity = activity_for(world, bob, "conversationUpdate")
 
     assert (await post(messages, activity, bearer(world, activity))).status_code == 200
 
     entry = await services.store.get(world.tenant.tenant_id, bob.upn)
     assert resolved is not None and entry is not None
-    assert (entry.account_id, entry.conversation_id) == (resolved.account_id, resolved.conversation_id)
+    # The send resolved the installation's chat id; the activity adds the ChannelAccount (and keeps
+    # the UPN alias), with the conversation id Teams sent it in.
+    assert resolved.account_id is None and resolved.conversation_id == world.tenant.chat_id_for(bob)
+    assert (entry.account_id, entry.conversation_id) == (bob.account_id, activity["conversation"]["id"])
     world.tenant.clear_log()
     await services.notifier.send(bob.oid, Message(text="second"))
     assert upstream(world) == ["connector.send"]

@@ -35,8 +35,6 @@ async def test_cold_send_installs_the_app_resolves_and_sends(world: World, servi
         "graph.install",
         "graph.installed_apps",
         "graph.chat",
-        "connector.members",
-        "connector.create",
         "connector.send",
     ]
     assert world.tenant.is_installed(alice)
@@ -52,8 +50,6 @@ async def test_cold_send_to_installed_user_then_warm_send_is_one_request(world: 
     assert upstream_calls(world) == [
         "graph.installed_apps",
         "graph.chat",
-        "connector.members",
-        "connector.create",
         "connector.send",
     ]
 
@@ -89,8 +85,9 @@ async def test_card_and_summary_are_sent_as_an_adaptive_card(world: World, servi
 
 async def test_stale_conversation_is_evicted_resolved_again_and_sent(world: World, services: Services) -> None:
     alice = world.user("alice")
-    first = await services.notifier.send("alice@contoso.com", HELLO)
-    world.tenant.delete_conversation(first.conversation_id)
+    await services.notifier.send("alice@contoso.com", HELLO)
+    gone = {"error": {"code": "ConversationNotFound", "message": "Conversation not found."}}
+    world.tenant.add_fault("connector.send", 404, body=gone)
     world.tenant.clear_log()
 
     again = await services.notifier.send("alice@contoso.com", Message(text="after the conversation was deleted"))
@@ -99,8 +96,6 @@ async def test_stale_conversation_is_evicted_resolved_again_and_sent(world: Worl
         "connector.send",
         "graph.installed_apps",
         "graph.chat",
-        "connector.members",
-        "connector.create",
         "connector.send",
     ]
     assert world.tenant.messages_for(alice)[-1]["activity"]["text"] == "after the conversation was deleted"
@@ -127,7 +122,8 @@ async def test_a_second_stale_answer_is_not_looped_on(world: World, services: Se
     with pytest.raises(TransientError) as caught:
         await services.notifier.send("alice@contoso.com", Message(text="never delivered"))
     assert caught.value.code == "conversation_unavailable" and caught.value.retry_after > 0
-    assert world.tenant.calls("connector.send") == 2
+    # The stale entry, the fresh chat id, and the members fallback's conversation: not looped on.
+    assert world.tenant.calls("connector.send") == 3
     # The entry that kept failing is not left in the cache.
     assert await services.store.get(world.tenant.tenant_id, "alice@contoso.com") is None
 
@@ -226,6 +222,8 @@ async def test_throttling_is_retried_after_retry_after(world: World, services: S
 async def test_persistent_503_is_a_transient_error_with_retry_after(
     world: World, services: Services, route: str
 ) -> None:
+    if route == "connector.members":
+        world.tenant.refuse_chat_id_conversations()  # the members call is the fallback of such a tenant
     world.tenant.add_fault(route, 503, count=50, retry_after=0.01)
     with pytest.raises(TransientError) as caught:
         await services.notifier.send("alice@contoso.com", HELLO)
@@ -263,11 +261,17 @@ async def test_upns_with_quotes_and_ext_markers_resolve_and_cache(world: World, 
 
 async def test_object_id_recipient(world: World, services: Services) -> None:
     bob = world.user("bob")
-    await services.notifier.send(bob.oid, HELLO)
+    first = await services.notifier.send(bob.oid, HELLO)
     assert len(world.tenant.messages_for(bob)) == 1
     world.tenant.clear_log()
-    await services.notifier.send("bob@contoso.com", HELLO)
+    await services.notifier.send(bob.oid, HELLO)
     assert upstream_calls(world) == ["connector.send"]
+    # The chat id names no UPN: a first send by UPN resolves (3 requests) to the same conversation,
+    # until Teams' install activity on /api/messages memoises the UPN (test_messages).
+    world.tenant.clear_log()
+    by_upn = await services.notifier.send("bob@contoso.com", HELLO)
+    assert upstream_calls(world) == ["graph.installed_apps", "graph.chat", "connector.send"]
+    assert by_upn.conversation_id == first.conversation_id
 
 
 async def test_recipient_in_another_tenant(world: World, services: Services) -> None:
@@ -281,13 +285,14 @@ async def test_recipient_in_another_tenant(world: World, services: Services) -> 
         await services.notifier.send("carol@fabrikam.com", HELLO)
 
 
-async def test_concurrent_cold_sends_make_one_install_and_one_create(world: World, services: Services) -> None:
+async def test_concurrent_cold_sends_make_one_install_and_one_resolution(world: World, services: Services) -> None:
     results = await asyncio.gather(
         *(services.notifier.send("alice@contoso.com", Message(text=f"message {i}")) for i in range(20))
     )
     assert len({r.activity_id for r in results}) == 20
     assert world.tenant.calls("graph.install") == 1
-    assert world.tenant.calls("connector.create") == 1
+    assert world.tenant.calls("graph.chat") == 1
+    assert world.tenant.calls("connector.create") == 0
     assert world.tenant.calls("connector.send") == 20
     assert len(world.tenant.messages_for(world.user("alice"))) == 20
 
@@ -365,6 +370,7 @@ async def test_a_confirmed_send_with_an_unreadable_body_counts_as_sent(world: Wo
 
 
 async def test_conversation_rejected_while_resolving_is_transient(world: World, services: Services) -> None:
+    world.tenant.refuse_chat_id_conversations()
     forbidden = {"error": {"code": "ForbiddenOperationException", "message": "Bot is not in the roster."}}
     world.tenant.add_fault("connector.create", 403, body=forbidden)
     with pytest.raises(TransientError) as caught:
@@ -375,6 +381,7 @@ async def test_conversation_rejected_while_resolving_is_transient(world: World, 
 
 
 async def test_a_rejected_create_conversation_is_not_blamed_on_the_card(world: World, services: Services) -> None:
+    world.tenant.refuse_chat_id_conversations()
     world.tenant.add_fault("connector.create", 400, body={"error": {"code": "BadArgument", "message": "bad"}})
     with pytest.raises(NotifyError) as caught:
         await services.notifier.send("alice@contoso.com", HELLO)
@@ -410,3 +417,68 @@ async def test_a_throttled_login_endpoint_is_transient(world: World, services: S
     world.tenant.add_fault("token", 429, count=10, retry_after=1)
     with pytest.raises(TransientError):
         await services.notifier.send("alice@contoso.com", HELLO)
+
+
+async def test_cold_send_is_three_requests_to_the_installation_chat_id(world: World, services: Services) -> None:
+    carol = world.tenant.add_user("carol@contoso.com", installed=True)
+    result = await services.notifier.send("carol@contoso.com", HELLO)
+    # PROTOCOL.md step 4: the installation's chat id is the bot's 1:1 conversation id.
+    assert upstream_calls(world) == ["graph.installed_apps", "graph.chat", "connector.send"]
+    assert result.conversation_id == world.tenant.chat_id_for(carol)
+    [delivered] = world.tenant.messages_for(carol)
+    assert delivered["conversation_id"] == world.tenant.chat_id_for(carol)
+    entry = await services.store.get(world.tenant.tenant_id, "carol@contoso.com")
+    assert entry is not None and entry.account_id is None and entry.object_id == carol.oid
+
+
+async def test_a_tenant_refusing_chat_ids_falls_back_to_members_and_remembers_it(
+    world: World, services: Services
+) -> None:
+    dave = world.tenant.add_user("dave@contoso.com", installed=True)
+    world.tenant.add_user("erin@contoso.com", installed=True)
+    world.tenant.refuse_chat_id_conversations()
+
+    first = await services.notifier.send("dave@contoso.com", HELLO)
+    assert upstream_calls(world) == [
+        "graph.installed_apps",
+        "graph.chat",
+        "connector.send",  # 404 ConversationNotFound for the chat id
+        "connector.members",
+        "connector.create",
+        "connector.send",
+    ]
+    assert [r.status for r in world.tenant.log if r.route == "connector.send"] == [404, 201]
+    assert first.conversation_id == world.tenant.conversation_id_for(dave)
+    entry = await services.store.get(world.tenant.tenant_id, "dave@contoso.com")
+    assert entry is not None and entry.account_id == dave.account_id and entry.object_id == dave.oid
+    assert len(world.tenant.messages_for(dave)) == 1
+
+    # The tenant is remembered: the next cold recipient there goes straight to the fallback.
+    world.tenant.clear_log()
+    await services.notifier.send("erin@contoso.com", HELLO)
+    assert upstream_calls(world) == [
+        "graph.installed_apps",
+        "graph.chat",
+        "connector.members",
+        "connector.create",
+        "connector.send",
+    ]
+    # A warm send there is still one request.
+    world.tenant.clear_log()
+    await services.notifier.send("dave@contoso.com", Message(text="warm"))
+    assert upstream_calls(world) == ["connector.send"]
+
+
+async def test_refusing_chat_ids_in_one_tenant_leaves_other_tenants_on_the_chat_id(
+    world: World, services: Services
+) -> None:
+    other = world.tenant.add_tenant(str(uuid.uuid4()))
+    carol = world.tenant.add_user("carol@fabrikam.com", tenant_id=other, installed=True)
+    world.tenant.add_user("dave@contoso.com", installed=True)
+    world.tenant.refuse_chat_id_conversations()
+    await services.notifier.send("dave@contoso.com", HELLO)
+    world.tenant.clear_log()
+
+    result = await services.notifier.send("carol@fabrikam.com", HELLO, tenant_id=other)
+    assert upstream_calls(world) == ["graph.installed_apps", "graph.chat", "connector.send"]
+    assert result.conversation_id == world.tenant.chat_id_for(carol)

@@ -104,12 +104,12 @@ async def warm(world: World, user: FakeUser) -> None:
     world.tenant.clear_log()
 
 
+# The installation's chat id is the bot's 1:1 conversation id (Teams docs, "Send proactive
+# installation messages"): no members call and no create conversation after the install.
 RESOLVE_AFTER_INSTALL = [
     "graph.install",
     "graph.installed_apps",
     "graph.chat",
-    "connector.members",
-    "connector.create",
     "connector.send",
 ]
 
@@ -216,8 +216,8 @@ async def test_a_queued_fan_out_finishes_with_the_policy_blocked_and_the_uninsta
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Over 20 recipients: one Service Bus message per recipient (the output binding), each delivered."""
-    monkeypatch.setenv("SendRatePerSecond", "1000")
-    monkeypatch.setenv("GraphRatePerSecond", "1000")
+    monkeypatch.setenv("TenantSendRatePerSecond", "1000")
+    monkeypatch.setenv("TenantGraphRatePerSecond", "1000")
     world.tenant.message_writes_blocked = True
     alice, bob = world.user("alice"), world.user("bob")
     await warm(world, alice)
@@ -466,6 +466,9 @@ async def test_over_the_queue_a_redelivery_comes_no_earlier_than_retry_after(wor
         await queue(request, "m-ra", 1)
     # Waited out (a send held back by the tenant's pause may report what is left of it: a hair less).
     assert time.monotonic() - started >= 2.9
+    # One 429 may be left unused: the tenant's shared budget spaces the two sends, so the second can be
+    # held back by the tenant's pause before it reaches Teams. Teams' own pause is over by now.
+    world.tenant.clear_faults()
     await queue(request, "m-ra", 2)
 
     assert texts(world, alice) == ["first", "queued"] and texts(world, bob) == ["first", "queued"]

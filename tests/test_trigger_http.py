@@ -70,7 +70,7 @@ async def test_send_answers_200_with_the_activity_and_conversation(world: World)
     assert body == {
         "status": "sent",
         "activityId": delivered["id"],
-        "conversationId": world.tenant.conversation_id_for(world.user("alice")),
+        "conversationId": world.tenant.chat_id_for(world.user("alice")),
         "recipient": "alice@contoso.com",
         "notificationId": body["notificationId"],
     }

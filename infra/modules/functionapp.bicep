@@ -25,7 +25,7 @@ param serviceBusQueueName string
 // currently supported value is 1000", https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations).
 @minValue(40)
 @maxValue(1000)
-@description('Upper bound on instances. main.bicep divides the tenant send budget by it to get SendRatePerSecond, so instances x rate stays under the Teams limit.')
+@description('Upper bound on instances. The request rates do not depend on it: the tenant budgets are shared by all instances.')
 param maximumInstanceCount int = 40
 // HTTP trigger concurrency per instance. Flex Consumption's default for Python is 1 request per
 // instance (https://learn.microsoft.com/azure/azure-functions/functions-concurrency#http-trigger-concurrency):
@@ -52,10 +52,10 @@ param tableNamePrefix string
 param httpTimeoutSeconds string
 param retryMaxAttempts string
 param retryMaxDelaySeconds string
-@description('Per-instance send limits (README, Rate limits: instances x rate). main.bicep derives the two rates from the tenant budgets divided by maximumInstanceCount.')
+@description('Sends in flight per instance; the tenant\'s whole request budgets, shared by all instances through Table Storage (README, Rate limits).')
 param maxConcurrentSends string = '8'
-param sendRatePerSecond string
-param graphRatePerSecond string
+param tenantSendRatePerSecond string
+param tenantGraphRatePerSecond string
 @description('Who may call the HTTP API (README, Who may call the API): FunctionKey, or EntraId (bearer tokens for apiAudience with the app role apiRequiredRole).')
 @allowed([
   'FunctionKey'
@@ -107,8 +107,8 @@ var appSettings = {
   RetryMaxAttempts: retryMaxAttempts
   RetryMaxDelaySeconds: retryMaxDelaySeconds
   MaxConcurrentSends: maxConcurrentSends
-  SendRatePerSecond: sendRatePerSecond
-  GraphRatePerSecond: graphRatePerSecond
+  TenantSendRatePerSecond: tenantSendRatePerSecond
+  TenantGraphRatePerSecond: tenantGraphRatePerSecond
   // Who may call the API, and the recipients' side (README: Who may call the API; Recipients).
   // The HMAC key of notification ids (NotificationSigningKey) is not provisioned: without it the app
   // generates one and keeps it in its own Table Storage; set it as a Key Vault reference to manage it.
