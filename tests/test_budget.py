@@ -58,10 +58,10 @@ def test_two_processes_share_one_tenant_budget(azurite: Azurite) -> None:
 
     times = sorted(t for r in results for t in r["times"])
     assert len(times) == 2 * PER_PROCESS
-    # One budget for both: in no one-second window more than the tenant's rate (+1 for the window's
-    # edges); two per-process budgets would allow twice as many.
+    # One budget for both: in no one-second window more than the tenant's rate (+2: the window's edges,
+    # and a token time read a moment late on a busy machine); two per-process budgets would allow 2x.
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= RATE + 1
+    assert busiest <= RATE + 2
     # So 30 tokens at 10/s take about 3 s, not the 1.5 s of two budgets.
     assert times[-1] - times[0] >= (2 * PER_PROCESS) / RATE - 1.2
     # Both processes sent all along (the budget was shared, not taken by one after the other).
