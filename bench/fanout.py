@@ -8,7 +8,7 @@ in its own process so the client's CPU is the product's alone): ``POST /api/noti
 is fed to the ``notify_queue`` function with bounded concurrency, and redelivered when it raises.
 
 Settings: the deployed per-instance values scaled to ONE instance, which here stands for the whole
-app's budget (README, "Rate limits: instances x rate": 4 instances x 7/s = 28/s under Teams' 30/s):
+app's budget (docs/API.md, "Rate limits: instances x rate": 4 instances x 7/s = 28/s under Teams' 30/s):
 SendRatePerSecond = GraphRatePerSecond = 28, MaxConcurrentSends = 4 x 8 = 32, queue concurrency
 4 x 4 (host.json maxConcurrentCalls) = 16.
 

@@ -101,7 +101,7 @@ class Settings:
     retry_max_attempts: int = 4
     retry_max_delay: float = 30.0
     bot_openid_metadata: str | None = None
-    # Per-instance send limits (README, "Sending to many recipients"): instances x rate must stay
+    # Per-instance send limits (docs/API.md, "Sending to many recipients"): instances x rate must stay
     # under Teams' per-app-per-tenant limit.
     max_concurrent_sends: int = 8
     send_rate_per_second: float = 7.0

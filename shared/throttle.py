@@ -17,7 +17,7 @@ users and tenants are not held up behind it, and never waits longer than ``max_w
 policy's RetryMaxDelaySeconds) at a time: a longer wait raises ``TransientError`` with that wait as
 ``retry_after`` (HTTP 503 / a Service Bus redelivery) instead of sleeping past functionTimeout.
 
-Global limits across instances follow from instances x rate (README, "Sending to many recipients");
+Global limits across instances follow from instances x rate (docs/API.md, "Sending to many recipients");
 a 429 that still happens is honoured through the pause and the retry loop of shared.http.
 """
 
