@@ -90,7 +90,7 @@ param retryMaxDelaySeconds string = '30'
 @description('Sends in flight per instance (app setting MaxConcurrentSends).')
 param maxConcurrentSends string = '8'
 
-@description('Who may call the HTTP API (app setting ApiAuthMode): FunctionKey, or EntraId (recommended; README, Who may call the API).')
+@description('Who may call the HTTP API (app setting ApiAuthMode): FunctionKey, or EntraId (recommended; docs/API.md, Who may call the API).')
 @allowed([
   'FunctionKey'
   'EntraId'

@@ -115,7 +115,7 @@ async def _complete(services: Services, claim: Claimed, outcome: Outcome, finger
 
     if not await keep_trying(record, "the result of a key-guarded send"):
         # The send happened: report it. The marker stays in flight (never released: a retry must not
-        # send again) until its lease ends; README "Reliability" states this residual window.
+        # send again) until its lease ends; docs/RELIABILITY.md states this residual window.
         logger.error("gave up recording the result of a key-guarded send; the marker stays held until its lease ends")
 
 

@@ -1,4 +1,4 @@
-"""The request and response models of the notify interface (README, "Sending from Power Automate,
+"""The request and response models of the notify interface (docs/API.md, "Sending from Power Automate,
 scripts and Service Bus").
 
 One model, one validation, for every way a send request arrives: the HTTP body of ``POST /api/notify``
@@ -30,7 +30,7 @@ from shared.errors import InvalidRequestError
 MAX_BODY_BYTES = 262_144
 # A raw body may spell every character as a 6-byte \uXXXX escape: parsed up to that much.
 MAX_RAW_BODY_BYTES = 6 * MAX_BODY_BYTES
-# Fan-out (README, "Sending to many recipients"): up to MAX_RECIPIENTS per request; up to
+# Fan-out (docs/API.md, "Sending to many recipients"): up to MAX_RECIPIENTS per request; up to
 # SYNC_RECIPIENTS are sent while the caller waits (200), more are queued (202 + Location).
 MAX_RECIPIENTS = 10_000
 SYNC_RECIPIENTS = 20
@@ -195,7 +195,7 @@ class NotifyResponse(BaseModel):
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    code: Annotated[str, Field(title="Error code", description="A stable snake_case code (README.md, Error codes).")]
+    code: Annotated[str, Field(title="Error code", description="A stable snake_case code (docs/ERRORS.md).")]
     message: Annotated[str, Field(title="Message", description="What went wrong and what to do about it.")]
     target: Annotated[
         str | None,
@@ -387,7 +387,7 @@ def _validation_error(errors: list[ErrorDetails], model: type[BaseModel] = Notif
     return InvalidRequestError(f"Invalid request: {messages}.", code=code, target=target)
 
 
-# --- notifications: status, update, recall (README, "Sending to many recipients", "Updating and
+# --- notifications: status, update, recall (docs/API.md, "Sending to many recipients", "Updating and
 # recalling a message") -----------------------------------------------------------------------------
 
 DeliveryState = Literal["pending", "sent", "failed", "recalled"]

@@ -102,7 +102,7 @@ class Settings:
     retry_max_delay: float = 30.0
     bot_openid_metadata: str | None = None
     # Sends in flight per instance; the request rates are the whole tenant's budgets, shared by all
-    # instances through Table Storage (shared.budget; README, "Rate limits").
+    # instances through Table Storage (shared.budget; docs/API.md, "Rate limits").
     max_concurrent_sends: int = 8
     tenant_send_rate: float = 30.0
     tenant_graph_rate: float = 30.0

@@ -251,8 +251,8 @@ def test_the_connector_offers_oauth2_with_entra_id_as_a_second_security_definiti
     assert oauth["type"] == "oauth2" and oauth["flow"] == "accessCode"
     assert oauth["authorizationUrl"].startswith("https://login.microsoftonline.com/")
     assert {"api_key": []} in swagger["security"] and {"oauth2_auth": []} in swagger["security"]
-    readme = (ROOT / "README.md").read_text()
-    assert "## Who may call the API" in readme and "oauth2_auth" in readme
+    api_page = (ROOT / "docs" / "API.md").read_text()
+    assert "## Who may call the API" in api_page and "oauth2_auth" in api_page
 
 
 # --- a notification belongs to the Entra ID client that sent it -------------------------------------

@@ -68,19 +68,19 @@ def test_every_action_uses_the_one_key_the_instructions_name() -> None:
     assert len({function_for(p, m) for p, m, _ in operations()}) == len(operations()) == 5
 
     # The same instruction wherever the key is asked for: the default host key.
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    api_page = (ROOT / "docs" / "API.md").read_text(encoding="utf-8")
     deployment = (ROOT / "docs" / "DEPLOYMENT.md").read_text(encoding="utf-8")
     instructions = {
         "apiProperties": parameters["api_key"]["uiDefinition"]["description"],
         "swagger": SWAGGER["securityDefinitions"]["api_key"]["description"],
-        "README": readme.split("### Power Automate", 1)[1].split("\n### ", 1)[0],
+        "API": api_page.split("### Power Automate", 1)[1].split("\n### ", 1)[0],
         "DEPLOYMENT": deployment.split("### Power Automate custom connector", 1)[1].split("\n## ", 1)[0],
     }
     for where, text in instructions.items():
         flat = " ".join(text.split()).replace("*", "")
         assert "default host key" in flat, where
         assert "authorises only" in flat, where  # and why a function key is not the one
-    assert "functionKeys.default" in instructions["README"] + instructions["DEPLOYMENT"]
+    assert "functionKeys.default" in instructions["API"] + instructions["DEPLOYMENT"]
 
 
 # --- the connector files against the PowerPlatformConnectors schemas and guidance -----------------------

@@ -6,7 +6,7 @@ and checks, against the healthy fake tenant and Azurite:
 
 - no 5xx answer, and no exception escapes a function (a queue message is sent, kept or completed;
   only a transient error may make Service Bus redeliver it, and none happens in a healthy world);
-- every 4xx carries the documented error schema and a code from README's error table;
+- every 4xx carries the documented error schema and a code from the error table (docs/ERRORS.md);
 - every upstream request keeps each name or id inside one path segment: no ``.``/``..`` segment,
   no request to a route the fake does not know, and the user segment decodes to the recipient.
 
@@ -41,8 +41,8 @@ PROPERTY_SETTINGS = settings(
 
 
 def _documented_codes() -> dict[str, int]:
-    """The error codes README documents, with their HTTP status (the table under "Error codes")."""
-    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    """The error codes docs/ERRORS.md documents, with their HTTP status (the table under "Error codes")."""
+    text = (Path(__file__).parent.parent / "docs" / "ERRORS.md").read_text(encoding="utf-8")
     section = text.split("## Error codes", 1)[1].split("\n## ", 1)[0]
     return {m[0]: int(m[1]) for m in re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", section, flags=re.M)}
 

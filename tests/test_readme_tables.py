@@ -1,7 +1,7 @@
-"""README's Retries and Error codes tables checked against what the code does, so they cannot drift.
+"""The Retries and Error codes tables of docs/ERRORS.md checked against what the code does, so they cannot drift.
 
 Retries: for every upstream request in the table and every status of interest, the fake answers that
-status once and the test counts how often the app asked: twice where README says "retried inline",
+status once and the test counts how often the app asked: twice where docs/ERRORS.md says "retried inline",
 once otherwise. Error codes: every code the library raises is in the table with the HTTP status it is
 raised with (read from the source: the error class's default or the ``http_status=`` given).
 """
@@ -27,16 +27,16 @@ from tests.conftest import World
 from tests.functions import OutputMessages, user_function
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+ERRORS_PAGE = (ROOT / "docs" / "ERRORS.md").read_text()
 STATUSES = (404, 412, 429, 500, 502, 503, 504)
 
 
 def _section(title: str) -> str:
-    return README.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    return ERRORS_PAGE.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
 
 
 def retry_table() -> dict[str, set[int]]:
-    """README's Retries table: upstream request -> the statuses it says are retried inline."""
+    """The Retries table (docs/ERRORS.md): upstream request -> the statuses it says are retried inline."""
     rows: dict[str, set[int]] = {}
     for line in _section("Retries (per upstream request)").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -166,7 +166,7 @@ async def test_the_retry_table_is_what_the_code_does(
         if fallback_row == row:
             assert words in _section("Retries (per upstream request)"), row
     expected = {status: 2 if status in documented or (row, status) in FALLBACK else 1 for status in observed}
-    assert observed == expected, f"{row}: README says {sorted(documented)} are retried"
+    assert observed == expected, f"{row}: docs/ERRORS.md says {sorted(documented)} are retried"
 
 
 # --- Error codes ---------------------------------------------------------------------------------------
@@ -208,11 +208,11 @@ def test_every_error_code_is_in_the_table_with_the_status_it_is_raised_with() ->
         documented |= {(m.group(1), int(n)) for n in re.findall(r"\((\d{3}) when", m.group(3))}
     raised = codes_and_statuses()
     # internal_error (500) is the triggers' answer to a bug, not a NotifyError.
-    assert raised - documented == set(), "raised with another status than README says, or undocumented"
+    assert raised - documented == set(), "raised with another status than docs/ERRORS.md says, or undocumented"
     # A code chosen at run time (``code = "unknown_field" if ... else ...``) is raised with its class's status.
     named = {
         c for path in (ROOT / "shared").glob("*.py") for c in re.findall(r'\bcode\s*=\s*"([a-z_]+)"', path.read_text())
     }
     known = {c for c, _ in raised} | named | {"internal_error"}
     stale = {entry for entry in documented - raised if entry[0] not in known}
-    assert stale == set(), "README documents codes the library no longer raises"
+    assert stale == set(), "docs/ERRORS.md documents codes the library no longer raises"

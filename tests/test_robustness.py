@@ -562,7 +562,7 @@ async def test_storage_down_after_a_confirmed_fan_out_send(world: World, storage
 async def test_storage_down_past_the_record_deadline_never_resends_within_the_lease(
     world: World, storage: StorageProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The residual window (README, Reliability): storage down longer than RECORD_DEADLINE_SECONDS
+    """The residual window (docs/RELIABILITY.md): storage down longer than RECORD_DEADLINE_SECONDS
     after a confirmed send. The send is reported, the key stays held (409) for its lease."""
     from shared import delivery
 

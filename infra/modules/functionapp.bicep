@@ -52,11 +52,11 @@ param tableNamePrefix string
 param httpTimeoutSeconds string
 param retryMaxAttempts string
 param retryMaxDelaySeconds string
-@description('Sends in flight per instance; the tenant\'s whole request budgets, shared by all instances through Table Storage (README, Rate limits).')
+@description('Sends in flight per instance; the tenant\'s whole request budgets, shared by all instances through Table Storage (docs/API.md, Rate limits).')
 param maxConcurrentSends string = '8'
 param tenantSendRatePerSecond string
 param tenantGraphRatePerSecond string
-@description('Who may call the HTTP API (README, Who may call the API): FunctionKey, or EntraId (bearer tokens for apiAudience with the app role apiRequiredRole).')
+@description('Who may call the HTTP API (docs/API.md, Who may call the API): FunctionKey, or EntraId (bearer tokens for apiAudience with the app role apiRequiredRole).')
 @allowed([
   'FunctionKey'
   'EntraId'
@@ -109,7 +109,7 @@ var appSettings = {
   MaxConcurrentSends: maxConcurrentSends
   TenantSendRatePerSecond: tenantSendRatePerSecond
   TenantGraphRatePerSecond: tenantGraphRatePerSecond
-  // Who may call the API, and the recipients' side (README: Who may call the API; Recipients).
+  // Who may call the API, and the recipients' side (docs/API.md: Who may call the API; Recipients).
   // The HMAC key of notification ids (NotificationSigningKey) is not provisioned: without it the app
   // generates one and keeps it in its own Table Storage; set it as a Key Vault reference to manage it.
   ApiAuthMode: apiAuthMode

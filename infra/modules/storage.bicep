@@ -68,7 +68,7 @@ resource roleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 ]
 
-// The operator (README, Operating) runs the CLI against the app's tables as themselves: table data
+// The operator (docs/OPERATIONS.md) runs the CLI against the app's tables as themselves: table data
 // only, no blob or queue rights, no shared key (it is disabled).
 resource deployerTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
   name: guid(account.id, deployerPrincipalId, storageTableDataContributorRoleId)
