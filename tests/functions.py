@@ -54,3 +54,16 @@ class OutputMessages(func.Out[str]):
         parsed = json.loads(self._value)
         items = parsed if isinstance(parsed, list) else [parsed]
         return [json.dumps(item).encode() for item in items]
+
+
+def notify_request(body: Any, key: str | None = None) -> func.HttpRequest:
+    """``POST /api/notify`` with a JSON body, and an ``Idempotency-Key`` when ``key`` is given."""
+    headers = {"Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
+    return func.HttpRequest(
+        "POST",
+        "http://localhost/api/notify",
+        headers=headers,
+        params={},
+        route_params={},
+        body=json.dumps(body).encode(),
+    )

@@ -23,7 +23,7 @@ from faketenant import FakeUser
 from shared.errors import TransientError
 from shared.models import ChangeResponse, NotificationStatus, NotifyResponse
 from tests.conftest import World
-from tests.functions import OutputMessages, user_function
+from tests.functions import OutputMessages, notify_request, user_function
 
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Expense 42: approve?"}]}
 APPROVED = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Expense 42: approved"}]}
@@ -40,19 +40,8 @@ def _fast_limits(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixtu
 
 
 async def post(body: dict[str, Any], key: str | None = None) -> tuple[func.HttpResponse, list[bytes]]:
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Idempotency-Key"] = key
     out = OutputMessages()
-    request = func.HttpRequest(
-        "POST",
-        "http://localhost/api/notify",
-        headers=headers,
-        params={},
-        route_params={},
-        body=json.dumps(body).encode(),
-    )
-    response: func.HttpResponse = await user_function("notify")(request, out)
+    response: func.HttpResponse = await user_function("notify")(notify_request(body, key), out)
     return response, out.messages
 
 

@@ -24,7 +24,7 @@ import pytest
 import shared.errors
 from shared.bootstrap import reset_services
 from tests.conftest import World
-from tests.functions import OutputMessages, user_function
+from tests.functions import OutputMessages, notify_request, user_function
 
 ROOT = Path(__file__).resolve().parent.parent
 ERRORS_PAGE = (ROOT / "docs" / "ERRORS.md").read_text()
@@ -50,15 +50,7 @@ def test_the_retry_table_names_every_upstream_request() -> None:
 
 
 async def post(body: dict[str, Any], key: str | None = None) -> int:
-    headers = {"Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
-    request = func.HttpRequest(
-        "POST",
-        "http://localhost/api/notify",
-        headers=headers,
-        params={},
-        route_params={},
-        body=json.dumps(body).encode(),
-    )
+    request = notify_request(body, key)
     response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
     return response.status_code
 

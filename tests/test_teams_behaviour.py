@@ -23,7 +23,7 @@ from shared.errors import TransientError
 from shared.failures import get_failure
 from shared.store import ConversationReference
 from tests.conftest import World
-from tests.functions import OutputMessages, user_function
+from tests.functions import OutputMessages, notify_request, user_function
 from tests.test_messages import activity_for, bearer, user_installs
 from tests.test_messages import post as post_activity
 
@@ -37,15 +37,7 @@ def _quiet_storage_debug(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def post(body: dict[str, Any], key: str | None = None) -> tuple[int, dict[str, Any], func.HttpResponse]:
-    headers = {"Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
-    request = func.HttpRequest(
-        "POST",
-        "http://localhost/api/notify",
-        headers=headers,
-        params={},
-        route_params={},
-        body=json.dumps(body).encode(),
-    )
+    request = notify_request(body, key)
     response: func.HttpResponse = await user_function("notify")(request, OutputMessages())
     return response.status_code, json.loads(response.get_body()), response
 
