@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from shared.settings import api_auth_mode
+from shared.authmode import api_auth_mode
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -246,14 +246,14 @@ def test_every_error_code_is_documented_with_its_status() -> None:
 
 def test_indexing_the_app_loads_no_library() -> None:
     """The host's cold start imports function_app and indexes it: the functions import the library on
-    first invocation, so none of its heavy dependencies load then (bench row 4). Only the settings
-    module is read then (stdlib only): ApiAuthMode chooses the HTTP functions' auth level."""
+    first invocation, so none of its heavy dependencies load then (bench row 4). Only shared.authmode
+    is read then (stdlib only): ApiAuthMode chooses the HTTP functions' auth level."""
     probe = (
         "import sys\n"
         "from function_app import app\n"
         "names = [f.get_function_name() for f in app.get_functions()]\n"
         "heavy = ('shared', 'httpx', 'pydantic', 'msal', 'botbuilder', 'botframework', 'aiohttp', 'azure.data')\n"
-        "light = {'shared', 'shared.settings', 'shared.errors'}\n"
+        "light = {'shared', 'shared.authmode'}\n"
         "print(sorted({m for m in sys.modules if m.startswith(heavy)} - light), len(names))\n"
     )
     run = subprocess.run(
