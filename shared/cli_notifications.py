@@ -50,7 +50,7 @@ async def _watch(services: Any, out: Output, args: argparse.Namespace) -> Any:
 
 async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
     from shared.lifecycle import get_status, recall_notification, update_notification
-    from shared.models import parse_update_request
+    from shared.request_models import parse_update_request
 
     async with services_for(source) as services:
         if args.notification_command == "status":

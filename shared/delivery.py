@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source
-from shared.models import NotifyRequest, NotifyResponse
 from shared.pipeline import Message, recipient_hash
+from shared.request_models import NotifyRequest
+from shared.response_models import NotifyResponse
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

@@ -20,9 +20,9 @@ from shared.callerauth import may_access, owner_id
 from shared.delivery import Outcome, deliver, keep_trying
 from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
-from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid, status_location
 from shared.notification_store import Delivery, Header, content_fields, note
+from shared.request_models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

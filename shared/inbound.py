@@ -30,7 +30,7 @@ from shared.botframework import (
 )
 from shared.connector import ConnectorClient
 from shared.errors import InvalidRequestError, NotifyError
-from shared.models import loads_strict
+from shared.jsonbody import loads_strict
 from shared.optout import OptOutStore
 from shared.pipeline import recipient_hash
 from shared.settings import Settings
@@ -249,7 +249,7 @@ def _same(a: ConversationReference, b: ConversationReference) -> bool:
 
 
 def _json_or_none(body: bytes) -> Any:
-    """The parsed body, strictly (shared.models.loads_strict); None when it is not JSON at all, so the
+    """The parsed body, strictly (shared.jsonbody.loads_strict); None when it is not JSON at all, so the
     caller answers invalid_activity. Too deep a body is refused (413 json_too_deep)."""
     try:
         return loads_strict(body)

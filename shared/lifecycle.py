@@ -20,10 +20,11 @@ from shared.errors import (
     TransientError,
     WrongRegionError,
 )
-from shared.models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus, UpdateRequest
 from shared.notification_ids import HANDLE_PREFIX, delivery_from_handle
 from shared.notification_store import Delivery, Header, note, recipient_row
 from shared.pipeline import Message, recipient_hash
+from shared.request_models import UpdateRequest
+from shared.response_models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

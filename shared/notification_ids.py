@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from shared.callerauth import may_access
 from shared.errors import InvalidRequestError
-from shared.models import loads_strict
+from shared.jsonbody import loads_strict
 from shared.notification_store import Delivery
 from shared.signing import Signer
 

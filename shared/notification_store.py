@@ -26,14 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidRequestError, TransientError
-from shared.models import (
-    DeliveryCounts,
-    DeliveryResult,
-    DeliveryState,
-    ErrorDetail,
-    NotifyRequest,
-    UpdateRequest,
-)
+from shared.request_models import NotifyRequest, UpdateRequest
+from shared.response_models import DeliveryCounts, DeliveryResult, DeliveryState, ErrorDetail
 from shared.store import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:

@@ -26,9 +26,10 @@ from shared.delivery import IN_FLIGHT_RETRY_AFTER, Outcome, deliver, error_outco
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
 from shared.idempotency import check_key
+from shared.jsonbody import loads_strict
 from shared.logcontext import accept_correlation_id, correlation
-from shared.models import FanOutItem, loads_strict, parse_notify_request
 from shared.notification_ids import notification_id_for
+from shared.request_models import FanOutItem, parse_notify_request
 
 logger = logging.getLogger(__name__)
 

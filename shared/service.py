@@ -22,9 +22,9 @@ from shared.fanout import delivery_from_outcome, open_notification, record_singl
 from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
 from shared.logcontext import accept_correlation_id, correlation
-from shared.models import NotifyRequest, parse_notify_request, parse_update_request
 from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle
 from shared.notification_store import Delivery
+from shared.request_models import NotifyRequest, parse_notify_request, parse_update_request
 
 logger = logging.getLogger(__name__)
 

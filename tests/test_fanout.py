@@ -21,7 +21,7 @@ from azure.functions.servicebus import ServiceBusMessage
 
 from faketenant import FakeUser
 from shared.errors import TransientError
-from shared.models import ChangeResponse, NotificationStatus, NotifyResponse
+from shared.response_models import ChangeResponse, NotificationStatus, NotifyResponse
 from tests.conftest import World
 from tests.functions import OutputMessages, notify_request, user_function
 

@@ -17,7 +17,8 @@ from openapi_spec_validator import OpenAPIV2SpecValidator
 from pydantic import BaseModel
 
 from shared.idempotency import DEFAULT_LEASE_SECONDS
-from shared.models import (
+from shared.request_models import NotifyRequest, UpdateRequest
+from shared.response_models import (
     ChangeResponse,
     ChangeResult,
     DeliveryCounts,
@@ -25,9 +26,7 @@ from shared.models import (
     ErrorDetail,
     ErrorResponse,
     NotificationStatus,
-    NotifyRequest,
     NotifyResponse,
-    UpdateRequest,
 )
 from tests.functions import bindings
 

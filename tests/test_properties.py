@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.errors import TransientError
-from shared.models import ErrorResponse
+from shared.response_models import ErrorResponse
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
 

@@ -19,7 +19,9 @@ import pytest
 import shared.service
 from shared.bootstrap import get_services
 from shared.idempotency import IdempotencyStore
-from shared.models import MAX_BODY_BYTES, ErrorResponse, NotifyRequest, NotifyResponse
+from shared.jsonbody import MAX_BODY_BYTES
+from shared.request_models import NotifyRequest
+from shared.response_models import ErrorResponse, NotifyResponse
 from tests.conftest import CLIENT_SECRET, World
 from tests.functions import OutputMessages, user_function
 
