@@ -4,7 +4,7 @@ identity-based storage (AzureWebJobsStorage__tableServiceUri + __credential=mana
 
 1. A fresh interpreter (started by exec) imports function_app, indexes its functions and makes one
    real send through the HTTP function ``notify`` against the fake and Azurite; it reports the modules
-   that were loaded, in load order. The app token comes from MSAL (DESIGN.md: MSAL client credentials),
+   that were loaded, in load order. The app token comes from MSAL (MSAL's client credentials flow, as the product uses),
    here with the managed identity's token as the federated credential. Azurite takes no token over
    plain http, so this process reaches it by connection string; identity-based storage adds
    azure-identity's ``ManagedIdentityCredential`` (``shared.bootstrap.table_service``), which the probe

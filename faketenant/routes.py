@@ -566,7 +566,7 @@ def _graph_install(tenant: FakeTenant, req: Request) -> Response:
         if tenant.is_installed(user):
             return graph_error(409, "Conflict", "App is already installed.")
         if tenant.is_blocked_by_policy(user):
-            # See FakeTenant.block_app_by_policy (PROTOCOL.md: the exact body).
+            # See FakeTenant.block_app_by_policy (its source): 403 Forbidden, innerError AccessDenied.
             resp = graph_error(403, "Forbidden", "App is blocked by app permission policy. Contact your administrator.")
             body = json.loads(resp.body)
             body["error"]["innerError"]["code"] = "AccessDenied"
@@ -616,7 +616,8 @@ def _conversation_gate(tenant: FakeTenant, user: FakeUser, *, writes_blocked_bod
     BotDisabledByAdmin, ConversationBlockedByUser, BotNotInConversationRoster. A new message to a user
     who blocked the bot or uninstalled the app may instead carry the MessageWritesBlocked body (see
     ``FakeTenant.message_writes_blocked``); updates and deletes after an uninstall answer
-    BotNotInConversationRoster, and the earlier messages stay in the chat (PROTOCOL.md)."""
+    BotNotInConversationRoster, and, as the refused update or delete changes nothing, the earlier
+    messages stay in the chat."""
     if tenant.is_bot_disabled(user.tenant_id):
         return connector_error(403, "BotDisabledByAdmin", "The bot is disabled by the tenant admin.")
     blocked, installed = tenant.is_blocked(user.oid), tenant.is_installed(user)

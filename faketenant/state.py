@@ -63,7 +63,8 @@ ROLE_INSTALL = "TeamsAppInstallation.ReadWriteSelfForUser.All"
 ROLE_CATALOG = "AppCatalog.Read.All"
 DEFAULT_ROLES: frozenset[str] = frozenset({ROLE_INSTALL, ROLE_CATALOG})
 
-#: Per-conversation limits for send + create (count, window seconds), from PROTOCOL.md.
+#: Per-conversation limits for send + create (count, window seconds), per bot and conversation
+#: (Teams, "Optimize your bot with rate limiting": https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit).
 SEND_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (8, 2.0), (60, 30.0), (1800, 3600.0))
 #: Per-conversation limits for get members.
 MEMBERS_LIMITS: tuple[tuple[int, float], ...] = ((14, 1.0), (16, 2.0), (120, 30.0), (3600, 3600.0))
@@ -230,8 +231,8 @@ class Installation:
     #: ``time.monotonic()`` from which Graph returns the installation's chat (and the connector knows
     #: it). Right after an install the chat may be missing for tens of seconds to minutes for users
     #: who have not opened Teams recently: a matter of time, not of how often one asks.
-    #: Source: PROTOCOL.md step 4 (public reports); Graph "Get chat between user and app"
-    #: (https://learn.microsoft.com/graph/api/userscopeteamsappinstallation-get-chat).
+    #: Source: public reports of the chat call failing right after an install; Graph "Get chat between
+    #: user and app" (https://learn.microsoft.com/graph/api/userscopeteamsappinstallation-get-chat).
     chat_ready_at: float = 0.0
 
     def chat_ready(self) -> bool:
@@ -576,7 +577,8 @@ class FakeTenant:
                 # ConversationNotFound, the answer public reports show for conversation ids it does not
                 # know (https://github.com/MicrosoftDocs/msteams-docs/issues/9425,
                 # https://github.com/microsoft/botframework-sdk/issues/6628): the members call on the
-                # chat id (PROTOCOL.md step 5) still works there, as it always has for this flow.
+                # chat id (GET /v3/conversations/{chat id}/members) still works there, as it always has
+                # for this flow.
                 body = conversation_id[3:].split("@", 1)[0]
                 oid, _, app = body.partition("_")
                 inst = self._installations.get(oid)

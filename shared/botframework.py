@@ -70,8 +70,9 @@ def _member(account: Any) -> Member:
 
 
 def conversation_parameters(bot_id: str, member_id: str, tenant_id: str) -> dict[str, Any]:
-    """The body of POST /v3/conversations for a 1:1 chat (PROTOCOL.md step 6), in the
-    ConversationParameters wire schema."""
+    """The body of POST /v3/conversations for a 1:1 chat (Bot Connector API reference, "Create
+    Conversation": https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-api-reference),
+    in the ConversationParameters wire schema; Teams requires ``tenantId``."""
     return {
         "isGroup": False,
         "bot": {"id": bot_id},

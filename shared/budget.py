@@ -1,9 +1,11 @@
 """The tenant's request budget, shared by every instance: a paced token bucket in Table Storage.
 
-Teams allows an app a fixed number of requests per second per tenant (PROTOCOL.md, rate limits), and
-Graph likewise. That budget belongs to the deployment, not to an instance: on Flex Consumption the HTTP
-functions and the Service Bus function scale as separate groups, so a static per-instance rate either
-overshoots (more instances than planned: 429s) or leaves budget unused (fewer instances).
+Teams allows an app a fixed number of requests per second per tenant (about 50:
+https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit), and Graph likewise
+(https://learn.microsoft.com/graph/throttling-limits#microsoft-teams-service-limits). That budget
+belongs to the deployment, not to an instance: on Flex Consumption the HTTP functions and the Service
+Bus function scale as separate groups, so a static per-instance rate either overshoots (more instances
+than planned: 429s) or leaves budget unused (fewer instances).
 
 Design: time is cut into 1-second slices. Slice ``s`` of (service, tenant) owns ``rate`` numbered
 tokens; token ``j`` may be used at ``s + j / rate``, so the tokens are paced evenly, never burst, and

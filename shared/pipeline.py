@@ -1,10 +1,12 @@
 """The notify pipeline: resolve a recipient's Teams identity on demand and send to them.
 
-Cold path (PROTOCOL.md steps 1-4, 7): app token -> installed app? -> install if missing -> the
-installation's 1:1 chat, whose id is the bot's conversation id -> send: 3 requests for an installed
-user, 6 when installing (plus the catalog lookup once per process and tenant). Where the connector
-refuses the chat id, the chat member (ChannelAccount) and create conversation (steps 5-6) are the
-fallback, remembered per tenant in this process so later resolutions there go straight to it.
+Cold path (Teams' proactive installation,
+https://learn.microsoft.com/microsoftteams/platform/graph-api/proactive-bots-and-messages/graph-proactive-bots-and-messages):
+app token -> installed app? -> install if missing -> the installation's 1:1 chat, whose id is the
+bot's conversation id -> send: 3 requests for an installed user, 6 when installing (plus the catalog
+lookup once per process and tenant). Where the connector refuses the chat id, the chat member
+(ChannelAccount) and create conversation are the fallback, remembered per tenant in this process so
+later resolutions there go straight to it.
 Warm path: the memoised entry and a memoised token, so the send is the only HTTP request.
 
 A memoised entry the connector rejects as gone is evicted and resolved again once; a fresh entry
@@ -152,8 +154,8 @@ class Notifier:
         self, entry: ConversationReference, tenant: str, recipient: str, activity: dict[str, Any], *, fresh: bool
     ) -> tuple[str | None, ConversationReference]:
         """Send to an entry. A freshly resolved chat id (no ChannelAccount yet) the connector refuses as
-        gone goes through the members fallback (PROTOCOL.md steps 5-6), and the tenant is remembered as
-        one that needs it; any other gone conversation raises ``StaleConversationError``."""
+        gone goes through the members fallback (the chat's members, then create conversation), and the
+        tenant is remembered as one that needs it; any other gone conversation raises ``StaleConversationError``."""
         try:
             return await self._send_regional(entry, tenant, recipient, activity)
         except StaleConversationError:
@@ -324,8 +326,9 @@ def _object_id(recipient: str) -> str | None:
 
 
 def _chat_user_object_id(chat_id: str, app_id: str) -> str | None:
-    """The user's object id in a personal chat id ``19:{id}_{id}@unq.gbl.spaces`` (PROTOCOL.md step 4):
-    the GUID that is not the bot's app id. None for any other form (the id stays opaque then)."""
+    """The user's object id in a personal chat id ``19:{id}_{id}@unq.gbl.spaces`` (the installation's
+    chat: https://learn.microsoft.com/graph/api/userscopeteamsappinstallation-get-chat): the GUID that is
+    not the bot's app id. None for any other form (the id stays opaque then)."""
     if not chat_id.startswith("19:") or not chat_id.endswith("@unq.gbl.spaces"):
         return None
     ids = chat_id[3 : -len("@unq.gbl.spaces")].split("_")

@@ -3,7 +3,7 @@
 The Bot Connector's members call answers ChannelAccounts whose ``id`` is opaque: Teams' users are
 "29:...", but a local emulator's (Microsoft 365 Agents Playground: "user-id-0") are not, and a bot
 is "28:...". The product picks the member whose aadObjectId/objectId (or UPN) is the recipient, else the
-one member that is not the bot (PROTOCOL.md step 5; https://learn.microsoft.com/microsoftteams/platform/
+one member that is not the bot (GET /v3/conversations/{id}/members; https://learn.microsoft.com/microsoftteams/platform/
 bots/how-to/get-teams-context#fetch-the-roster-or-user-profile).
 
 The members call is the fallback of a tenant whose connector refuses the installation's chat id as a

@@ -422,7 +422,7 @@ async def test_a_throttled_login_endpoint_is_transient(world: World, services: S
 async def test_cold_send_is_three_requests_to_the_installation_chat_id(world: World, services: Services) -> None:
     carol = world.tenant.add_user("carol@contoso.com", installed=True)
     result = await services.notifier.send("carol@contoso.com", HELLO)
-    # PROTOCOL.md step 4: the installation's chat id is the bot's 1:1 conversation id.
+    # The installation's chat id is the bot's 1:1 conversation id (https://learn.microsoft.com/microsoftteams/platform/graph-api/proactive-bots-and-messages/graph-proactive-bots-and-messages).
     assert upstream_calls(world) == ["graph.installed_apps", "graph.chat", "connector.send"]
     assert result.conversation_id == world.tenant.chat_id_for(carol)
     [delivered] = world.tenant.messages_for(carol)
