@@ -153,12 +153,13 @@ def _true_or_false(raw: str) -> bool:
 
 
 def _signing_key(raw: str) -> bytes:
+    malformed = _invalid(f"must be base64 of at least {MIN_SIGNING_KEY_BYTES} random bytes")
     try:
         key = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        key = b""
+        raise malformed from None
     if len(key) < MIN_SIGNING_KEY_BYTES:
-        raise _invalid(f"must be base64 of at least {MIN_SIGNING_KEY_BYTES} random bytes")
+        raise malformed
     return key
 
 
