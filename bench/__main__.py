@@ -12,9 +12,10 @@ import warnings
 
 from bench.report import Line, table, write_results
 from bench.rows import Sizes, calls_per_send, warm_sends
+from bench.sdks import build_venvs
 from bench.world import start_world, stop_world
 
-ROWS = ("1", "2", "4", "5", "6", "7")
+ROWS = ("1", "2", "4", "5", "6", "7", "8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
         lines += cold_start(quick=args.quick)
 
+    # Row 8's venvs are built before start_world: pip must see the machine's own CA settings.
+    venvs = build_venvs() if "8" in only else {}
+
     world = start_world()
     try:
         import asyncio
@@ -49,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             warm_lines, warm = warm_sends(world, sizes)
             lines += warm_lines
             notes.append(f"Row 2 measured through: {warm.via}.")
+        if "8" in only:
+            from bench.rows import host_like_logging
+            from bench.sdks import AUTH_NOTE, sdk_rows
+
+            host_like_logging()
+            lines += sdk_rows(world, venvs, n=sizes.n, repeats=sizes.repeats, conversations=sizes.warm_recipients)
+            notes.append(AUTH_NOTE)
         if "5" in only:
             from bench.fanout import fan_out
 
