@@ -238,9 +238,9 @@ async def _sdk_rows_async(
     unavailable: list[Line] = []
     workers: list[Worker] = []
     try:
-        for mode, (label, _) in SDKS.items():
+        for mode, python in venvs.items():
+            label = SDKS[mode][0]
             try:
-                python = venvs[mode]
                 if isinstance(python, Unavailable):
                     raise python
                 worker = Worker(mode, python, payload)
@@ -290,11 +290,12 @@ def _lines(contenders: list[Contender]) -> list[Line]:
     return lines
 
 
-def build_venvs() -> dict[str, str | Unavailable]:
+def build_venvs(modes: list[str]) -> dict[str, str | Unavailable]:
     """Each contender's python (or why there is none). Run before bench.world points this process's
     environment at the fake (its CA bundle variables would make pip distrust the package registry)."""
     venvs: dict[str, str | Unavailable] = {}
-    for mode, (_, requirements) in SDKS.items():
+    for mode in modes:
+        requirements = SDKS[mode][1]
         try:
             venvs[mode] = sys.executable if requirements is None else ensure_venv(mode, requirements)
         except Unavailable as error:
