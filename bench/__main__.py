@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
             host_like_logging()
             lines += sdk_rows(world, venvs, n=sizes.n, repeats=sizes.repeats, conversations=sizes.warm_recipients)
-            notes.append(AUTH_NOTE)
+            if set(venvs) - {"httpx"}:
+                notes.append(AUTH_NOTE)
         if "5" in only:
             from bench.fanout import fan_out
 
