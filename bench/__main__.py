@@ -12,20 +12,29 @@ import warnings
 
 from bench.report import Line, table, write_results
 from bench.rows import Sizes, calls_per_send, warm_sends
+from bench.sdks import SDKS, build_venvs
 from bench.world import start_world, stop_world
 
-ROWS = ("1", "2", "4", "5", "6", "7")
+ROWS = ("1", "2", "4", "5", "6", "7", "8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds): a smoke run")
     parser.add_argument("--only", default=",".join(ROWS), help="comma-separated rows (2 includes 3)")
+    parser.add_argument(
+        "--sdks",
+        default=",".join(SDKS),
+        help="row 8's own-process contenders (httpx needs no venv; teams and agents build .bench-venvs/ once)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results/")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", DeprecationWarning)  # botbuilder/msrest on import
     sizes = Sizes.quick() if args.quick else Sizes.full()
     only = set(args.only.split(","))
+    unknown = set(args.sdks.split(",")) - set(SDKS)
+    if unknown:
+        parser.error(f"--sdks: unknown {', '.join(sorted(unknown))} (known: {', '.join(SDKS)})")
     lines: list[Line] = []
     notes: list[str] = []
     started = time.perf_counter()
@@ -34,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench.coldstart import cold_start
 
         lines += cold_start(quick=args.quick)
+
+    # Row 8's venvs are built before start_world: pip must see the machine's own CA settings.
+    venvs = build_venvs(args.sdks.split(",")) if "8" in only else {}
 
     world = start_world()
     try:
@@ -49,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             warm_lines, warm = warm_sends(world, sizes)
             lines += warm_lines
             notes.append(f"Row 2 measured through: {warm.via}.")
+        if "8" in only:
+            from bench.rows import host_like_logging
+            from bench.sdks import AUTH_NOTE, sdk_rows
+
+            host_like_logging()
+            lines += sdk_rows(world, venvs, n=sizes.n, repeats=sizes.repeats, conversations=sizes.warm_recipients)
+            if set(venvs) - {"httpx"}:
+                notes.append(AUTH_NOTE)
         if "5" in only:
             from bench.fanout import fan_out
 
