@@ -39,7 +39,7 @@ from shared.settings import api_auth_mode
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from shared.delivery import Outcome
+    from shared.service import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 

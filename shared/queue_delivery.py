@@ -18,17 +18,18 @@ import asyncio
 import datetime
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from shared.bootstrap import Services, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
-from shared.delivery import IN_FLIGHT_RETRY_AFTER, Outcome, deliver, error_outcome
+from shared.delivery import IN_FLIGHT_RETRY_AFTER, deliver
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
 from shared.idempotency import check_key
 from shared.logcontext import accept_correlation_id, correlation
 from shared.models import FanOutItem, loads_strict, parse_notify_request
 from shared.notification_ids import notification_id_for
+from shared.results import Refused, Sent
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ class QueueOutcome:
 @dataclass(frozen=True)
 class QueueWork:
     """What one queue message body came to (``process_queue_body``): a result, the fan-out messages
-    to emit, and, when it must be kept for an operator, the status and error body to keep."""
+    to emit, and, when it must be kept for an operator, why."""
 
     result: QueueResult
     messages: tuple[str, ...] = ()
-    failure: Outcome | None = None
+    failure: Refused | None = None
     activity_id: str | None = None
     conversation_id: str | None = None
 
@@ -85,8 +86,7 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
             row = await handle_fan_out_item(services, item, wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS)
             logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
             if row.needs_operator or row.state == "failed":
-                status, error = row.error_status or 500, {"code": row.error_code, "message": row.error_message or ""}
-                failure = Outcome(status, {"error": error})
+                failure = Refused(row.error_status or 500, str(row.error_code), row.error_message or "")
                 # A recipient's own fault is final and shown by the status; ours is kept for a replay.
                 return QueueWork("kept" if row.needs_operator else "delivered", failure=failure)
             return QueueWork("delivered", activity_id=row.activity_id, conversation_id=row.conversation_id)
@@ -94,14 +94,13 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
         if request.recipients is not None:
             fanned = await start_notification(services, request, notification_id_for(key), "queue")
             if fanned.operator_error is not None:
-                status, error = fanned.operator_error
-                return QueueWork("kept", fanned.messages, failure=Outcome(status, {"error": error}))
+                return QueueWork("kept", fanned.messages, failure=fanned.operator_error)
             if fanned.retry_after is not None:
                 raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
             return QueueWork("fanned_out", fanned.messages)
         notification_id = notification_id_for(key)
         await open_notification(services, request, notification_id, "queue")
-        outcome = await deliver(
+        result = await deliver(
             services,
             request,
             source="queue",
@@ -110,22 +109,18 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
             notification_id=notification_id,
             wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS,
         )
-        await record_single_best_effort(services, request, notification_id, outcome)
+        await record_single_best_effort(services, request, notification_id, result)
     except TransientError:
         raise
     except NotifyError as err:
-        outcome = error_outcome(err)
-    if outcome.sent:
+        result = Refused.of(err)
+    if isinstance(result, Sent):
         return QueueWork(
-            "duplicate" if outcome.replayed else "sent",
-            activity_id=_str_or_none(outcome.body.get("activityId")),
-            conversation_id=_str_or_none(outcome.body.get("conversationId")),
+            "duplicate" if result.replayed else "sent",
+            activity_id=result.activity_id,
+            conversation_id=result.conversation_id,
         )
-    return QueueWork("kept", failure=outcome)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return str(value) if value is not None else None
+    return QueueWork("kept", failure=result)
 
 
 async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
@@ -169,12 +164,10 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
                 already = work.result == "duplicate"
                 logger.info("queue message %s %s", delivery.message_id, "was already sent" if already else "sent")
             return QueueOutcome(work.result, work.messages)
-        outcome = work.failure
-        error = outcome.body.get("error")
         record = await services.failures.keep(
             message_id=delivery.message_id,
-            error=error if isinstance(error, dict) else {},
-            http_status=outcome.status,
+            error=work.failure.error(),
+            http_status=work.failure.status,
             body=delivery.body,
             delivery_count=delivery.delivery_count,
             enqueued_time=delivery.enqueued_time,

@@ -1,7 +1,8 @@
-"""The HTTP use cases: ``POST /api/notify``, ``POST /api/notifications`` and
+"""The HTTP edge: ``POST /api/notify``, ``POST /api/notifications`` and
 ``GET/PUT/DELETE /api/notifications/{id}``, each a request -> an ``Outcome`` (status, JSON body,
 Retry-After, correlation id) that function_app.py turns into an HttpResponse. Each first authenticates
-its caller (shared.callerauth, ``ApiAuthMode``) and acts as it for the rest of the invocation.
+its caller (shared.callerauth, ``ApiAuthMode``) and acts as it for the rest of the invocation. The use
+cases below return typed results (shared.results); their HTTP statuses and bodies are rendered here.
 
 An in-flight repeat over HTTP waits briefly (``IN_FLIGHT_WAIT_SECONDS``) for the first attempt's
 result and returns it; if the first attempt is still sending after that, it answers 409
@@ -11,24 +12,62 @@ result and returns it; if the first attempt is still sending after that, it answ
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.bootstrap import Services, get_services
 from shared.callerauth import act_as, owner_id
-from shared.delivery import Outcome, deliver, error_outcome
+from shared.delivery import deliver
 from shared.errors import InvalidRequestError, NotifyError
-from shared.fanout import delivery_from_outcome, open_notification, record_single_best_effort, start_notification
+from shared.fanout import delivery_from_result, open_notification, record_single_best_effort, start_notification
 from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
 from shared.logcontext import accept_correlation_id, correlation
 from shared.models import NotifyRequest, parse_notify_request, parse_update_request
-from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle
+from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle, status_location
 from shared.notification_store import Delivery
+from shared.results import FanOut, Refused, SendOutcome, Sent
 
 logger = logging.getLogger(__name__)
 
 IN_FLIGHT_WAIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One HTTP answer, as function_app renders it."""
+
+    status: int
+    body: dict[str, Any]
+    retry_after: float | None = None
+    replayed: bool = False  # the recorded result of an earlier attempt, nothing sent now
+    correlation_id: str | None = None
+    location: str | None = None  # 202: where to poll the notification's status
+    # Fan-out: bodies of the per-recipient Service Bus messages the trigger's output binding writes.
+    messages: tuple[str, ...] = ()
+
+
+def error_outcome(err: NotifyError) -> Outcome:
+    return refused_outcome(Refused.of(err))
+
+
+def refused_outcome(refused: Refused) -> Outcome:
+    return Outcome(refused.status, refused.body(), retry_after=refused.retry_after, replayed=refused.replayed)
+
+
+def send_outcome(result: SendOutcome) -> Outcome:
+    if isinstance(result, Refused):
+        return refused_outcome(result)
+    return Outcome(200, result.body(), replayed=result.replayed)
+
+
+def fan_out_outcome(fanned: FanOut) -> Outcome:
+    """200 with every recipient's result, or 202 + Location when recipients were queued."""
+    body = fanned.status.model_dump(by_alias=True)
+    if fanned.queued:
+        location = status_location(fanned.status.notification_id)
+        return Outcome(202, body, location=location, messages=fanned.messages)
+    return Outcome(200, body, retry_after=fanned.retry_after)
 
 
 async def _authenticate(services: Services, authorization: str | None, what: str, cid: str) -> None:
@@ -57,11 +96,11 @@ async def handle_notify(
             key = check_key(idempotency_key) if idempotency_key is not None else None
             notification_id = notification_id_for(key) if key is not None else new_notification_id()
             if request.recipients is not None:
-                outcome = await start_notification(services, request, notification_id, "http")
+                outcome = fan_out_outcome(await start_notification(services, request, notification_id, "http"))
             else:
                 if key is not None:
                     await open_notification(services, request, notification_id, "http")
-                outcome = await deliver(
+                result = await deliver(
                     services,
                     request,
                     source="http",
@@ -71,9 +110,10 @@ async def handle_notify(
                     notification_id=notification_id if key is not None else None,
                 )
                 if key is not None:
-                    await record_single_best_effort(services, request, notification_id, outcome)
+                    await record_single_best_effort(services, request, notification_id, result)
+                    outcome = send_outcome(result)
                 else:
-                    outcome = await _identify_unkeyed(services, request, notification_id, outcome)
+                    outcome = await _identify_unkeyed(services, request, notification_id, result)
         except NotifyError as err:
             log = logger.warning if err.http_status >= 500 else logger.info
             log("notify request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
@@ -128,18 +168,20 @@ async def handle_notify_many(
 
 
 async def _identify_unkeyed(
-    services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome
+    services: Services, request: NotifyRequest, notification_id: str, result: SendOutcome
 ) -> Outcome:
     """A single send without a key: a sent one gets a self-contained id (no storage write on the hot
     path); one that cannot (see ``single_send_handle``) gets ``notification_id`` and a row, as before.
     A failure names no id, so it needs no row."""
-    if not outcome.sent or request.recipient is None:
-        return outcome
+    if not isinstance(result, Sent) or request.recipient is None:
+        return send_outcome(result)
     tenant = request.tenant_id or services.settings.tenant_id
-    sent = delivery_from_outcome(services, Delivery("", request.recipient, tenant, "pending"), outcome)
+    sent = delivery_from_result(services, Delivery("", request.recipient, tenant, "pending"), result)
     handle = single_send_handle(sent, services.settings.service_url, await services.signing.signer(), owner_id())
     if handle is None:
-        await record_single_best_effort(services, request, notification_id, outcome)
+        await record_single_best_effort(services, request, notification_id, result)
+    outcome = send_outcome(result)
+    # The id goes last, after the answer's other fields (activityId included).
     return replace(outcome, body={**outcome.body, "notificationId": handle or notification_id})
 
 
