@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Once Teams confirmed a send, its record (the idempotency key's result, the delivery row) is retried
-# for this long before giving up: well inside functionTimeout (5 min) and an HTTP caller's patience
-# (Power Automate waits 120 s), far longer than a storage blip. The key is never released meanwhile.
-RECORD_DEADLINE_SECONDS = 100.0
 # Retry-After for an HTTP repeat that found the first attempt still sending: a send takes seconds.
 IN_FLIGHT_RETRY_AFTER = 2.0
 
@@ -91,18 +87,18 @@ async def _complete(services: Services, claim: Claimed, result: SendOutcome, fin
     async def record() -> None:
         await services.requests.complete(claim, status, body, fingerprint)
 
-    if not await keep_trying(record, "the result of a key-guarded send"):
+    if not await keep_trying(record, "the result of a key-guarded send", within=services.waits.record_deadline):
         # The send happened: report it. The marker stays in flight (never released: a retry must not
         # send again) until its lease ends; docs/RELIABILITY.md states this residual window.
         logger.error("gave up recording the result of a key-guarded send; the marker stays held until its lease ends")
 
 
-async def keep_trying(write: Callable[[], Awaitable[Any]], what: str) -> bool:
+async def keep_trying(write: Callable[[], Awaitable[Any]], what: str, *, within: float) -> bool:
     """Run a storage write that records a send Teams already confirmed, retrying transient failures
-    with backoff for up to ``RECORD_DEADLINE_SECONDS``. False when it never succeeded (or failed
-    permanently): the caller reports the send anyway."""
+    with backoff for up to ``within`` seconds (``Waits.record_deadline``). False when it never
+    succeeded (or failed permanently): the caller reports the send anyway."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + RECORD_DEADLINE_SECONDS
+    deadline = loop.time() + within
     delay = 0.2
     while True:
         try:
@@ -110,7 +106,7 @@ async def keep_trying(write: Callable[[], Awaitable[Any]], what: str) -> bool:
             return True
         except TransientError as err:
             if loop.time() + delay > deadline:
-                logger.error("could not record %s within %.0fs (%s)", what, RECORD_DEADLINE_SECONDS, err.code)
+                logger.error("could not record %s within %.0fs (%s)", what, within, err.code)
                 return False
             logger.warning("could not record %s yet (%s); retrying in %.1fs", what, err.code, delay)
             await asyncio.sleep(delay)

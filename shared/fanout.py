@@ -90,7 +90,7 @@ async def send_to_recipient(
         async def write() -> None:
             written.append(await note(store, delivery))
 
-        if not await keep_trying(write, "a sent delivery row"):
+        if not await keep_trying(write, "a sent delivery row", within=services.waits.record_deadline):
             return delivery
         if written[-1]:
             return delivery

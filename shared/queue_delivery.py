@@ -5,7 +5,7 @@ many-recipient request), and keeping a message that failed permanently for an op
 "fanned_out"``, or an exception when the message must be redelivered (transient trouble, or its
 failure could not be kept). ``process_queue_body`` is what a queue message comes to, shared by the
 trigger and the operator's replay (shared.failures). Over Service Bus a duplicate delivery polls the
-key's record for up to ``IN_FLIGHT_QUEUE_WAIT_SECONDS`` and completes as soon as the first attempt has
+key's record for up to ``Waits.queue_in_flight`` and completes as soon as the first attempt has
 recorded its result (or sends itself if the first released the key); only a key still held after that
 is abandoned, after a short pause, so the queue's delivery attempts outlast the lease. Any other
 transient failure waits what upstream asked (Retry-After), up to ``QUEUE_WAIT_SECONDS``, before the
@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.bootstrap import Services, get_services
+from shared.bootstrap import Services, Waits, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
 from shared.delivery import IN_FLIGHT_RETRY_AFTER, deliver
 from shared.errors import NotifyError, RequestInProgressError, TransientError
@@ -33,15 +33,10 @@ from shared.results import Refused, Sent
 
 logger = logging.getLogger(__name__)
 
-# Over Service Bus, a delivery that finds the key held polls the key's record for the holder's result
-# for at most this long (it returns as soon as the result is recorded: a duplicate of a delivery that
-# finished in milliseconds completes in milliseconds), so the queue's 10 delivery attempts (10 x 120 s)
-# outlast a lease held after an unconfirmed send (6 min), and one wait stays well inside
-# functionTimeout (5 min) and the lock's auto-renewal (5 min).
-IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
 # Over Service Bus, any transient failure waits out what upstream asked (Retry-After) up to this long
-# before the message is redelivered (well inside functionTimeout and the lock's auto-renewal).
-QUEUE_WAIT_SECONDS = IN_FLIGHT_QUEUE_WAIT_SECONDS
+# before the message is redelivered (well inside functionTimeout and the lock's auto-renewal): as long
+# as the deployed wait for a key held by another delivery (shared.bootstrap.Waits).
+QUEUE_WAIT_SECONDS = Waits().queue_in_flight
 
 QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
@@ -83,7 +78,7 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
         key = check_key(message_id, target="messageId")
         item = _fan_out_item(body)
         if item is not None:
-            row = await handle_fan_out_item(services, item, wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS)
+            row = await handle_fan_out_item(services, item, wait_seconds=services.waits.queue_in_flight)
             logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
             if row.needs_operator or row.state == "failed":
                 failure = Refused(row.error_status or 500, str(row.error_code), row.error_message or "")
@@ -107,7 +102,7 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
             key=key,
             record_failures=False,
             notification_id=notification_id,
-            wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS,
+            wait_seconds=services.waits.queue_in_flight,
         )
         await record_single_best_effort(services, request, notification_id, result)
     except TransientError:

@@ -16,12 +16,11 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-import shared.service
 from shared.bootstrap import get_services
 from shared.idempotency import IdempotencyStore
 from shared.models import MAX_BODY_BYTES, ErrorResponse, NotifyRequest, NotifyResponse
 from tests.conftest import CLIENT_SECRET, World
-from tests.functions import OutputMessages, user_function
+from tests.functions import OutputMessages, shorten_waits, user_function
 
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Your **report** is ready"}
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Approve?"}]}
@@ -404,9 +403,9 @@ async def test_stale_in_flight_marker_is_taken_over(world: World) -> None:
 
 
 async def test_live_in_flight_marker_answers_409_and_sends_nothing(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World,
 ) -> None:
-    monkeypatch.setattr(shared.service, "IN_FLIGHT_WAIT_SECONDS", 0.2)
+    shorten_waits(http_in_flight=0.2)
     await _marker(world, "k-6", lease=600)
 
     response = await post(HELLO, {"Idempotency-Key": "k-6"})
@@ -464,9 +463,7 @@ async def test_an_upstream_failure_does_not_spend_the_idempotency_key(world: Wor
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
 
 
-async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(world: World) -> None:
     await post(HELLO)  # warm
     world.tenant.add_fault("connector.send", 504)
     first = await post(HELLO, {"Idempotency-Key": "unconfirmed-1"})
@@ -474,7 +471,7 @@ async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(
     assert first.headers.get("Retry-After")
 
     sends_before = sends(world)
-    monkeypatch.setattr(shared.service, "IN_FLIGHT_WAIT_SECONDS", 0.2)
+    shorten_waits(http_in_flight=0.2)
     retry = await post(HELLO, {"Idempotency-Key": "unconfirmed-1"})
     assert_error(retry, 409, "request_in_progress", "Idempotency-Key")
     assert sends(world) == sends_before
