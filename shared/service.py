@@ -293,6 +293,10 @@ async def handle_health() -> Outcome:
 
     async def work() -> Outcome:
         report = await check_health()
-        return Outcome(report.status_code, report.to_body(), no_store=True)
+        body: dict[str, Any] = {"status": "ok" if report.ok else "unavailable", "checks": report.checks}
+        failed = report.failed()
+        if failed:
+            body["error"] = {"code": failed[0]}
+        return Outcome(200 if report.ok else 503, body, no_store=True)
 
     return await answer("health", work)

@@ -329,6 +329,22 @@ async def test_same_key_twice_sends_once_and_answers_the_same(world: World) -> N
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
 
 
+async def test_a_repeated_key_answers_byte_for_byte_what_the_first_attempt_answered(world: World) -> None:
+    """The key records the answer (a send, or the caller's own mistake); its repeat renders it again."""
+    sent_key, refused_key = {"Idempotency-Key": "bytes-1"}, {"Idempotency-Key": "bytes-2"}
+    first_sent = await post(HELLO, sent_key)
+    first_refused = await post({"recipient": "carol@contoso.com", "text": "hi"}, refused_key)
+
+    again_sent = await post(HELLO, sent_key)
+    again_refused = await post({"recipient": "carol@contoso.com", "text": "hi"}, refused_key)
+
+    assert (first_sent.status_code, first_refused.status_code) == (200, 404)
+    assert again_sent.get_body() == first_sent.get_body()
+    assert again_refused.get_body() == first_refused.get_body()
+    assert again_sent.headers.get("Idempotent-Replayed") == again_refused.headers.get("Idempotent-Replayed") == "true"
+    assert sends(world) == 1
+
+
 async def test_same_key_from_ten_concurrent_callers_sends_once(world: World) -> None:
     key = {"Idempotency-Key": "batch-42"}
     responses = await asyncio.gather(*(post(HELLO, key) for _ in range(10)))
