@@ -247,6 +247,32 @@ async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seco
     return await send_to_recipient(services, header, item.recipient, wait_seconds=wait_seconds)
 
 
+async def send_single(
+    services: Services,
+    request: NotifyRequest,
+    notification_id: str,
+    *,
+    source: Source,
+    key: str,
+    record_failures: bool,
+    wait_seconds: float,
+) -> SendOutcome:
+    """A keyed send to one recipient, a notification of its own: its header (a retry with the key
+    finds it), the exactly-once send (shared.delivery.deliver) and its delivery row (best effort)."""
+    await open_notification(services, request, notification_id, source)
+    result = await deliver(
+        services,
+        request,
+        source=source,
+        key=key,
+        record_failures=record_failures,
+        wait_seconds=wait_seconds,
+        notification_id=notification_id,
+    )
+    await record_single_best_effort(services, request, notification_id, result)
+    return result
+
+
 async def record_single(services: Services, request: NotifyRequest, notification_id: str, result: SendOutcome) -> None:
     """The delivery row of a single-recipient send (status, update and recall work on it too)."""
     if request.recipient is None:

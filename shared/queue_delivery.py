@@ -22,9 +22,9 @@ from typing import Literal
 
 from shared.bootstrap import Services, Waits, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
-from shared.delivery import IN_FLIGHT_RETRY_AFTER, deliver
+from shared.delivery import IN_FLIGHT_RETRY_AFTER
 from shared.errors import NotifyError, RequestInProgressError, TransientError
-from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
+from shared.fanout import handle_fan_out_item, send_single, start_notification
 from shared.idempotency import check_key
 from shared.logcontext import accept_correlation_id, correlation
 from shared.models import FanOutItem, loads_strict, parse_notify_request
@@ -93,18 +93,15 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
             if fanned.retry_after is not None:
                 raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
             return QueueWork("fanned_out", fanned.messages)
-        notification_id = notification_id_for(key)
-        await open_notification(services, request, notification_id, "queue")
-        result = await deliver(
+        result = await send_single(
             services,
             request,
+            notification_id_for(key),
             source="queue",
             key=key,
             record_failures=False,
-            notification_id=notification_id,
             wait_seconds=services.waits.queue_in_flight,
         )
-        await record_single_best_effort(services, request, notification_id, result)
     except TransientError:
         raise
     except NotifyError as err:

@@ -20,7 +20,7 @@ from shared.bootstrap import Services, get_services
 from shared.callerauth import act_as, owner_id
 from shared.delivery import deliver
 from shared.errors import InvalidRequestError, NotifyError
-from shared.fanout import delivery_from_result, open_notification, record_single_best_effort, start_notification
+from shared.fanout import delivery_from_result, record_single_best_effort, send_single, start_notification
 from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
 from shared.logcontext import accept_correlation_id, correlation
@@ -111,20 +111,18 @@ async def handle_notify(
         notification_id = notification_id_for(key) if key is not None else new_notification_id()
         if request.recipients is not None:
             return fan_out_outcome(await start_notification(services, request, notification_id, "http"))
-        if key is not None:
-            await open_notification(services, request, notification_id, "http")
-        result = await deliver(
+        if key is None:
+            result = await deliver(services, request, source="http", key=None, record_failures=True)
+            return await _identify_unkeyed(services, request, notification_id, result)
+        result = await send_single(
             services,
             request,
+            notification_id,
             source="http",
             key=key,
             record_failures=True,
             wait_seconds=services.waits.http_in_flight,
-            notification_id=notification_id if key is not None else None,
         )
-        if key is None:
-            return await _identify_unkeyed(services, request, notification_id, result)
-        await record_single_best_effort(services, request, notification_id, result)
         return send_outcome(result)
 
     with correlation(cid):
