@@ -1,9 +1,11 @@
 """The Azure Functions app (Python v2 programming model): triggers only.
 
 Each function parses its input, calls one library function in shared/, and maps the outcome to its
-transport. Nothing is built at import time: shared.bootstrap builds the clients on first use, and
-each function imports the library inside its body, so indexing the app (``import function_app`` +
-``app.get_functions()``, the host's cold start) loads neither httpx, pydantic, MSAL nor the Azure SDKs.
+transport: every HTTP function gets an ``Outcome`` from shared.service (whose ``answer`` is the one
+error boundary) and renders it with ``_response``. Nothing is built at import time: shared.bootstrap
+builds the clients on first use, and each function imports the library inside its body, so indexing
+the app (``import function_app`` + ``app.get_functions()``, the host's cold start) loads neither httpx,
+pydantic, MSAL nor the Azure SDKs.
 
 | function            | trigger                                                  | library call                        |
 | ------------------- | -------------------------------------------------------- | ----------------------------------- |
@@ -13,8 +15,8 @@ each function imports the library inside its body, so indexing the app (``import
 | notification_status | HTTP GET /api/notifications/{id}                         | service.handle_status               |
 | notification_update | HTTP PUT /api/notifications/{id}                         | service.handle_update               |
 | notification_recall | HTTP DELETE /api/notifications/{id}                      | service.handle_recall               |
-| messages            | HTTP POST /api/messages (anonymous; Bot Framework JWT)   | shared.inbound.handle_activity      |
-| health              | HTTP GET /api/health (anonymous)                         | shared.health.check_health          |
+| messages            | HTTP POST /api/messages (anonymous; Bot Framework JWT)   | service.handle_messages             |
+| health              | HTTP GET /api/health (anonymous)                         | service.handle_health               |
 | retention           | timer, daily 02:30 UTC                                   | shared.retention.run_retention      |
 
 The HTTP API (notify, status, update, recall) needs a function key, or, with ApiAuthMode EntraId, an
@@ -39,7 +41,7 @@ from shared.authmode import api_auth_mode
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from shared.delivery import Outcome
+    from shared.service import Outcome
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -49,7 +51,10 @@ API_AUTH = func.AuthLevel.ANONYMOUS if api_auth_mode() == "EntraId" else func.Au
 
 
 def _response(outcome: Outcome) -> func.HttpResponse:
-    headers = {"x-correlation-id": outcome.correlation_id or ""}
+    """Every HTTP function's answer: the library's ``Outcome`` (shared.service) as an HttpResponse."""
+    headers: dict[str, str] = {}
+    if outcome.correlation_id is not None:
+        headers["x-correlation-id"] = outcome.correlation_id
     if outcome.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(outcome.retry_after)))
     if outcome.replayed:
@@ -58,6 +63,10 @@ def _response(outcome: Outcome) -> func.HttpResponse:
         headers["Location"] = outcome.location
     if outcome.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if outcome.no_store:
+        headers["Cache-Control"] = "no-store"
+    if outcome.body is None:
+        return func.HttpResponse(status_code=outcome.status, headers=headers)
     return func.HttpResponse(
         json.dumps(outcome.body), status_code=outcome.status, headers=headers, mimetype="application/json"
     )
@@ -176,20 +185,9 @@ async def notification_recall(req: func.HttpRequest) -> func.HttpResponse:
 async def messages(req: func.HttpRequest) -> func.HttpResponse:
     """Bot Framework activities from Teams. Anonymous at the function level: the channel's JWT in the
     Authorization header is the authentication (401 without a valid one)."""
-    from shared.bootstrap import get_services
-    from shared.errors import NotifyError, TransientError
-    from shared.inbound import handle_activity
+    from shared.service import handle_messages
 
-    try:
-        await handle_activity(get_services(), req.headers.get("Authorization"), req.get_body())
-    except NotifyError as err:
-        headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else {}
-        if isinstance(err, TransientError):
-            headers["Retry-After"] = str(max(1, round(err.retry_after)))
-        return func.HttpResponse(
-            json.dumps(err.to_body()), status_code=err.http_status, headers=headers, mimetype="application/json"
-        )
-    return func.HttpResponse(status_code=200)
+    return _response(await handle_messages(req.get_body(), authorization=req.headers.get("Authorization")))
 
 
 # --- personal data retention (issue 17) ---------------------------------------------------------
@@ -211,12 +209,6 @@ async def retention(timer: func.TimerRequest) -> None:
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness and readiness (settings, Table Storage): shared.health.check_health. No secrets, no tenant data."""
-    from shared.health import check_health
+    from shared.service import handle_health
 
-    report = await check_health()
-    return func.HttpResponse(
-        json.dumps(report.to_body()),
-        status_code=report.status_code,
-        mimetype="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+    return _response(await handle_health())

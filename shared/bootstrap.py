@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -35,6 +35,26 @@ from shared.throttle import Throttle
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Waits:
+    """How long the use cases wait on their own records; the deployed values (a test shortens them)."""
+
+    # An HTTP repeat that finds the first attempt with its key still sending waits this long for its
+    # result, then answers 409 request_in_progress with Retry-After.
+    http_in_flight: float = 5.0
+    # Over Service Bus, a delivery that finds the key held polls the key's record for the holder's
+    # result for at most this long (it returns as soon as the result is recorded: a duplicate of a
+    # delivery that finished in milliseconds completes in milliseconds), so the queue's 10 delivery
+    # attempts (10 x 120 s) outlast a lease held after an unconfirmed send (6 min), and one wait stays
+    # well inside functionTimeout (5 min) and the lock's auto-renewal (5 min).
+    queue_in_flight: float = 120.0
+    # Once Teams confirmed a send, its record (the idempotency key's result, the delivery row) is
+    # retried for this long before giving up: well inside functionTimeout (5 min) and an HTTP caller's
+    # patience (Power Automate waits 120 s), far longer than a storage blip. The key is never released
+    # meanwhile.
+    record_deadline: float = 100.0
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -49,6 +69,7 @@ class Services:
     optouts: OptOutStore | None = None  # recipients who uninstalled the bot: {TableNamePrefix}optouts
     table_credential: Any = None  # an azure-identity credential the tables client uses (closed with it)
     budget: TenantBudget | None = None  # the tenants' shared request budgets ({TableNamePrefix}budget)
+    waits: Waits = field(default_factory=Waits)
 
     @functools.cached_property
     def channel_auth(self) -> ChannelAuthenticator:

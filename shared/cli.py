@@ -86,17 +86,18 @@ async def cmd_send(args: argparse.Namespace, source: SettingsSource, out: Output
     request = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
     async with services_for(source):
         outcome = await handle_notify(request, content_type="application/json", idempotency_key=key)
+    answer = outcome.body or {}
     if outcome.status != 200:
-        error = outcome.body.get("error")
+        error = answer.get("error")
         return out.error_body(error if isinstance(error, dict) else {}, retry_after=outcome.retry_after, key=key)
-    out.document({**outcome.body, "idempotencyKey": key, "replayed": outcome.replayed})
+    out.document({**answer, "idempotencyKey": key, "replayed": outcome.replayed})
     if outcome.replayed:
-        out.line(f"Already sent to {outcome.body.get('recipient')} with this idempotency key: nothing sent again.")
+        out.line(f"Already sent to {answer.get('recipient')} with this idempotency key: nothing sent again.")
     else:
-        out.line(f"Sent to {outcome.body.get('recipient')}.")
-    out.line(f"notification id:  {outcome.body.get('notificationId')}")
-    out.line(f"activity id:      {outcome.body.get('activityId') or '(none: Teams accepted it without an id)'}")
-    out.line(f"conversation:     {outcome.body.get('conversationId')}")
+        out.line(f"Sent to {answer.get('recipient')}.")
+    out.line(f"notification id:  {answer.get('notificationId')}")
+    out.line(f"activity id:      {answer.get('activityId') or '(none: Teams accepted it without an id)'}")
+    out.line(f"conversation:     {answer.get('conversationId')}")
     out.line(f"idempotency key:  {key}")
     return 0
 

@@ -7,51 +7,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.idempotency import Claimed, InFlight, Recorded, Source
 from shared.pipeline import Message, recipient_hash
 from shared.request_models import NotifyRequest
-from shared.response_models import NotifyResponse
+from shared.results import Refused, SendOutcome, Sent, from_record, record_of
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
 
 logger = logging.getLogger(__name__)
 
-# Once Teams confirmed a send, its record (the idempotency key's result, the delivery row) is retried
-# for this long before giving up: well inside functionTimeout (5 min) and an HTTP caller's patience
-# (Power Automate waits 120 s), far longer than a storage blip. The key is never released meanwhile.
-RECORD_DEADLINE_SECONDS = 100.0
 # Retry-After for an HTTP repeat that found the first attempt still sending: a send takes seconds.
 IN_FLIGHT_RETRY_AFTER = 2.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int
-    body: dict[str, Any]
-    retry_after: float | None = None
-    replayed: bool = False  # the recorded result of an earlier attempt, nothing sent now
-    correlation_id: str | None = None
-    location: str | None = None  # 202: where to poll the notification's status
-    # Fan-out: bodies of the per-recipient Service Bus messages the trigger's output binding writes.
-    messages: tuple[str, ...] = ()
-    service_url: str | None = None  # of a fresh send (not part of the body); None when replayed
-    # Many recipients over Service Bus: the status and error of recipients left pending by a failure
-    # on our side (configuration, an upstream error) that redelivery will not fix: keep the message.
-    operator_error: tuple[int, dict[str, Any]] | None = None
-
-    @property
-    def sent(self) -> bool:
-        return self.status == 200
-
-
-def error_outcome(err: NotifyError) -> Outcome:
-    retry_after = err.retry_after if isinstance(err, TransientError) else None
-    return Outcome(err.http_status, err.to_body(), retry_after=retry_after)
 
 
 async def deliver(
@@ -64,11 +34,12 @@ async def deliver(
     wait_seconds: float = 0.0,
     notification_id: str | None = None,
     fingerprint: str | None = None,
-) -> Outcome:
-    """Send ``request`` at most once per ``key``. Returns the outcome of a send or of a permanent
-    failure; raises ``TransientError`` (the key released) when a retry may succeed, and
-    ``RequestInProgressError`` when another attempt holds the key. ``fingerprint`` overrides the
-    request's own (a fan-out delivery is identified by its key, whatever the content)."""
+) -> SendOutcome:
+    """Send ``request`` at most once per ``key``. Returns the result of a send or of a permanent
+    failure (``replayed``: the one an earlier attempt recorded); raises ``TransientError`` (the key
+    released) when a retry may succeed, and ``RequestInProgressError`` when another attempt holds the
+    key. ``fingerprint`` overrides the request's own (a fan-out delivery is identified by its key,
+    whatever the content)."""
     if key is None:
         return await _send(services, request, notification_id)
     tenant = request.tenant_id or services.settings.tenant_id
@@ -79,7 +50,7 @@ async def deliver(
         claim = recorded or await services.requests.claim(source, tenant, key, fingerprint)
     if isinstance(claim, Recorded):
         logger.info("idempotency key already used: returning the recorded result (HTTP %d)", claim.status)
-        return Outcome(claim.status, claim.body, replayed=True)
+        return from_record(claim.status, claim.body)
     if isinstance(claim, InFlight):
         raise RequestInProgressError(
             "A request with this idempotency key is still being sent; ask again shortly for its result.",
@@ -88,7 +59,7 @@ async def deliver(
             retry_after=IN_FLIGHT_RETRY_AFTER if source == "http" else max(IN_FLIGHT_RETRY_AFTER, claim.retry_after),
         )
     try:
-        outcome = await _send(services, request, notification_id)
+        result = await _send(services, request, notification_id)
     except TransientError as err:
         if err.code == "delivery_unconfirmed":
             # Teams may have delivered it: keep the key in flight until its lease ends, so a retry
@@ -103,29 +74,31 @@ async def deliver(
         raise
     # Record what a retry must get again: a send, or the caller's own mistake (4xx). Our configuration
     # and upstream failures (5xx) may be fixed before the retry, so the key is released for it.
-    if outcome.sent or (record_failures and outcome.status < 500):
-        await _complete(services, claim, outcome, fingerprint)
+    if isinstance(result, Sent) or (record_failures and result.status < 500):
+        await _complete(services, claim, result, fingerprint)
     else:
         await _release(services, claim)
-    return outcome
+    return result
 
 
-async def _complete(services: Services, claim: Claimed, outcome: Outcome, fingerprint: str) -> None:
+async def _complete(services: Services, claim: Claimed, result: SendOutcome, fingerprint: str) -> None:
+    status, body = record_of(result)  # what a repeat of the key answers
+
     async def record() -> None:
-        await services.requests.complete(claim, outcome.status, outcome.body, fingerprint)
+        await services.requests.complete(claim, status, body, fingerprint)
 
-    if not await keep_trying(record, "the result of a key-guarded send"):
+    if not await keep_trying(record, "the result of a key-guarded send", within=services.waits.record_deadline):
         # The send happened: report it. The marker stays in flight (never released: a retry must not
         # send again) until its lease ends; docs/RELIABILITY.md states this residual window.
         logger.error("gave up recording the result of a key-guarded send; the marker stays held until its lease ends")
 
 
-async def keep_trying(write: Callable[[], Awaitable[Any]], what: str) -> bool:
+async def keep_trying(write: Callable[[], Awaitable[Any]], what: str, *, within: float) -> bool:
     """Run a storage write that records a send Teams already confirmed, retrying transient failures
-    with backoff for up to ``RECORD_DEADLINE_SECONDS``. False when it never succeeded (or failed
-    permanently): the caller reports the send anyway."""
+    with backoff for up to ``within`` seconds (``Waits.record_deadline``). False when it never
+    succeeded (or failed permanently): the caller reports the send anyway."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + RECORD_DEADLINE_SECONDS
+    deadline = loop.time() + within
     delay = 0.2
     while True:
         try:
@@ -133,7 +106,7 @@ async def keep_trying(write: Callable[[], Awaitable[Any]], what: str) -> bool:
             return True
         except TransientError as err:
             if loop.time() + delay > deadline:
-                logger.error("could not record %s within %.0fs (%s)", what, RECORD_DEADLINE_SECONDS, err.code)
+                logger.error("could not record %s within %.0fs (%s)", what, within, err.code)
                 return False
             logger.warning("could not record %s yet (%s); retrying in %.1fs", what, err.code, delay)
             await asyncio.sleep(delay)
@@ -150,8 +123,8 @@ async def _release(services: Services, claim: Claimed) -> None:
         logger.error("could not release an idempotency key (%s); it frees itself when its lease ends", err.code)
 
 
-async def _send(services: Services, request: NotifyRequest, notification_id: str | None = None) -> Outcome:
-    """One send through the pipeline. Permanent failures become an Outcome; transient ones raise."""
+async def _send(services: Services, request: NotifyRequest, notification_id: str | None = None) -> SendOutcome:
+    """One send through the pipeline. Permanent failures become a ``Refused``; transient ones raise."""
     assert request.recipient is not None, "a send goes to one recipient"
     rhash = recipient_hash(request.tenant_id or services.settings.tenant_id, request.recipient)
     message = Message(text=request.text, card=request.card, summary=request.summary)
@@ -162,7 +135,7 @@ async def _send(services: Services, request: NotifyRequest, notification_id: str
         raise
     except NotifyError as err:
         logger.warning("send to %s failed: %s (target %s)", rhash, err.code, err.target)
-        return error_outcome(err)
+        return Refused.of(err)
     if result.resolved:
         logger.info("sent to %s (cold path)", rhash)
     elif logger.isEnabledFor(logging.DEBUG):
@@ -170,13 +143,10 @@ async def _send(services: Services, request: NotifyRequest, notification_id: str
         # ~3.6% of a warm send's CPU). The caller gets the result, a fan-out's status records it, and
         # cold resolutions and every failure stay at INFO/WARNING.
         logger.debug("sent to %s (warm path)", rhash)
-    response = NotifyResponse(
-        status="sent",
+    return Sent(
+        recipient=request.recipient,
         activity_id=result.activity_id,
         conversation_id=result.conversation_id,
-        recipient=request.recipient,
         notification_id=notification_id,
+        service_url=result.service_url,
     )
-    body = response.model_dump(by_alias=True, exclude_none=True)
-    body.setdefault("activityId", None)
-    return Outcome(200, body, service_url=result.service_url)

@@ -10,7 +10,7 @@ shared.failure_store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from shared.errors import InvalidRequestError
 from shared.failure_store import FailureRecord
@@ -73,10 +73,5 @@ async def replay_failure(services: Services, message_id: str) -> ReplayResult:
             activity_id=work.activity_id,
             conversation_id=work.conversation_id,
         )
-    updated = await services.failures.note_replay_failed(record, _error_of(work.failure.body), work.failure.status)
+    updated = await services.failures.note_replay_failed(record, work.failure.error(), work.failure.status)
     return ReplayResult(message_id, "failed", updated.code, updated.message)
-
-
-def _error_of(body: dict[str, Any]) -> dict[str, Any]:
-    error = body.get("error")
-    return error if isinstance(error, dict) else {}

@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.callerauth import may_access, owner_id
-from shared.delivery import Outcome, deliver, keep_trying
+from shared.delivery import deliver, keep_trying
 from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
-from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid, status_location
+from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid
 from shared.notification_store import Delivery, Header, content_fields, note
 from shared.request_models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
+from shared.results import FanOut, Refused, SendOutcome, Sent
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
@@ -54,7 +55,7 @@ async def send_to_recipient(
     key = delivery_id(header.notification_id, recipient)
     pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
     try:
-        outcome = await deliver(
+        result = await deliver(
             services,
             request,
             source="delivery",
@@ -79,7 +80,7 @@ async def send_to_recipient(
             store, replace(pending, error_code=err.code, error_message=err.message, error_status=err.http_status)
         )
         raise
-    delivery = delivery_from_outcome(services, pending, outcome)
+    delivery = delivery_from_result(services, pending, result)
     if delivery.state == "sent":
         # Teams confirmed it: the row must say so. Storage trouble here is retried (the key already
         # holds the result, so no retry of the request can send again), and the answer reports the
@@ -89,7 +90,7 @@ async def send_to_recipient(
         async def write() -> None:
             written.append(await note(store, delivery))
 
-        if not await keep_trying(write, "a sent delivery row"):
+        if not await keep_trying(write, "a sent delivery row", within=services.waits.record_deadline):
             return delivery
         if written[-1]:
             return delivery
@@ -104,29 +105,25 @@ async def send_to_recipient(
     return await store.settle(delivery)
 
 
-def delivery_from_outcome(services: Services, pending: Delivery, outcome: Outcome) -> Delivery:
-    if outcome.sent:
-        activity = outcome.body.get("activityId")
-        conversation = outcome.body.get("conversationId")
+def delivery_from_result(services: Services, pending: Delivery, result: SendOutcome) -> Delivery:
+    if isinstance(result, Sent):
         return replace(
             pending,
             state="sent",
-            activity_id=str(activity) if activity else None,
-            conversation_id=str(conversation) if conversation else None,
-            service_url=outcome.service_url or services.settings.service_url,
+            activity_id=result.activity_id or None,
+            conversation_id=result.conversation_id or None,
+            service_url=result.service_url or services.settings.service_url,
             error_code=None,
             error_message=None,
             error_status=None,
         )
-    error = outcome.body.get("error")
-    error = error if isinstance(error, dict) else {}
     return replace(
         pending,
         # Only the caller's fault is final; ours (configuration) or upstream's stays pending.
-        state="failed" if outcome.status < 500 else "pending",
-        error_code=str(error.get("code", "notify_error")),
-        error_message=str(error.get("message", "")),
-        error_status=outcome.status,
+        state="failed" if result.status < 500 else "pending",
+        error_code=result.code,
+        error_message=result.message,
+        error_status=result.status,
     )
 
 
@@ -154,9 +151,9 @@ async def open_notification(services: Services, request: NotifyRequest, notifica
 
 async def start_notification(
     services: Services, request: NotifyRequest, notification_id: str, source: Source = "http"
-) -> Outcome:
-    """A request naming ``recipients``: up to SYNC_RECIPIENTS are sent now (200 with one result each);
-    more are recorded as pending and returned as fan-out messages (202 + Location)."""
+) -> FanOut:
+    """A request naming ``recipients``: up to SYNC_RECIPIENTS are sent now (the status has one result
+    each); more are recorded as pending and returned as fan-out messages (``queued``)."""
     recipients = request.recipient_list()
     tenant = request.tenant_id or services.settings.tenant_id
     header = await open_notification(services, request, notification_id, source)
@@ -188,12 +185,11 @@ async def start_notification(
         waits = [r.retry_after for r in results if isinstance(r, TransientError)]
         retry_after = max(waits) if waits else (services.settings.retry_max_delay if transient else None)
         ours = next((r for r in rows if r.needs_operator), None)
-        return Outcome(
-            200,
-            status.model_dump(by_alias=True),
+        return FanOut(
+            status,
             retry_after=retry_after,
             # Over Service Bus: transient trouble is redelivered; ours alone is kept for a replay.
-            operator_error=_error_body(ours) if ours is not None and not transient else None,
+            operator_error=_refused(ours) if ours is not None and not transient else None,
         )
     rows = await services.notifications.add_pending(notification_id, tenant, recipients)
     signer = await services.signing.signer()
@@ -211,11 +207,11 @@ async def start_notification(
     )
     logger.info("notification queued for %d recipients (%d messages)", len(rows), len(messages))
     status = status_of(notification_id, len(recipients), rows, [], None)
-    return Outcome(202, status.model_dump(by_alias=True), location=status_location(notification_id), messages=messages)
+    return FanOut(status, queued=True, messages=messages)
 
 
-def _error_body(row: Delivery) -> tuple[int, dict[str, Any]]:
-    return row.error_status or 500, {"code": row.error_code or "notify_error", "message": row.error_message or ""}
+def _refused(row: Delivery) -> Refused:
+    return Refused(row.error_status or 500, row.error_code or "notify_error", row.error_message or "")
 
 
 async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seconds: float = 0.0) -> Delivery:
@@ -251,26 +247,52 @@ async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seco
     return await send_to_recipient(services, header, item.recipient, wait_seconds=wait_seconds)
 
 
-async def record_single(services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome) -> None:
+async def send_single(
+    services: Services,
+    request: NotifyRequest,
+    notification_id: str,
+    *,
+    source: Source,
+    key: str,
+    record_failures: bool,
+    wait_seconds: float,
+) -> SendOutcome:
+    """A keyed send to one recipient, a notification of its own: its header (a retry with the key
+    finds it), the exactly-once send (shared.delivery.deliver) and its delivery row (best effort)."""
+    await open_notification(services, request, notification_id, source)
+    result = await deliver(
+        services,
+        request,
+        source=source,
+        key=key,
+        record_failures=record_failures,
+        wait_seconds=wait_seconds,
+        notification_id=notification_id,
+    )
+    await record_single_best_effort(services, request, notification_id, result)
+    return result
+
+
+async def record_single(services: Services, request: NotifyRequest, notification_id: str, result: SendOutcome) -> None:
     """The delivery row of a single-recipient send (status, update and recall work on it too)."""
     if request.recipient is None:
         return
     tenant = request.tenant_id or services.settings.tenant_id
     pending = Delivery(notification_id, request.recipient, tenant, "pending")
-    if outcome.replayed:
+    if result.replayed:
         existing = await services.notifications.get(notification_id, request.recipient)
         if existing is not None:
             return
-    await services.notifications.settle(delivery_from_outcome(services, pending, outcome), likely_new=True)
+    await services.notifications.settle(delivery_from_result(services, pending, result), likely_new=True)
 
 
 async def record_single_best_effort(
-    services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome
+    services: Services, request: NotifyRequest, notification_id: str, result: SendOutcome
 ) -> None:
     """The delivery row of a single send serves status/update/recall; the send itself is recorded
     by its idempotency key. A storage blip here must not turn a delivered send into a 503 (a caller
     without a key would retry and send twice): log it and go on."""
     try:
-        await record_single(services, request, notification_id, outcome)
+        await record_single(services, request, notification_id, result)
     except NotifyError as err:
         logger.error("could not record the delivery row of a send (%s); status/update/recall will not see it", err.code)

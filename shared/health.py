@@ -48,19 +48,14 @@ async def probe_store(table: Any) -> None:
 
 @dataclass(frozen=True)
 class HealthReport:
-    status_code: int
+    """Whether this process can serve (``ok``), and each check's status and stable code."""
+
+    ok: bool
     checks: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    @property
-    def ok(self) -> bool:
-        return self.status_code == 200
-
-    def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": "ok" if self.ok else "unavailable", "checks": self.checks}
-        failed = [c["code"] for c in self.checks.values() if c.get("status") == "fail" and "code" in c]
-        if failed:
-            body["error"] = {"code": failed[0]}
-        return body
+    def failed(self) -> list[str]:
+        """The codes of the failed checks, in order."""
+        return [c["code"] for c in self.checks.values() if c.get("status") == "fail" and "code" in c]
 
 
 async def check_health(env: Mapping[str, str] | None = None) -> HealthReport:
@@ -73,16 +68,16 @@ async def check_health(env: Mapping[str, str] | None = None) -> HealthReport:
     except NotifyError as err:
         checks["settings"] = {"status": "fail", "code": err.code}
         checks["store"] = {"status": "skipped"}
-        return HealthReport(503, checks)
+        return HealthReport(False, checks)
     checks["settings"] = {"status": "ok"}
     try:
         await probe_store(services.table(PROBE_TABLE_SUFFIX))
     except NotifyError as err:
         logger.warning("health: store check failed (%s)", err.code)
         checks["store"] = {"status": "fail", "code": _store_code(err)}
-        return HealthReport(503, checks)
+        return HealthReport(False, checks)
     checks["store"] = {"status": "ok"}
-    return HealthReport(200, checks)
+    return HealthReport(True, checks)
 
 
 def _store_code(err: NotifyError) -> str:

@@ -5,7 +5,7 @@ many-recipient request), and keeping a message that failed permanently for an op
 "fanned_out"``, or an exception when the message must be redelivered (transient trouble, or its
 failure could not be kept). ``process_queue_body`` is what a queue message comes to, shared by the
 trigger and the operator's replay (shared.failures). Over Service Bus a duplicate delivery polls the
-key's record for up to ``IN_FLIGHT_QUEUE_WAIT_SECONDS`` and completes as soon as the first attempt has
+key's record for up to ``Waits.queue_in_flight`` and completes as soon as the first attempt has
 recorded its result (or sends itself if the first released the key); only a key still held after that
 is abandoned, after a short pause, so the queue's delivery attempts outlast the lease. Any other
 transient failure waits what upstream asked (Retry-After), up to ``QUEUE_WAIT_SECONDS``, before the
@@ -18,30 +18,26 @@ import asyncio
 import datetime
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from shared.bootstrap import Services, get_services
+from shared.bootstrap import Services, Waits, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
-from shared.delivery import IN_FLIGHT_RETRY_AFTER, Outcome, deliver, error_outcome
+from shared.delivery import IN_FLIGHT_RETRY_AFTER
 from shared.errors import NotifyError, RequestInProgressError, TransientError
-from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
+from shared.fanout import handle_fan_out_item, send_single, start_notification
 from shared.idempotency import check_key
 from shared.jsonbody import loads_strict
 from shared.logcontext import accept_correlation_id, correlation
 from shared.notification_ids import notification_id_for
 from shared.request_models import FanOutItem, parse_notify_request
+from shared.results import Refused, Sent
 
 logger = logging.getLogger(__name__)
 
-# Over Service Bus, a delivery that finds the key held polls the key's record for the holder's result
-# for at most this long (it returns as soon as the result is recorded: a duplicate of a delivery that
-# finished in milliseconds completes in milliseconds), so the queue's 10 delivery attempts (10 x 120 s)
-# outlast a lease held after an unconfirmed send (6 min), and one wait stays well inside
-# functionTimeout (5 min) and the lock's auto-renewal (5 min).
-IN_FLIGHT_QUEUE_WAIT_SECONDS = 120.0
 # Over Service Bus, any transient failure waits out what upstream asked (Retry-After) up to this long
-# before the message is redelivered (well inside functionTimeout and the lock's auto-renewal).
-QUEUE_WAIT_SECONDS = IN_FLIGHT_QUEUE_WAIT_SECONDS
+# before the message is redelivered (well inside functionTimeout and the lock's auto-renewal): as long
+# as the deployed wait for a key held by another delivery (shared.bootstrap.Waits).
+QUEUE_WAIT_SECONDS = Waits().queue_in_flight
 
 QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
@@ -67,11 +63,11 @@ class QueueOutcome:
 @dataclass(frozen=True)
 class QueueWork:
     """What one queue message body came to (``process_queue_body``): a result, the fan-out messages
-    to emit, and, when it must be kept for an operator, the status and error body to keep."""
+    to emit, and, when it must be kept for an operator, why."""
 
     result: QueueResult
     messages: tuple[str, ...] = ()
-    failure: Outcome | None = None
+    failure: Refused | None = None
     activity_id: str | None = None
     conversation_id: str | None = None
 
@@ -83,11 +79,10 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
         key = check_key(message_id, target="messageId")
         item = _fan_out_item(body)
         if item is not None:
-            row = await handle_fan_out_item(services, item, wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS)
+            row = await handle_fan_out_item(services, item, wait_seconds=services.waits.queue_in_flight)
             logger.info("fan-out delivery %s: %s", item.delivery_id, row.state)
             if row.needs_operator or row.state == "failed":
-                status, error = row.error_status or 500, {"code": row.error_code, "message": row.error_message or ""}
-                failure = Outcome(status, {"error": error})
+                failure = Refused(row.error_status or 500, str(row.error_code), row.error_message or "")
                 # A recipient's own fault is final and shown by the status; ours is kept for a replay.
                 return QueueWork("kept" if row.needs_operator else "delivered", failure=failure)
             return QueueWork("delivered", activity_id=row.activity_id, conversation_id=row.conversation_id)
@@ -95,38 +90,30 @@ async def process_queue_body(services: Services, body: bytes, message_id: str) -
         if request.recipients is not None:
             fanned = await start_notification(services, request, notification_id_for(key), "queue")
             if fanned.operator_error is not None:
-                status, error = fanned.operator_error
-                return QueueWork("kept", fanned.messages, failure=Outcome(status, {"error": error}))
+                return QueueWork("kept", fanned.messages, failure=fanned.operator_error)
             if fanned.retry_after is not None:
                 raise TransientError("Some recipients could not be sent yet.", retry_after=fanned.retry_after)
             return QueueWork("fanned_out", fanned.messages)
-        notification_id = notification_id_for(key)
-        await open_notification(services, request, notification_id, "queue")
-        outcome = await deliver(
+        result = await send_single(
             services,
             request,
+            notification_id_for(key),
             source="queue",
             key=key,
             record_failures=False,
-            notification_id=notification_id,
-            wait_seconds=IN_FLIGHT_QUEUE_WAIT_SECONDS,
+            wait_seconds=services.waits.queue_in_flight,
         )
-        await record_single_best_effort(services, request, notification_id, outcome)
     except TransientError:
         raise
     except NotifyError as err:
-        outcome = error_outcome(err)
-    if outcome.sent:
+        result = Refused.of(err)
+    if isinstance(result, Sent):
         return QueueWork(
-            "duplicate" if outcome.replayed else "sent",
-            activity_id=_str_or_none(outcome.body.get("activityId")),
-            conversation_id=_str_or_none(outcome.body.get("conversationId")),
+            "duplicate" if result.replayed else "sent",
+            activity_id=result.activity_id,
+            conversation_id=result.conversation_id,
         )
-    return QueueWork("kept", failure=outcome)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return str(value) if value is not None else None
+    return QueueWork("kept", failure=result)
 
 
 async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
@@ -170,12 +157,10 @@ async def handle_queue_message(delivery: QueueDelivery) -> QueueOutcome:
                 already = work.result == "duplicate"
                 logger.info("queue message %s %s", delivery.message_id, "was already sent" if already else "sent")
             return QueueOutcome(work.result, work.messages)
-        outcome = work.failure
-        error = outcome.body.get("error")
         record = await services.failures.keep(
             message_id=delivery.message_id,
-            error=error if isinstance(error, dict) else {},
-            http_status=outcome.status,
+            error=work.failure.error(),
+            http_status=work.failure.status,
             body=delivery.body,
             delivery_count=delivery.delivery_count,
             enqueued_time=delivery.enqueued_time,

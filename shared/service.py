@@ -1,9 +1,10 @@
-"""The HTTP use cases: ``POST /api/notify``, ``POST /api/notifications`` and
+"""The HTTP edge: ``POST /api/notify``, ``POST /api/notifications`` and
 ``GET/PUT/DELETE /api/notifications/{id}``, each a request -> an ``Outcome`` (status, JSON body,
 Retry-After, correlation id) that function_app.py turns into an HttpResponse. Each first authenticates
-its caller (shared.callerauth, ``ApiAuthMode``) and acts as it for the rest of the invocation.
+its caller (shared.callerauth, ``ApiAuthMode``) and acts as it for the rest of the invocation. The use
+cases below return typed results (shared.results); their HTTP statuses and bodies are rendered here.
 
-An in-flight repeat over HTTP waits briefly (``IN_FLIGHT_WAIT_SECONDS``) for the first attempt's
+An in-flight repeat over HTTP waits briefly (``Waits.http_in_flight``) for the first attempt's
 result and returns it; if the first attempt is still sending after that, it answers 409
 ``request_in_progress`` with Retry-After.
 """
@@ -11,24 +12,76 @@ result and returns it; if the first attempt is still sending after that, it answ
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.bootstrap import Services, get_services
 from shared.callerauth import act_as, owner_id
-from shared.delivery import Outcome, deliver, error_outcome
+from shared.delivery import deliver
 from shared.errors import InvalidRequestError, NotifyError
-from shared.fanout import delivery_from_outcome, open_notification, record_single_best_effort, start_notification
+from shared.fanout import delivery_from_result, record_single_best_effort, send_single, start_notification
 from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
 from shared.logcontext import accept_correlation_id, correlation
-from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle
+from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle, status_location
 from shared.notification_store import Delivery
 from shared.request_models import NotifyRequest, parse_notify_request, parse_update_request
+from shared.results import FanOut, Refused, SendOutcome, Sent
 
 logger = logging.getLogger(__name__)
 
-IN_FLIGHT_WAIT_SECONDS = 5.0
+
+@dataclass(frozen=True)
+class Outcome:
+    """One HTTP answer, as function_app renders it."""
+
+    status: int
+    body: dict[str, Any] | None  # None: an empty body (the bot's messaging endpoint)
+    retry_after: float | None = None
+    replayed: bool = False  # the recorded result of an earlier attempt, nothing sent now
+    correlation_id: str | None = None
+    location: str | None = None  # 202: where to poll the notification's status
+    # Fan-out: bodies of the per-recipient Service Bus messages the trigger's output binding writes.
+    messages: tuple[str, ...] = ()
+    no_store: bool = False  # Cache-Control: no-store (health)
+
+
+def error_outcome(err: NotifyError) -> Outcome:
+    return refused_outcome(Refused.of(err))
+
+
+def refused_outcome(refused: Refused) -> Outcome:
+    return Outcome(refused.status, refused.body(), retry_after=refused.retry_after, replayed=refused.replayed)
+
+
+def send_outcome(result: SendOutcome) -> Outcome:
+    if isinstance(result, Refused):
+        return refused_outcome(result)
+    return Outcome(200, result.body(), replayed=result.replayed)
+
+
+async def answer(what: str, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """The one error boundary of the HTTP functions: a ``NotifyError`` becomes its error answer
+    (logged with its code), anything else a logged 500 ``internal_error`` that says nothing more."""
+    try:
+        return await work()
+    except NotifyError as err:
+        log = logger.warning if err.http_status >= 500 else logger.info
+        log("%s request failed: %s (target %s, HTTP %d)", what, err.code, err.target, err.http_status)
+        return error_outcome(err)
+    except Exception:
+        logger.exception("%s request failed unexpectedly", what)
+        return Outcome(500, {"error": {"code": "internal_error", "message": "Unexpected error; it has been logged."}})
+
+
+def fan_out_outcome(fanned: FanOut) -> Outcome:
+    """200 with every recipient's result, or 202 + Location when recipients were queued."""
+    body = fanned.status.model_dump(by_alias=True)
+    if fanned.queued:
+        location = status_location(fanned.status.notification_id)
+        return Outcome(202, body, location=location, messages=fanned.messages)
+    return Outcome(200, body, retry_after=fanned.retry_after)
 
 
 async def _authenticate(services: Services, authorization: str | None, what: str, cid: str) -> None:
@@ -49,41 +102,31 @@ async def handle_notify(
     """``POST /api/notify``: authenticate the caller, validate, send at most once per Idempotency-Key,
     map every failure to an error body. Never raises for a request it can answer."""
     cid = accept_correlation_id(correlation_id)
+
+    async def work() -> Outcome:
+        services = get_services()
+        await _authenticate(services, authorization, "notify", cid)
+        request = parse_notify_request(body, content_type)
+        key = check_key(idempotency_key) if idempotency_key is not None else None
+        notification_id = notification_id_for(key) if key is not None else new_notification_id()
+        if request.recipients is not None:
+            return fan_out_outcome(await start_notification(services, request, notification_id, "http"))
+        if key is None:
+            result = await deliver(services, request, source="http", key=None, record_failures=True)
+            return await _identify_unkeyed(services, request, notification_id, result)
+        result = await send_single(
+            services,
+            request,
+            notification_id,
+            source="http",
+            key=key,
+            record_failures=True,
+            wait_seconds=services.waits.http_in_flight,
+        )
+        return send_outcome(result)
+
     with correlation(cid):
-        try:
-            services = get_services()
-            await _authenticate(services, authorization, "notify", cid)
-            request = parse_notify_request(body, content_type)
-            key = check_key(idempotency_key) if idempotency_key is not None else None
-            notification_id = notification_id_for(key) if key is not None else new_notification_id()
-            if request.recipients is not None:
-                outcome = await start_notification(services, request, notification_id, "http")
-            else:
-                if key is not None:
-                    await open_notification(services, request, notification_id, "http")
-                outcome = await deliver(
-                    services,
-                    request,
-                    source="http",
-                    key=key,
-                    record_failures=True,
-                    wait_seconds=IN_FLIGHT_WAIT_SECONDS,
-                    notification_id=notification_id if key is not None else None,
-                )
-                if key is not None:
-                    await record_single_best_effort(services, request, notification_id, outcome)
-                else:
-                    outcome = await _identify_unkeyed(services, request, notification_id, outcome)
-        except NotifyError as err:
-            log = logger.warning if err.http_status >= 500 else logger.info
-            log("notify request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
-            outcome = error_outcome(err)
-        except Exception:
-            logger.exception("notify request failed unexpectedly")
-            outcome = Outcome(
-                500, {"error": {"code": "internal_error", "message": "Unexpected error; it has been logged."}}
-            )
-        return replace(outcome, correlation_id=cid)
+        return replace(await answer("notify", work), correlation_id=cid)
 
 
 async def handle_notify_many(
@@ -128,41 +171,40 @@ async def handle_notify_many(
 
 
 async def _identify_unkeyed(
-    services: Services, request: NotifyRequest, notification_id: str, outcome: Outcome
+    services: Services, request: NotifyRequest, notification_id: str, result: SendOutcome
 ) -> Outcome:
     """A single send without a key: a sent one gets a self-contained id (no storage write on the hot
     path); one that cannot (see ``single_send_handle``) gets ``notification_id`` and a row, as before.
     A failure names no id, so it needs no row."""
-    if not outcome.sent or request.recipient is None:
-        return outcome
+    if not isinstance(result, Sent) or request.recipient is None:
+        return send_outcome(result)
     tenant = request.tenant_id or services.settings.tenant_id
-    sent = delivery_from_outcome(services, Delivery("", request.recipient, tenant, "pending"), outcome)
+    sent = delivery_from_result(services, Delivery("", request.recipient, tenant, "pending"), result)
     handle = single_send_handle(sent, services.settings.service_url, await services.signing.signer(), owner_id())
     if handle is None:
-        await record_single_best_effort(services, request, notification_id, outcome)
-    return replace(outcome, body={**outcome.body, "notificationId": handle or notification_id})
+        await record_single_best_effort(services, request, notification_id, result)
+    # The id goes last, after the answer's other fields (activityId included).
+    return Outcome(200, {**result.body(), "notificationId": handle or notification_id}, replayed=result.replayed)
 
 
 # --- /api/notifications/{id} -------------------------------------------------------------------------
 
 
-async def _answer(correlation_id: str | None, work: Any, authorization: str | None, what: str) -> Outcome:
+async def _answer(
+    correlation_id: str | None,
+    work: Callable[[Services], Awaitable[Outcome]],
+    authorization: str | None,
+    what: str,
+) -> Outcome:
     cid = accept_correlation_id(correlation_id)
+
+    async def authenticated() -> Outcome:
+        services = get_services()
+        await _authenticate(services, authorization, what, cid)
+        return await work(services)
+
     with correlation(cid):
-        try:
-            services = get_services()
-            await _authenticate(services, authorization, what, cid)
-            outcome: Outcome = await work(services)
-        except NotifyError as err:
-            log = logger.warning if err.http_status >= 500 else logger.info
-            log("notification request failed: %s (target %s, HTTP %d)", err.code, err.target, err.http_status)
-            outcome = error_outcome(err)
-        except Exception:
-            logger.exception("notification request failed unexpectedly")
-            outcome = Outcome(
-                500, {"error": {"code": "internal_error", "message": "Unexpected error; it has been logged."}}
-            )
-        return replace(outcome, correlation_id=cid)
+        return replace(await answer("notification", authenticated), correlation_id=cid)
 
 
 def _int_param(value: str | None, name: str) -> int | None:
@@ -226,3 +268,33 @@ async def handle_recall(
         return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
 
     return await _answer(correlation_id, work, authorization, "recall")
+
+
+# --- /api/messages, /api/health ------------------------------------------------------------------
+
+
+async def handle_messages(body: bytes, *, authorization: str | None) -> Outcome:
+    """``POST /api/messages``: one Bot Framework activity from Teams (shared.inbound), answered 200
+    with an empty body; the channel's JWT is the authentication (401 without a valid one)."""
+    from shared.inbound import handle_activity
+
+    async def work() -> Outcome:
+        await handle_activity(get_services(), authorization, body)
+        return Outcome(200, None)
+
+    return await answer("messages", work)
+
+
+async def handle_health() -> Outcome:
+    """``GET /api/health``: liveness and readiness (shared.health), never cached."""
+    from shared.health import check_health
+
+    async def work() -> Outcome:
+        report = await check_health()
+        body: dict[str, Any] = {"status": "ok" if report.ok else "unavailable", "checks": report.checks}
+        failed = report.failed()
+        if failed:
+            body["error"] = {"code": failed[0]}
+        return Outcome(200 if report.ok else 503, body, no_store=True)
+
+    return await answer("health", work)

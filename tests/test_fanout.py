@@ -23,7 +23,7 @@ from faketenant import FakeUser
 from shared.errors import TransientError
 from shared.response_models import ChangeResponse, NotificationStatus, NotifyResponse
 from tests.conftest import World
-from tests.functions import OutputMessages, notify_request, user_function
+from tests.functions import OutputMessages, notify_request, shorten_waits, user_function
 
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Expense 42: approve?"}]}
 APPROVED = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Expense 42: approved"}]}
@@ -461,19 +461,18 @@ async def test_kept_fan_out_recipient_is_replayed_through_the_queue_path_and_its
     assert all(len(world.tenant.messages_for(u)) == 1 for u in users)
 
 
-async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lettering(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_unconfirmed_fan_out_send_waits_out_the_lease_instead_of_dead_lettering(world: World) -> None:
     """A send Teams did not confirm keeps its key for the lease; a redelivery polls the key's record
-    for up to IN_FLIGHT_QUEUE_WAIT_SECONDS (10 of them outlast the lease), then is abandoned after a
+    for up to Waits.queue_in_flight (10 of them outlast the lease), then is abandoned after a
     short pause, and the row keeps the delivery_unconfirmed error."""
-    from shared import delivery, queue_delivery
+    from shared import delivery
+    from shared.bootstrap import Waits
 
     users = add_users(world, 21)
     await warm(world, users)
     # The poll is made short here, so what would take two minutes runs at once.
-    deployed_wait = queue_delivery.IN_FLIGHT_QUEUE_WAIT_SECONDS
-    monkeypatch.setattr(queue_delivery, "IN_FLIGHT_QUEUE_WAIT_SECONDS", 0.3)
+    deployed_wait = Waits().queue_in_flight
+    shorten_waits(queue_in_flight=0.3)
     world.tenant.add_fault("connector.send", 504, count=1)
     _, messages = await post({"recipients": [u.upn for u in users], "text": "Unconfirmed"}, "unc-1")
     first = [m for m in messages if users[0].upn.encode() in m]

@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.budget",
         },
     ),
-    ("domain", {"shared.pipeline", "shared.notification_ids"}),
+    ("domain", {"shared.pipeline", "shared.notification_ids", "shared.results"}),
     ("wiring", {"shared.bootstrap"}),
     (
         "use cases",

@@ -24,7 +24,7 @@ from shared.bootstrap import get_services
 from shared.errors import NotifyError, TransientError
 from shared.failures import list_failures
 from tests.conftest import World
-from tests.functions import OutputMessages, user_function
+from tests.functions import OutputMessages, shorten_waits, user_function
 from tests.storageproxy import StorageProxy
 
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Build 42 is green"}
@@ -560,13 +560,11 @@ async def test_storage_down_after_a_confirmed_fan_out_send(world: World, storage
 
 
 async def test_storage_down_past_the_record_deadline_never_resends_within_the_lease(
-    world: World, storage: StorageProxy, monkeypatch: pytest.MonkeyPatch
+    world: World, storage: StorageProxy
 ) -> None:
-    """The residual window (docs/RELIABILITY.md): storage down longer than RECORD_DEADLINE_SECONDS
+    """The residual window (docs/RELIABILITY.md): storage down longer than Waits.record_deadline
     after a confirmed send. The send is reported, the key stays held (409) for its lease."""
-    from shared import delivery
-
-    monkeypatch.setattr(delivery, "RECORD_DEADLINE_SECONDS", 0.5)
+    shorten_waits(record_deadline=0.5)
     storage.down_after_first_conditional_write("requests", 30.0)
 
     first = await post(HELLO, {"Idempotency-Key": "outage-long"})

@@ -16,14 +16,13 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-import shared.service
 from shared.bootstrap import get_services
 from shared.idempotency import IdempotencyStore
 from shared.jsonbody import MAX_BODY_BYTES
 from shared.request_models import NotifyRequest
 from shared.response_models import ErrorResponse, NotifyResponse
 from tests.conftest import CLIENT_SECRET, World
-from tests.functions import OutputMessages, user_function
+from tests.functions import OutputMessages, shorten_waits, user_function
 
 HELLO: dict[str, Any] = {"recipient": "alice@contoso.com", "text": "Your **report** is ready"}
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Approve?"}]}
@@ -332,6 +331,22 @@ async def test_same_key_twice_sends_once_and_answers_the_same(world: World) -> N
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
 
 
+async def test_a_repeated_key_answers_byte_for_byte_what_the_first_attempt_answered(world: World) -> None:
+    """The key records the answer (a send, or the caller's own mistake); its repeat renders it again."""
+    sent_key, refused_key = {"Idempotency-Key": "bytes-1"}, {"Idempotency-Key": "bytes-2"}
+    first_sent = await post(HELLO, sent_key)
+    first_refused = await post({"recipient": "carol@contoso.com", "text": "hi"}, refused_key)
+
+    again_sent = await post(HELLO, sent_key)
+    again_refused = await post({"recipient": "carol@contoso.com", "text": "hi"}, refused_key)
+
+    assert (first_sent.status_code, first_refused.status_code) == (200, 404)
+    assert again_sent.get_body() == first_sent.get_body()
+    assert again_refused.get_body() == first_refused.get_body()
+    assert again_sent.headers.get("Idempotent-Replayed") == again_refused.headers.get("Idempotent-Replayed") == "true"
+    assert sends(world) == 1
+
+
 async def test_same_key_from_ten_concurrent_callers_sends_once(world: World) -> None:
     key = {"Idempotency-Key": "batch-42"}
     responses = await asyncio.gather(*(post(HELLO, key) for _ in range(10)))
@@ -406,9 +421,9 @@ async def test_stale_in_flight_marker_is_taken_over(world: World) -> None:
 
 
 async def test_live_in_flight_marker_answers_409_and_sends_nothing(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World,
 ) -> None:
-    monkeypatch.setattr(shared.service, "IN_FLIGHT_WAIT_SECONDS", 0.2)
+    shorten_waits(http_in_flight=0.2)
     await _marker(world, "k-6", lease=600)
 
     response = await post(HELLO, {"Idempotency-Key": "k-6"})
@@ -466,9 +481,7 @@ async def test_an_upstream_failure_does_not_spend_the_idempotency_key(world: Wor
     assert len(world.tenant.messages_for(world.user("alice"))) == 1
 
 
-async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(world: World) -> None:
     await post(HELLO)  # warm
     world.tenant.add_fault("connector.send", 504)
     first = await post(HELLO, {"Idempotency-Key": "unconfirmed-1"})
@@ -476,7 +489,7 @@ async def test_an_unconfirmed_send_keeps_the_key_so_a_retry_cannot_duplicate(
     assert first.headers.get("Retry-After")
 
     sends_before = sends(world)
-    monkeypatch.setattr(shared.service, "IN_FLIGHT_WAIT_SECONDS", 0.2)
+    shorten_waits(http_in_flight=0.2)
     retry = await post(HELLO, {"Idempotency-Key": "unconfirmed-1"})
     assert_error(retry, 409, "request_in_progress", "Idempotency-Key")
     assert sends(world) == sends_before
