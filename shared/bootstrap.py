@@ -17,19 +17,19 @@ from typing import Any
 import httpx
 
 from shared.botframework import ChannelAuthenticator
-from shared.budget import TenantBudget
 from shared.callerauth import CallerAuthenticator
 from shared.connector import ConnectorClient
-from shared.failure_store import FailureStore
 from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
-from shared.idempotency import IdempotencyStore
-from shared.notification_store import NotificationStore
-from shared.optout import OptOutStore
 from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
-from shared.signing import SigningKeys
-from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
+from shared.storage.budget import TenantBudget
+from shared.storage.failures import FailureStore
+from shared.storage.idempotency import IdempotencyStore
+from shared.storage.notifications import NotificationStore
+from shared.storage.optout import OptOutStore
+from shared.storage.references import CachedRecipientStore, RecipientStore, TableRecipientStore
+from shared.storage.signing import SigningKeys
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)

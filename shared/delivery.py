@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotifyError, RequestInProgressError, TransientError
-from shared.idempotency import Claimed, InFlight, Recorded, Source
 from shared.models import NotifyRequest, NotifyResponse
 from shared.pipeline import Message, recipient_hash
+from shared.storage.idempotency import Claimed, InFlight, Recorded, Source
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

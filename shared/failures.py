@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import InvalidRequestError
-from shared.failure_store import FailureRecord
 from shared.queue_delivery import process_queue_body
+from shared.storage.failures import FailureRecord
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

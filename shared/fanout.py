@@ -22,11 +22,11 @@ from shared.errors import InvalidRequestError, NotifyError, RequestInProgressErr
 from shared.lifecycle import delete_activity, status_of
 from shared.models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid, status_location
-from shared.notification_store import Delivery, Header, content_fields, note
+from shared.storage.notifications import Delivery, Header, content_fields, note
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
-    from shared.idempotency import Source
+    from shared.storage.idempotency import Source
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from shared.errors import (
 )
 from shared.models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus, UpdateRequest
 from shared.notification_ids import HANDLE_PREFIX, delivery_from_handle
-from shared.notification_store import Delivery, Header, note, recipient_row
 from shared.pipeline import Message, recipient_hash
+from shared.storage.notifications import Delivery, Header, note, recipient_row
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

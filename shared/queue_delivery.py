@@ -25,10 +25,10 @@ from shared.callerauth import QUEUE_CALLER, act_as
 from shared.delivery import IN_FLIGHT_RETRY_AFTER, Outcome, deliver, error_outcome
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.fanout import handle_fan_out_item, open_notification, record_single_best_effort, start_notification
-from shared.idempotency import check_key
 from shared.logcontext import accept_correlation_id, correlation
 from shared.models import FanOutItem, loads_strict, parse_notify_request
 from shared.notification_ids import notification_id_for
+from shared.storage.idempotency import check_key
 
 logger = logging.getLogger(__name__)
 

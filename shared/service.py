@@ -19,12 +19,12 @@ from shared.callerauth import act_as, owner_id
 from shared.delivery import Outcome, deliver, error_outcome
 from shared.errors import InvalidRequestError, NotifyError
 from shared.fanout import delivery_from_outcome, open_notification, record_single_best_effort, start_notification
-from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
 from shared.logcontext import accept_correlation_id, correlation
 from shared.models import NotifyRequest, parse_notify_request, parse_update_request
 from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle
-from shared.notification_store import Delivery
+from shared.storage.idempotency import check_key
+from shared.storage.notifications import Delivery
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import pytest
 from openapi_spec_validator import OpenAPIV2SpecValidator
 from pydantic import BaseModel
 
-from shared.idempotency import DEFAULT_LEASE_SECONDS
 from shared.models import (
     ChangeResponse,
     ChangeResult,
@@ -29,6 +28,7 @@ from shared.models import (
     NotifyResponse,
     UpdateRequest,
 )
+from shared.storage.idempotency import DEFAULT_LEASE_SECONDS
 from tests.functions import bindings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from azure.functions.servicebus import ServiceBusMessage
 
 from shared.bootstrap import build_services, get_services, reset_services
 from shared.notification_ids import delivery_id, fan_out_signature, single_send_handle
-from shared.signing import Signer, SigningKeys
+from shared.storage.signing import Signer, SigningKeys
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
 from tests.test_fanout import add_users, call, post, status

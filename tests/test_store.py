@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
-from shared.store import (
+from shared.bootstrap import quiet_url_loggers
+from shared.storage.references import (
     CachedRecipientStore,
     ConversationReference,
     MemoryRecipientStore,
@@ -29,6 +30,7 @@ async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterat
     if request.param == "memory":
         yield MemoryRecipientStore()
         return
+    quiet_url_loggers()  # as the app does: Table Storage URLs carry the keys (recipients' names)
     service = TableServiceClient.from_connection_string(azurite.connection_string)
     table = service.get_table_client("s" + uuid.uuid4().hex[:12] + "accounts")
     inner = TableRecipientStore(table)

@@ -18,8 +18,8 @@ import pytest
 
 import shared.service
 from shared.bootstrap import get_services
-from shared.idempotency import IdempotencyStore
 from shared.models import MAX_BODY_BYTES, ErrorResponse, NotifyRequest, NotifyResponse
+from shared.storage.idempotency import IdempotencyStore
 from tests.conftest import CLIENT_SECRET, World
 from tests.functions import OutputMessages, user_function
 

@@ -18,7 +18,7 @@ import datetime
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from shared.store import TableBacked, escape_key, recipient_key, translate_storage_errors
+from shared.storage.references import TableBacked, escape_key, recipient_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient

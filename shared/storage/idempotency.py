@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import InvalidRequestError, TransientError
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.storage.references import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from shared.errors import TransientError
-from shared.store import TableBacked, translate_storage_errors
+from shared.storage.references import TableBacked, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.storage.references import TableBacked, escape_key, translate_storage_errors
 
 logger = logging.getLogger(__name__)
 

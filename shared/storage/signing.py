@@ -26,7 +26,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from shared.errors import ConfigurationError
-from shared.store import TableBacked, translate_storage_errors
+from shared.storage.references import TableBacked, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient

@@ -34,7 +34,7 @@ from shared.models import (
     NotifyRequest,
     UpdateRequest,
 )
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.storage.references import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
