@@ -26,9 +26,9 @@ from shared.storage.references import (
     CachedRecipientStore,
     ConversationReference,
     TableRecipientStore,
-    escape_key,
     recipient_key,
 )
+from shared.storage.tables import escape_key
 
 BATCH = 100  # Table Storage's limit per transaction
 

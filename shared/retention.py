@@ -36,7 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.storage.references import escape_key, recipient_key, translate_storage_errors
+from shared.storage.references import recipient_key
+from shared.storage.tables import escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient

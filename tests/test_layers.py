@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "storage",
         {
             "shared.storage",
+            "shared.storage.tables",
             "shared.storage.references",
             "shared.storage.idempotency",
             "shared.storage.failures",

@@ -20,7 +20,7 @@ from azure.functions.servicebus import ServiceBusMessage
 
 from shared.bootstrap import Services, build_services, get_services, reset_services
 from shared.retention import purge
-from shared.storage.references import escape_key
+from shared.storage.tables import escape_key
 from tests.conftest import World
 from tests.functions import OutputMessages, bindings, user_function
 from tests.test_cli import Cli, write_settings

@@ -16,9 +16,8 @@ from shared.storage.references import (
     MemoryRecipientStore,
     RecipientStore,
     TableRecipientStore,
-    escape_key,
-    unescape_key,
 )
+from shared.storage.tables import escape_key, unescape_key
 from tests.azurite import Azurite
 
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from shared.errors import TransientError
-from shared.storage.references import TableBacked, translate_storage_errors
+from shared.storage.tables import TableBacked, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -160,6 +160,3 @@ class TenantBudget(TableBacked):
             target=service,
             retry_after=1.0,
         )
-
-    async def close(self) -> None:
-        await self._table.close()

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.storage.references import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +138,6 @@ class FailureStore(TableBacked):
         )
         await self._put(updated)
         return updated
-
-    async def close(self) -> None:
-        await self._table.close()
 
 
 def _to_entity(record: FailureRecord) -> dict[str, Any]:

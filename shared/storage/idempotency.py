@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared.errors import InvalidRequestError, TransientError
-from shared.storage.references import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -211,6 +211,3 @@ class IdempotencyStore(TableBacked):
                 )
         except ResourceModifiedError:
             logger.warning("the in-flight marker was taken over before this attempt released it")
-
-    async def close(self) -> None:
-        await self._table.close()

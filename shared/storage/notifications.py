@@ -34,7 +34,7 @@ from shared.models import (
     NotifyRequest,
     UpdateRequest,
 )
-from shared.storage.references import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -311,10 +311,6 @@ class NotificationStore(TableBacked):
                 next_token = _encode_token(raw) if raw else None
                 break
         return rows, next_token
-
-    async def close(self) -> None:
-        await self._headers.close()
-        await self._deliveries.close()
 
 
 # A Table Storage string property holds at most 32K UTF-16 characters, and a message Teams accepts

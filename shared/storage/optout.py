@@ -18,7 +18,8 @@ import datetime
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from shared.storage.references import TableBacked, escape_key, recipient_key, translate_storage_errors
+from shared.storage.references import recipient_key
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -62,6 +63,3 @@ class OptOutStore(TableBacked):
         except ResourceNotFoundError:
             return False
         return True
-
-    async def close(self) -> None:
-        await self._table.close()

@@ -26,7 +26,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from shared.errors import ConfigurationError
-from shared.storage.references import TableBacked, translate_storage_errors
+from shared.storage.tables import TableBacked, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -102,9 +102,6 @@ class SigningKeys(TableBacked):
             code="signing_key_unavailable",
             target="NotificationSigningKey",
         )
-
-    async def close(self) -> None:
-        await self._table.close()
 
 
 def _decode_key(value: str) -> bytes:
