@@ -25,7 +25,7 @@ from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
 from shared.storage.budget import TenantBudget
 from shared.storage.failures import FailureStore
-from shared.storage.idempotency import IdempotencyStore
+from shared.storage.idempotency import IdempotencyStore, TableIdempotencyStore
 from shared.storage.notifications import NotificationStore
 from shared.storage.optout import OptOutStore
 from shared.storage.references import CachedRecipientStore, RecipientStore, TableRecipientStore
@@ -64,7 +64,7 @@ class Services:
     @functools.cached_property
     def requests(self) -> IdempotencyStore:
         """Idempotency records: {TableNamePrefix}requests."""
-        return IdempotencyStore(self.table("requests"))
+        return TableIdempotencyStore(self.table("requests"))
 
     @functools.cached_property
     def notifications(self) -> NotificationStore:
