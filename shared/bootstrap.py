@@ -26,7 +26,7 @@ from shared.settings import Settings, load_settings
 from shared.storage.budget import TenantBudget
 from shared.storage.failures import FailureStore
 from shared.storage.idempotency import IdempotencyStore, TableIdempotencyStore
-from shared.storage.notifications import NotificationStore
+from shared.storage.notifications import NotificationStore, TableNotificationStore
 from shared.storage.optout import OptOutStore
 from shared.storage.references import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.storage.signing import SigningKeys
@@ -69,7 +69,7 @@ class Services:
     @functools.cached_property
     def notifications(self) -> NotificationStore:
         """Notifications and their per-recipient deliveries: {TableNamePrefix}notifications, ...deliveries."""
-        return NotificationStore(self.table("notifications"), self.table("deliveries"))
+        return TableNotificationStore(self.table("notifications"), self.table("deliveries"))
 
     @functools.cached_property
     def caller_auth(self) -> CallerAuthenticator:

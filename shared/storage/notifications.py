@@ -13,6 +13,9 @@ Two tables:
   recalled), conversation id, service URL, activity id, error code and message, times.
 
 Rows are inserted if absent and rewritten under an ETag match, so concurrent attempts never move one back.
+
+``NotificationStore`` is the protocol the use cases call; ``TableNotificationStore`` (the app's) and
+``MemoryNotificationStore`` (tests) implement it and pass one behaviour suite.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import binascii
 import contextlib
 import datetime
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import InvalidRequestError, TransientError
 from shared.models import (
@@ -85,8 +90,38 @@ class Header:
     owner: str = ""  # the Entra ID client that created it ("" for function keys and the queue)
 
 
-class NotificationStore(TableBacked):
+class NotificationStore(Protocol):
     """Notification headers and per-recipient delivery rows (see the module docstring)."""
+
+    async def create_header(self, header: Header) -> Header: ...
+
+    async def get_header(self, notification_id: str) -> Header | None: ...
+
+    async def mark_recalled(self, notification_id: str) -> None: ...
+
+    async def set_content(self, notification_id: str, update: UpdateRequest) -> None: ...
+
+    async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]: ...
+
+    async def get(self, notification_id: str, recipient: str) -> Delivery | None: ...
+
+    async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool: ...
+
+    async def create(self, delivery: Delivery) -> bool: ...
+
+    async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery: ...
+
+    async def all(self, notification_id: str) -> list[Delivery]: ...
+
+    async def counts(self, notification_id: str) -> DeliveryCounts: ...
+
+    async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]: ...
+
+    async def close(self) -> None: ...
+
+
+class TableNotificationStore(TableBacked):
+    """Notification headers and per-recipient delivery rows in Table Storage (module docstring)."""
 
     def __init__(self, headers: TableClient, deliveries: TableClient) -> None:
         super().__init__(headers, deliveries)
@@ -257,22 +292,7 @@ class NotificationStore(TableBacked):
         return True
 
     async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
-        """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
-        never over one that became final meanwhile (sent, failed, recalled by another attempt or a
-        recall). Returns the row as it is afterwards. ``likely_new`` (a single send's own row) tries
-        the insert first: one storage request instead of a read and a write in the common case."""
-        if likely_new and await self.create(delivery):
-            return delivery
-        for _ in range(5):
-            current = await self.get(delivery.notification_id, delivery.recipient)
-            if current is None:
-                if await self.create(delivery):
-                    return delivery
-            elif current.state != "pending":
-                return current
-            elif await self.record(delivery, if_match=current.etag):
-                return delivery
-        raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
+        return await settle(self, delivery, likely_new=likely_new)
 
     async def all(self, notification_id: str) -> list[Delivery]:
         await self._ensure_table()
@@ -361,7 +381,7 @@ def _entity(d: Delivery) -> dict[str, Any]:
     return entity
 
 
-def _delivery(entity: Any) -> Delivery:
+def _delivery(entity: Any, etag: str | None = None) -> Delivery:
     def text(name: str) -> str | None:
         value = entity.get(name)
         return str(value) if value else None
@@ -379,7 +399,7 @@ def _delivery(entity: Any) -> Delivery:
         error_message=text("ErrorMessage"),
         content_fingerprint=text("ContentFingerprint"),
         error_status=int(entity.get("ErrorStatus") or 0) or None,
-        etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else None,
+        etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else etag,
     )
 
 
@@ -411,3 +431,120 @@ async def note(store: NotificationStore, row: Delivery) -> bool:
     if row.etag is None:
         return await store.create(row)
     return await store.record(row, if_match=row.etag)
+
+
+async def settle(store: NotificationStore, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
+    """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
+    never over one that became final meanwhile (sent, failed, recalled by another attempt or a
+    recall). Returns the row as it is afterwards. ``likely_new`` (a single send's own row) tries
+    the insert first: one storage request instead of a read and a write in the common case."""
+    if likely_new and await store.create(delivery):
+        return delivery
+    for _ in range(5):
+        current = await store.get(delivery.notification_id, delivery.recipient)
+        if current is None:
+            if await store.create(delivery):
+                return delivery
+        elif current.state != "pending":
+            return current
+        elif await store.record(delivery, if_match=current.etag):
+            return delivery
+    raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
+
+
+class MemoryNotificationStore:
+    """The same headers and rows in process memory, with the same conditions: inserts only if absent,
+    conditional writes only against the ETag read, rows listed in key order (tests)."""
+
+    def __init__(self) -> None:
+        self._headers: dict[str, tuple[Header, str]] = {}  # the header and its content as stored (JSON)
+        self._rows: dict[str, dict[str, Delivery]] = {}  # notification id -> row key -> row (with its etag)
+
+    async def create_header(self, header: Header) -> Header:
+        if header.notification_id not in self._headers:
+            stored = replace(header, recalled=False)
+            self._headers[header.notification_id] = (
+                stored,
+                header.content.model_dump_json(by_alias=True, exclude_none=True),
+            )
+            return header
+        existing = await self.get_header(header.notification_id)
+        assert existing is not None
+        return existing
+
+    async def get_header(self, notification_id: str) -> Header | None:
+        found = self._headers.get(notification_id)
+        if found is None:
+            return None
+        header, content = found
+        return replace(header, content=NotifyRequest.model_construct(**content_fields(json.loads(content))))
+
+    async def mark_recalled(self, notification_id: str) -> None:
+        if notification_id in self._headers:
+            header, content = self._headers[notification_id]
+            self._headers[notification_id] = (replace(header, recalled=True), content)
+
+    async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
+        if notification_id in self._headers:
+            header, _ = self._headers[notification_id]
+            self._headers[notification_id] = (header, update.model_dump_json(exclude_none=True))
+
+    async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]:
+        existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
+        for recipient in recipients:
+            if recipient_row(recipient) not in existing:
+                fresh = Delivery(notification_id, recipient, tenant_id, "pending")
+                await self.create(fresh)
+                existing[recipient_row(recipient)] = fresh
+        return [existing[recipient_row(r)] for r in recipients]
+
+    async def get(self, notification_id: str, recipient: str) -> Delivery | None:
+        return self._rows.get(notification_id, {}).get(recipient_row(recipient))
+
+    async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
+        rows = self._rows.setdefault(delivery.notification_id, {})
+        key = recipient_row(delivery.recipient)
+        if if_match is not None and (key not in rows or rows[key].etag != if_match):
+            return False
+        rows[key] = _stored(delivery)
+        return True
+
+    async def create(self, delivery: Delivery) -> bool:
+        rows = self._rows.setdefault(delivery.notification_id, {})
+        key = recipient_row(delivery.recipient)
+        if key in rows:
+            return False
+        rows[key] = _stored(delivery)
+        return True
+
+    async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
+        return await settle(self, delivery, likely_new=likely_new)
+
+    async def all(self, notification_id: str) -> list[Delivery]:
+        return _in_key_order(self._rows.get(notification_id, {}).items())
+
+    async def counts(self, notification_id: str) -> DeliveryCounts:
+        counts: dict[str, int] = {}
+        for row in self._rows.get(notification_id, {}).values():
+            counts[row.state] = counts.get(row.state, 0) + 1
+        return DeliveryCounts(**counts)
+
+    async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
+        start = str(_decode_token(token).get("RowKey", "")) if token else ""
+        keys = sorted(k for k in self._rows.get(notification_id, {}) if k >= start)
+        rows = [self._rows[notification_id][k] for k in keys[:top]]
+        more = keys[top:]
+        next_token = _encode_token({"PartitionKey": escape_key(notification_id), "RowKey": more[0]}) if more else None
+        return rows, next_token
+
+    async def close(self) -> None:
+        return None
+
+
+def _stored(delivery: Delivery) -> Delivery:
+    """A row as Table Storage gives it back: empty texts and a 0 status read as None, a fresh ETag."""
+    return _delivery(_entity(delivery), etag=str(uuid.uuid4()))
+
+
+def _in_key_order(rows: Iterable[tuple[str, Delivery]]) -> list[Delivery]:
+    return [row for _key, row in sorted(rows, key=lambda item: item[0])]
