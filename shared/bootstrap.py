@@ -24,7 +24,7 @@ from shared.http import RetryPolicy, build_http_client
 from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
 from shared.storage.budget import TenantBudget
-from shared.storage.failures import FailureStore
+from shared.storage.failures import FailureStore, TableFailureStore
 from shared.storage.idempotency import IdempotencyStore, TableIdempotencyStore
 from shared.storage.notifications import NotificationStore, TableNotificationStore
 from shared.storage.optout import OptOutStore
@@ -84,7 +84,7 @@ class Services:
     @functools.cached_property
     def failures(self) -> FailureStore:
         """Queue messages that failed permanently: {TableNamePrefix}failures."""
-        return FailureStore(self.table("failures"))
+        return TableFailureStore(self.table("failures"))
 
     async def aclose(self) -> None:
         await self.store.close()
