@@ -27,7 +27,7 @@ from shared.storage.budget import TenantBudget
 from shared.storage.failures import FailureStore, TableFailureStore
 from shared.storage.idempotency import IdempotencyStore, TableIdempotencyStore
 from shared.storage.notifications import NotificationStore, TableNotificationStore
-from shared.storage.optout import OptOutStore
+from shared.storage.optout import OptOutStore, TableOptOutStore
 from shared.storage.references import CachedRecipientStore, RecipientStore, TableRecipientStore
 from shared.storage.signing import SigningKeys
 from shared.throttle import Throttle
@@ -162,7 +162,7 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     connector = ConnectorClient(settings, http, tokens, policy, throttle)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
-    optouts = OptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
+    optouts = TableOptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
     notifier = Notifier(settings, graph, connector, store, throttle, optouts=optouts)
     return Services(
         settings,
