@@ -29,7 +29,7 @@ from shared.storage.idempotency import IdempotencyStore, TableIdempotencyStore
 from shared.storage.notifications import NotificationStore, TableNotificationStore
 from shared.storage.optout import OptOutStore, TableOptOutStore
 from shared.storage.references import CachedRecipientStore, RecipientStore, TableRecipientStore
-from shared.storage.signing import SigningKeys
+from shared.storage.signing import SigningKeys, TableSigningKeys
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Services:
     @functools.cached_property
     def signing(self) -> SigningKeys:
         """The deployment's key for notification ids and queued items: {TableNamePrefix}keys."""
-        return SigningKeys(self.settings.notification_signing_key, self.table("keys"))
+        return TableSigningKeys(self.settings.notification_signing_key, self.table("keys"))
 
     @functools.cached_property
     def failures(self) -> FailureStore:
