@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from azure.data.tables.aio import TableServiceClient
 
@@ -24,3 +24,29 @@ async def azurite_tables(azurite: Azurite) -> AsyncIterator[Callable[[str], Any]
         yield lambda suffix: service.get_table_client(prefix + suffix)
     finally:
         await service.close()
+
+
+BACKENDS = ["memory", "table"]
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+StoreT = TypeVar("StoreT", bound=_Closable)
+
+
+@asynccontextmanager
+async def backend(
+    kind: str, azurite: Azurite, memory: Callable[[], StoreT], table: Callable[[Callable[[str], Any]], StoreT]
+) -> AsyncIterator[StoreT]:
+    """The store under test: ``memory()``, or ``table(tables)`` over fresh Azurite tables; closed after."""
+    if kind == "memory":
+        built = memory()
+        yield built
+        await built.close()
+        return
+    async with azurite_tables(azurite) as tables:
+        built = table(tables)
+        yield built
+        await built.close()

@@ -13,22 +13,19 @@ import pytest
 
 from shared.storage.failures import MAX_KEPT_BODY, FailureRecord, FailureStore, MemoryFailureStore, TableFailureStore
 from tests.azurite import Azurite
-from tests.tables import azurite_tables
+from tests.tables import BACKENDS, backend
 
 ENQUEUED = datetime.datetime(2026, 11, 30, 8, 15, 0, tzinfo=datetime.UTC)
 ERROR = {"code": "recipient_not_found", "message": "No user bob@contoso.com in the tenant.", "target": "recipient"}
 BODY = b'{"recipient": "bob@contoso.com", "text": "Build 42 passed"}'
 
 
-@pytest.fixture(params=["memory", "table"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterator[FailureStore]:
-    if request.param == "memory":
-        yield MemoryFailureStore()
-        return
-    async with azurite_tables(azurite) as table:
-        built = TableFailureStore(table("failures"))
+    async with backend(
+        request.param, azurite, MemoryFailureStore, lambda tables: TableFailureStore(tables("failures"))
+    ) as built:
         yield built
-        await built.close()
 
 
 async def keep(store: FailureStore, message_id: str = "m-1", body: bytes = BODY, **error: str) -> FailureRecord:

@@ -25,21 +25,21 @@ from shared.storage.notifications import (
     note,
 )
 from tests.azurite import Azurite
-from tests.tables import azurite_tables
+from tests.tables import BACKENDS, backend
 
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Build 42"}]}
 
 
-@pytest.fixture(params=["memory", "table"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterator[NotificationStore]:
-    if request.param == "memory":
-        yield MemoryNotificationStore()
-        return
-    async with azurite_tables(azurite) as table:
-        built = TableNotificationStore(table("notifications"), table("deliveries"))
+    async with backend(
+        request.param,
+        azurite,
+        MemoryNotificationStore,
+        lambda tables: TableNotificationStore(tables("notifications"), tables("deliveries")),
+    ) as built:
         yield built
-        await built.close()
 
 
 def header(notification_id: str = "order-42", **changes: object) -> Header:

@@ -10,22 +10,19 @@ import pytest
 
 from shared.storage.optout import MemoryOptOutStore, OptOutStore, TableOptOutStore
 from tests.azurite import Azurite
-from tests.tables import azurite_tables
+from tests.tables import BACKENDS, backend
 
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
 OTHER_TENANT = "6a1f0e44-92b2-4a43-b7a4-6c3f5d2e8f00"
 OID = "11111111-2222-3333-4444-555555555555"
 
 
-@pytest.fixture(params=["memory", "table"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterator[OptOutStore]:
-    if request.param == "memory":
-        yield MemoryOptOutStore()
-        return
-    async with azurite_tables(azurite) as table:
-        built = TableOptOutStore(table("optouts"))
+    async with backend(
+        request.param, azurite, MemoryOptOutStore, lambda tables: TableOptOutStore(tables("optouts"))
+    ) as built:
         yield built
-        await built.close()
 
 
 async def test_nobody_has_opted_out_at_first(store: OptOutStore) -> None:
