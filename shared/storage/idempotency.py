@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from shared.errors import InvalidRequestError, TransientError
-from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors, update_if_unchanged
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -126,9 +126,7 @@ class TableIdempotencyStore(TableBacked):
 
     async def claim(self, source: Source, tenant_id: str, key: str, fingerprint: str) -> Claim:
         """Claim ``key`` for one send of the request whose fingerprint is given."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         await self._ensure_table()
         partition, row = tenant_id.lower(), self.row_key(source, key)
@@ -163,15 +161,8 @@ class TableIdempotencyStore(TableBacked):
                 return InFlight(retry_after=remaining)
             # The attempt holding the marker outlived its lease: it died. Take the marker over; the
             # ETag match lets exactly one contender win.
-            try:
-                with translate_storage_errors():
-                    meta = await self._table.update_entity(
-                        marker,
-                        mode=UpdateMode.REPLACE,
-                        etag=entity.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-            except (ResourceModifiedError, ResourceNotFoundError):
+            meta = await update_if_unchanged(self._table, marker, entity.metadata["etag"])
+            if meta is None:
                 continue
             logger.warning("took over a stale in-flight marker (lease ended %.0fs ago)", -remaining)
             return Claimed(partition, row, str(meta["etag"]))
@@ -199,9 +190,6 @@ class TableIdempotencyStore(TableBacked):
 
     async def complete(self, claim: Claimed, status: int, body: dict[str, Any], fingerprint: str) -> None:
         """Replace our marker with the result (ETag match: a marker taken over is not ours to write)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
 
         record = {
             "PartitionKey": claim.partition,
@@ -212,12 +200,7 @@ class TableIdempotencyStore(TableBacked):
             "Response": json.dumps(body, separators=(",", ":")),
             "CompletedAt": _now(),
         }
-        try:
-            with translate_storage_errors():
-                await self._table.update_entity(
-                    record, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
-                )
-        except (ResourceModifiedError, ResourceNotFoundError):
+        if await update_if_unchanged(self._table, record, claim.etag) is None:
             logger.warning("the in-flight marker was taken over before this attempt finished; result not recorded")
 
     async def release(self, claim: Claimed) -> None:

@@ -39,7 +39,7 @@ from shared.models import (
     NotifyRequest,
     UpdateRequest,
 )
-from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors, update_if_unchanged
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -261,22 +261,14 @@ class TableNotificationStore(TableBacked):
     async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
         """Write a recipient's row. With ``if_match`` the write happens only if the row is unchanged
         since it was read (False when it changed: another attempt or a recall got there first)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         await self._ensure_table()
         entity = _entity(delivery)
-        try:
-            with translate_storage_errors():
-                if if_match is None:
-                    await self._deliveries.upsert_entity(entity, mode=UpdateMode.MERGE)
-                else:
-                    await self._deliveries.update_entity(
-                        entity, mode=UpdateMode.MERGE, etag=if_match, match_condition=MatchConditions.IfNotModified
-                    )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
+        if if_match is not None:
+            return await update_if_unchanged(self._deliveries, entity, if_match, merge=True) is not None
+        with translate_storage_errors():
+            await self._deliveries.upsert_entity(entity, mode=UpdateMode.MERGE)
         return True
 
     async def create(self, delivery: Delivery) -> bool:

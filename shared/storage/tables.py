@@ -133,3 +133,25 @@ async def create_table_if_missing(table: TableClient) -> None:
             await table.create_table()
     except ResourceExistsError:
         pass
+
+
+async def update_if_unchanged(
+    table: TableClient, entity: dict[str, Any], etag: str | None, *, merge: bool = False
+) -> Any:
+    """Update ``entity`` only if it is still as read (``etag``; Table Storage answers 412
+    UpdateConditionNotMet otherwise): the write's metadata (its new ``etag``), or None when another
+    writer changed or deleted it meanwhile. ``merge`` keeps the properties ``entity`` does not name."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+    from azure.data.tables import UpdateMode
+
+    try:
+        with translate_storage_errors():
+            return await table.update_entity(
+                entity,
+                mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+    except (ResourceModifiedError, ResourceNotFoundError):
+        return None
