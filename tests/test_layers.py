@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.storage.idempotency",
             "shared.storage.failures",
             "shared.storage.notifications",
+            "shared.storage.notification_rows",
             "shared.storage.signing",
             "shared.storage.optout",
             "shared.storage.budget",

@@ -20,74 +20,52 @@ Rows are inserted if absent and rewritten under an ETag match, so concurrent att
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import datetime
 import json
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.errors import InvalidRequestError, TransientError
+from shared.errors import TransientError
 from shared.models import (
     DeliveryCounts,
-    DeliveryResult,
-    DeliveryState,
-    ErrorDetail,
     NotifyRequest,
     UpdateRequest,
+)
+from shared.storage.notification_rows import (
+    HEADER_ROW,
+    Delivery,
+    Header,
+    content_fields,
+    content_properties,
+    decode_token,
+    delivery_of,
+    encode_token,
+    entity_of,
+    joined_content,
+    recipient_row,
+    utc_now,
 )
 from shared.storage.tables import TableBacked, escape_key, translate_storage_errors, update_if_unchanged
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
-HEADER_ROW = "notification"
+# The records are the store's vocabulary: callers import them from here.
+__all__ = [
+    "Delivery",
+    "Header",
+    "MemoryNotificationStore",
+    "NotificationStore",
+    "TableNotificationStore",
+    "content_fields",
+    "note",
+    "recipient_row",
+    "settle",
+]
+
 _TRANSACTION = 100  # Table Storage's limit of operations per batch
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    notification_id: str
-    recipient: str
-    tenant_id: str
-    state: DeliveryState
-    activity_id: str | None = None
-    conversation_id: str | None = None
-    service_url: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    content_fingerprint: str | None = None  # of the last update applied
-    etag: str | None = None
-    error_status: int | None = None  # HTTP status of the last error (pending: ours or upstream's; failed: 4xx)
-
-    @property
-    def needs_operator(self) -> bool:
-        """Still pending after a failure on our side that a retry alone will not fix (configuration,
-        permissions, an upstream error): kept for an operator's replay rather than redelivered."""
-        return self.state == "pending" and self.error_status is not None and self.error_status not in (409, 503)
-
-    def result(self) -> DeliveryResult:
-        error = ErrorDetail(code=self.error_code, message=self.error_message or "") if self.error_code else None
-        return DeliveryResult(recipient=self.recipient, state=self.state, activity_id=self.activity_id, error=error)
-
-
-@dataclass(frozen=True)
-class Header:
-    notification_id: str
-    tenant_id: str
-    total: int
-    fingerprint: str
-    content: NotifyRequest  # text, card, summary (recipient fields unset)
-    source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
-    recalled: bool = False  # the whole notification was recalled: queued items are not sent
-    owner: str = ""  # the Entra ID client that created it ("" for function keys and the queue)
 
 
 class NotificationStore(Protocol):
@@ -142,8 +120,8 @@ class TableNotificationStore(TableBacked):
             "Fingerprint": header.fingerprint,
             "Source": header.source,
             "Owner": header.owner,
-            **_content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
-            "CreatedAt": _now(),
+            **content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
+            "CreatedAt": utc_now(),
         }
         try:
             with translate_storage_errors():
@@ -171,7 +149,7 @@ class TableNotificationStore(TableBacked):
             tenant_id=str(entity["TenantId"]),
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
-            content=NotifyRequest.model_construct(**content_fields(json.loads(_joined_content(entity)))),
+            content=NotifyRequest.model_construct(**content_fields(json.loads(joined_content(entity)))),
             source=str(entity.get("Source") or ""),
             recalled=bool(entity.get("RecalledAt")),
             owner=str(entity.get("Owner") or ""),
@@ -185,7 +163,7 @@ class TableNotificationStore(TableBacked):
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
-                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "RecalledAt": _now()},
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "RecalledAt": utc_now()},
                     mode=UpdateMode.MERGE,
                 )
         except ResourceNotFoundError:
@@ -196,7 +174,7 @@ class TableNotificationStore(TableBacked):
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        content = _content_properties(update.model_dump_json(exclude_none=True))
+        content = content_properties(update.model_dump_json(exclude_none=True))
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
@@ -215,7 +193,7 @@ class TableNotificationStore(TableBacked):
         existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
         missing = [r for r in recipients if recipient_row(r) not in existing]
         partition = escape_key(notification_id)
-        now = _now()
+        now = utc_now()
         with translate_storage_errors():
             for start in range(0, len(missing), _TRANSACTION):
                 chunk = missing[start : start + _TRANSACTION]
@@ -256,7 +234,7 @@ class TableNotificationStore(TableBacked):
                 entity = await self._deliveries.get_entity(escape_key(notification_id), recipient_row(recipient))
         except ResourceNotFoundError:
             return None
-        return _delivery(entity)
+        return delivery_of(entity)
 
     async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
         """Write a recipient's row. With ``if_match`` the write happens only if the row is unchanged
@@ -264,7 +242,7 @@ class TableNotificationStore(TableBacked):
         from azure.data.tables import UpdateMode
 
         await self._ensure_table()
-        entity = _entity(delivery)
+        entity = entity_of(delivery)
         if if_match is not None:
             return await update_if_unchanged(self._deliveries, entity, if_match, merge=True) is not None
         with translate_storage_errors():
@@ -278,7 +256,7 @@ class TableNotificationStore(TableBacked):
         await self._ensure_table()
         try:
             with translate_storage_errors():
-                await self._deliveries.create_entity(_entity(delivery))
+                await self._deliveries.create_entity(entity_of(delivery))
         except ResourceExistsError:
             return False
         return True
@@ -293,7 +271,7 @@ class TableNotificationStore(TableBacked):
             async for entity in self._deliveries.query_entities(
                 "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}
             ):
-                rows.append(_delivery(entity))
+                rows.append(delivery_of(entity))
         return rows
 
     async def counts(self, notification_id: str) -> DeliveryCounts:
@@ -309,7 +287,7 @@ class TableNotificationStore(TableBacked):
 
     async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
         await self._ensure_table()
-        continuation = _decode_token(token) if token else None
+        continuation = decode_token(token) if token else None
         rows: list[Delivery] = []
         next_token: str | None = None
         with translate_storage_errors():
@@ -318,104 +296,11 @@ class TableNotificationStore(TableBacked):
             ).by_page(continuation_token=continuation)
             async for page in pages:
                 async for entity in page:
-                    rows.append(_delivery(entity))
+                    rows.append(delivery_of(entity))
                 raw = getattr(pages, "continuation_token", None)
-                next_token = _encode_token(raw) if raw else None
+                next_token = encode_token(raw) if raw else None
                 break
         return rows, next_token
-
-
-# A Table Storage string property holds at most 32K UTF-16 characters, and a message Teams accepts
-# (~100 KB as UTF-16) may need up to four: the content is kept in "Content", "Content1", ... and
-# "ContentParts" says how many (rows written before it have one "Content").
-_CONTENT_CHARS = 30_000
-
-
-def _content_properties(content: str) -> dict[str, Any]:
-    parts = [content[i : i + _CONTENT_CHARS] for i in range(0, max(1, len(content)), _CONTENT_CHARS)]
-    properties: dict[str, Any] = {"ContentParts": len(parts)}
-    for index, part in enumerate(parts):
-        properties["Content" if index == 0 else f"Content{index}"] = part
-    return properties
-
-
-def _joined_content(entity: Any) -> str:
-    parts = int(entity.get("ContentParts") or 1)
-    return str(entity["Content"]) + "".join(str(entity[f"Content{i}"]) for i in range(1, parts))
-
-
-def recipient_row(recipient: str) -> str:
-    return escape_key(recipient.strip().lower())
-
-
-def content_fields(content: dict[str, Any]) -> dict[str, Any]:
-    """The message content (text, card, summary) of a stored notification's content."""
-    return {"text": content.get("text"), "card": content.get("card"), "summary": content.get("summary")}
-
-
-def _entity(d: Delivery) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": escape_key(d.notification_id),
-        "RowKey": recipient_row(d.recipient),
-        "NotificationId": d.notification_id,
-        "Recipient": d.recipient,
-        "TenantId": d.tenant_id,
-        "State": d.state,
-        "ActivityId": d.activity_id or "",
-        "ConversationId": d.conversation_id or "",
-        "ServiceUrl": d.service_url or "",
-        "ErrorCode": d.error_code or "",
-        "ErrorMessage": d.error_message or "",
-        "ContentFingerprint": d.content_fingerprint or "",
-        "ErrorStatus": d.error_status or 0,
-        "UpdatedAt": _now(),
-    }
-    return entity
-
-
-def _delivery(entity: Any, etag: str | None = None) -> Delivery:
-    def text(name: str) -> str | None:
-        value = entity.get(name)
-        return str(value) if value else None
-
-    state = str(entity.get("State", "pending"))
-    return Delivery(
-        notification_id=str(entity["NotificationId"]),
-        recipient=str(entity["Recipient"]),
-        tenant_id=str(entity["TenantId"]),
-        state=state if state in ("pending", "sent", "failed", "recalled") else "pending",  # type: ignore[arg-type]
-        activity_id=text("ActivityId"),
-        conversation_id=text("ConversationId"),
-        service_url=text("ServiceUrl"),
-        error_code=text("ErrorCode"),
-        error_message=text("ErrorMessage"),
-        content_fingerprint=text("ContentFingerprint"),
-        error_status=int(entity.get("ErrorStatus") or 0) or None,
-        etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else etag,
-    )
-
-
-def _encode_token(raw: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK takes this dict
-    """The Table Storage continuation (``{"PartitionKey": ..., "RowKey": ...}``) a page token carries."""
-    invalid = InvalidRequestError(
-        "continuationToken is not one this API returned.", code="invalid_continuation_token", target="continuationToken"
-    )
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError, RecursionError) as err:
-        raise invalid from err
-    if (
-        not isinstance(raw, dict)
-        or not raw
-        or not set(raw) <= {"PartitionKey", "RowKey"}
-        or not all(isinstance(v, str) for v in raw.values())
-    ):
-        raise invalid
-    return {str(k): str(v) for k, v in raw.items()}
 
 
 async def note(store: NotificationStore, row: Delivery) -> bool:
@@ -522,11 +407,11 @@ class MemoryNotificationStore:
         return DeliveryCounts(**counts)
 
     async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
-        start = str(_decode_token(token).get("RowKey", "")) if token else ""
+        start = str(decode_token(token).get("RowKey", "")) if token else ""
         keys = sorted(k for k in self._rows.get(notification_id, {}) if k >= start)
         rows = [self._rows[notification_id][k] for k in keys[:top]]
         more = keys[top:]
-        next_token = _encode_token({"PartitionKey": escape_key(notification_id), "RowKey": more[0]}) if more else None
+        next_token = encode_token({"PartitionKey": escape_key(notification_id), "RowKey": more[0]}) if more else None
         return rows, next_token
 
     async def close(self) -> None:
@@ -535,7 +420,7 @@ class MemoryNotificationStore:
 
 def _stored(delivery: Delivery) -> Delivery:
     """A row as Table Storage gives it back: empty texts and a 0 status read as None, a fresh ETag."""
-    return _delivery(_entity(delivery), etag=str(uuid.uuid4()))
+    return delivery_of(entity_of(delivery), etag=str(uuid.uuid4()))
 
 
 def _in_key_order(rows: Iterable[tuple[str, Delivery]]) -> list[Delivery]:
