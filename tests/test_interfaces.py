@@ -229,7 +229,7 @@ def test_host_json_suits_the_triggers() -> None:
 
 def _codes_in_library() -> set[str]:
     codes: set[str] = set()
-    for path in (ROOT / "shared").glob("*.py"):
+    for path in (ROOT / "shared").rglob("*.py"):  # subpackages too (shared/storage/)
         codes |= set(re.findall(r'\bcode\s*=\s*"([a-z_]+)"', path.read_text()))
     codes |= {"internal_error"}  # the HTTP trigger's answer to a bug
     return codes - {"notify_error"}  # the abstract base's placeholder
