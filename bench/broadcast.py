@@ -1,4 +1,4 @@
-"""Row 7, one broadcast delivered by several instances sharing the tenant's budget (shared.budget).
+"""Row 7, one broadcast delivered by several instances sharing the tenant's budget (shared.storage.budget).
 
 A notification to many recipients (a quarter cold: the app installed but never resolved by us; the
 rest warm: resolved beforehand and memoised in Table Storage) is created through ``POST /api/notify``

@@ -22,7 +22,13 @@ from bench.world import World
 from shared.bootstrap import build_services
 from shared.pipeline import Message
 from shared.settings import load_settings
-from shared.store import CachedRecipientStore, ConversationReference, TableRecipientStore, escape_key, recipient_key
+from shared.storage.references import (
+    CachedRecipientStore,
+    ConversationReference,
+    TableRecipientStore,
+    recipient_key,
+)
+from shared.storage.tables import escape_key
 
 BATCH = 100  # Table Storage's limit per transaction
 

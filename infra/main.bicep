@@ -34,7 +34,7 @@ param maximumInstanceCount int = 40
 // creation) and Graph about 30 per second per app per tenant for the install calls
 // (https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit; https://learn.microsoft.com/graph/throttling-limits#microsoft-teams-service-limits). These budgets are what ALL instances together may use: they are passed
 // through as the app settings TenantSendRatePerSecond and TenantGraphRatePerSecond, and the instances
-// share them through a token bucket in Table Storage (shared/budget.py), however many there are. The
+// share them through a token bucket in Table Storage (shared/storage/budget.py), however many there are. The
 // default 28 stays under the lower end. The app accepts 1 to 1000.
 @minValue(1)
 @maxValue(1000)

@@ -53,7 +53,7 @@ async def run_fanout(
     from shared.bootstrap import build_services, reset_services
     from shared.errors import TransientError
     from shared.settings import load_settings
-    from shared.store import ConversationReference
+    from shared.storage.references import ConversationReference
     from tests.azurite import Azurite
     from tests.functions import OutputMessages, user_function
 

@@ -17,19 +17,19 @@ from typing import Any
 import httpx
 
 from shared.botframework import ChannelAuthenticator
-from shared.budget import TenantBudget
 from shared.callerauth import CallerAuthenticator
 from shared.connector import ConnectorClient
-from shared.failure_store import FailureStore
 from shared.graph import GraphClient
 from shared.http import RetryPolicy, build_http_client
-from shared.idempotency import IdempotencyStore
-from shared.notification_store import NotificationStore
-from shared.optout import OptOutStore
 from shared.pipeline import Notifier
 from shared.settings import Settings, load_settings
-from shared.signing import SigningKeys
-from shared.store import CachedRecipientStore, RecipientStore, TableRecipientStore
+from shared.storage.budget import TenantBudget
+from shared.storage.failures import FailureStore, TableFailureStore
+from shared.storage.idempotency import IdempotencyStore, TableIdempotencyStore
+from shared.storage.notifications import NotificationStore, TableNotificationStore
+from shared.storage.optout import OptOutStore, TableOptOutStore
+from shared.storage.references import CachedRecipientStore, RecipientStore, TableRecipientStore
+from shared.storage.signing import SigningKeys, TableSigningKeys
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,12 @@ class Services:
     @functools.cached_property
     def requests(self) -> IdempotencyStore:
         """Idempotency records: {TableNamePrefix}requests."""
-        return IdempotencyStore(self.table("requests"))
+        return TableIdempotencyStore(self.table("requests"))
 
     @functools.cached_property
     def notifications(self) -> NotificationStore:
         """Notifications and their per-recipient deliveries: {TableNamePrefix}notifications, ...deliveries."""
-        return NotificationStore(self.table("notifications"), self.table("deliveries"))
+        return TableNotificationStore(self.table("notifications"), self.table("deliveries"))
 
     @functools.cached_property
     def caller_auth(self) -> CallerAuthenticator:
@@ -100,12 +100,12 @@ class Services:
     @functools.cached_property
     def signing(self) -> SigningKeys:
         """The deployment's key for notification ids and queued items: {TableNamePrefix}keys."""
-        return SigningKeys(self.settings.notification_signing_key, self.table("keys"))
+        return TableSigningKeys(self.settings.notification_signing_key, self.table("keys"))
 
     @functools.cached_property
     def failures(self) -> FailureStore:
         """Queue messages that failed permanently: {TableNamePrefix}failures."""
-        return FailureStore(self.table("failures"))
+        return TableFailureStore(self.table("failures"))
 
     async def aclose(self) -> None:
         await self.store.close()
@@ -183,7 +183,7 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     connector = ConnectorClient(settings, http, tokens, policy, throttle)
     if store is None:
         store = CachedRecipientStore(TableRecipientStore(tables.get_table_client(settings.table_prefix + "accounts")))
-    optouts = OptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
+    optouts = TableOptOutStore(tables.get_table_client(settings.table_prefix + "optouts"))
     notifier = Notifier(settings, graph, connector, store, throttle, optouts=optouts)
     return Services(
         settings,

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotifyError, RequestInProgressError, TransientError
-from shared.idempotency import Claimed, InFlight, Recorded, Source
 from shared.pipeline import Message, recipient_hash
 from shared.request_models import NotifyRequest
 from shared.results import Refused, SendOutcome, Sent, from_record, record_of
+from shared.storage.idempotency import Claimed, InFlight, Recorded, Source
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

@@ -4,7 +4,7 @@
 A replay sends again after fixing the cause, through the same path as the queue message, so a fan-out
 recipient's delivery row is updated too; it sends once, because the idempotency records make a replay
 of an already-sent message a no-op, then clears the record. The failures themselves are kept by
-shared.failure_store.
+shared.storage.failures.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from shared.errors import InvalidRequestError
-from shared.failure_store import FailureRecord
 from shared.queue_delivery import process_queue_body
+from shared.storage.failures import FailureRecord
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

@@ -21,13 +21,13 @@ from shared.delivery import deliver, keep_trying
 from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
 from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid
-from shared.notification_store import Delivery, Header, content_fields, note
 from shared.request_models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 from shared.results import FanOut, Refused, SendOutcome, Sent
+from shared.storage.notifications import Delivery, Header, content_fields, note
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
-    from shared.idempotency import Source
+    from shared.storage.idempotency import Source
 
 logger = logging.getLogger(__name__)
 

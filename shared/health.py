@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import NotifyError, TransientError
-from shared.store import translate_storage_errors
+from shared.storage.tables import translate_storage_errors
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from shared.botframework import (
 from shared.connector import ConnectorClient
 from shared.errors import InvalidRequestError, NotifyError
 from shared.jsonbody import loads_strict
-from shared.optout import OptOutStore
 from shared.pipeline import recipient_hash
 from shared.settings import Settings
-from shared.store import ConversationReference, RecipientStore
+from shared.storage.optout import OptOutStore
+from shared.storage.references import ConversationReference, RecipientStore
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

@@ -21,10 +21,10 @@ from shared.errors import (
     WrongRegionError,
 )
 from shared.notification_ids import HANDLE_PREFIX, delivery_from_handle
-from shared.notification_store import Delivery, Header, note, recipient_row
 from shared.pipeline import Message, recipient_hash
 from shared.request_models import UpdateRequest
 from shared.response_models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus
+from shared.storage.notifications import Delivery, Header, note, recipient_row
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services

@@ -4,7 +4,7 @@ self-contained ``s1.`` id of a single send made without an Idempotency-Key.
 Every send has a notification id (the Idempotency-Key, or the Service Bus message id, when given;
 otherwise generated). A single send over HTTP without a key gets a self-contained id instead
 (``single_send_handle``: tenant, recipient, conversation, activity, and the Entra ID client that sent
-it, under an HMAC tag of shared.signing) and no row until an update or a recall writes one. A queued
+it, under an HMAC tag of shared.storage.signing) and no row until an update or a recall writes one. A queued
 per-recipient item carries a tag of the same key (``fan_out_signature``).
 """
 
@@ -20,8 +20,8 @@ from urllib.parse import quote, urlsplit
 from shared.callerauth import may_access
 from shared.errors import InvalidRequestError
 from shared.jsonbody import loads_strict
-from shared.notification_store import Delivery
-from shared.signing import Signer
+from shared.storage.notifications import Delivery
+from shared.storage.signing import Signer
 
 
 def new_notification_id() -> str:
@@ -45,7 +45,7 @@ def delivery_id(notification_id: str, recipient: str) -> str:
 
 # A single send without an Idempotency-Key gets a self-contained id instead of a delivery row (a
 # storage write on the hot path): "s1." + base64url of the compact JSON below + "." + its HMAC tag
-# (shared.signing), so nobody can hand-build or edit one. Status answers from it; update and recall
+# (shared.storage.signing), so nobody can hand-build or edit one. Status answers from it; update and recall
 # decode it into the Delivery its row would have held, then write that row.
 HANDLE_PREFIX = "s1."
 _HANDLE_PURPOSE = "s1"

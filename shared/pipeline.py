@@ -35,9 +35,9 @@ from shared.errors import (
     WrongRegionError,
 )
 from shared.graph import GraphClient
-from shared.optout import OptOutStore
 from shared.settings import Settings
-from shared.store import ConversationReference, RecipientStore, recipient_key
+from shared.storage.optout import OptOutStore
+from shared.storage.references import ConversationReference, RecipientStore, recipient_key
 from shared.throttle import Throttle
 
 logger = logging.getLogger(__name__)

@@ -25,12 +25,12 @@ from shared.callerauth import QUEUE_CALLER, act_as
 from shared.delivery import IN_FLIGHT_RETRY_AFTER
 from shared.errors import NotifyError, RequestInProgressError, TransientError
 from shared.fanout import handle_fan_out_item, send_single, start_notification
-from shared.idempotency import check_key
 from shared.jsonbody import loads_strict
 from shared.logcontext import accept_correlation_id, correlation
 from shared.notification_ids import notification_id_for
 from shared.request_models import FanOutItem, parse_notify_request
 from shared.results import Refused, Sent
+from shared.storage.idempotency import check_key
 
 logger = logging.getLogger(__name__)
 

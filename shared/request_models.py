@@ -194,7 +194,7 @@ class FanOutItem(BaseModel):
     delivery_id: Annotated[str, Field(alias="deliveryId", min_length=1, max_length=200)]
     notification_id: Annotated[str, Field(alias="notificationId", min_length=1, max_length=200)]
     recipient: Recipient
-    # HMAC tag over notification id, recipient and delivery id (shared.signing): a hand-made item is refused.
+    # HMAC tag over notification id, recipient and delivery id (shared.storage.signing): a hand-made item is refused.
     signature: Annotated[str | None, Field(alias="signature", max_length=100)] = None
 
 

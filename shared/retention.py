@@ -17,7 +17,7 @@ deletes rows not written for longer than their table's setting, measured on Tabl
 
 0 keeps a table's rows forever. A purged idempotency record means a request repeated with the same
 key after that many days is sent again; a purged cache entry means that user's next send resolves
-them again (three Graph requests). Opt-outs (shared.optout) are not purged: they last until the user
+them again (three Graph requests). Opt-outs (shared.storage.optout) are not purged: they last until the user
 installs the app again.
 
 ``erase_person`` deletes every row naming one person (by UPN or object id, and the other name the
@@ -36,7 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.store import escape_key, recipient_key, translate_storage_errors
+from shared.storage.references import recipient_key
+from shared.storage.tables import escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient

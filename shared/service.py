@@ -21,13 +21,13 @@ from shared.callerauth import act_as, owner_id
 from shared.delivery import deliver
 from shared.errors import InvalidRequestError, NotifyError
 from shared.fanout import delivery_from_result, record_single_best_effort, send_single, start_notification
-from shared.idempotency import check_key
 from shared.lifecycle import get_status, recall_notification, update_notification
 from shared.logcontext import accept_correlation_id, correlation
 from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle, status_location
-from shared.notification_store import Delivery
 from shared.request_models import NotifyRequest, parse_notify_request, parse_update_request
 from shared.results import FanOut, Refused, SendOutcome, Sent
+from shared.storage.idempotency import check_key
+from shared.storage.notifications import Delivery
 
 logger = logging.getLogger(__name__)
 

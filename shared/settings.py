@@ -232,12 +232,12 @@ class Settings(BaseModel):
     retry_max_delay: Annotated[float, _number(0.0, 300.0)] = Field(30.0, alias="RetryMaxDelaySeconds")
     bot_openid_metadata: str | None = Field(None, alias="BotOpenIdMetadata")
     # Sends in flight per instance; the request rates are the whole tenant's budgets, shared by all
-    # instances through Table Storage (shared.budget; docs/API.md, "Rate limits").
+    # instances through Table Storage (shared.storage.budget; docs/API.md, "Rate limits").
     max_concurrent_sends: Annotated[int, _number(1, 256, int)] = Field(8, alias="MaxConcurrentSends")
     tenant_send_rate: Annotated[float, _number(1.0, 1000.0)] = Field(30.0, alias="TenantSendRatePerSecond")
     tenant_graph_rate: Annotated[float, _number(1.0, 1000.0)] = Field(30.0, alias="TenantGraphRatePerSecond")
     # HMAC key of notification ids and queued items (NotificationSigningKey, e.g. a Key Vault
-    # reference); None: a key generated once and kept in Table Storage (shared.signing).
+    # reference); None: a key generated once and kept in Table Storage (shared.storage.signing).
     notification_signing_key: Annotated[bytes | None, BeforeValidator(_signing_key)] = Field(
         None, alias="NotificationSigningKey", repr=False
     )
@@ -249,7 +249,7 @@ class Settings(BaseModel):
     api_required_role: Annotated[
         str, _check(_APP_ROLE_RE.fullmatch, "must be an app role value (letters, digits, '.', '_', '-')")
     ] = Field(DEFAULT_API_ROLE, alias="ApiRequiredRole")
-    # The recipients' side (shared.optout, shared.retention).
+    # The recipients' side (shared.storage.optout, shared.retention).
     reinstall_after_uninstall: Annotated[bool, BeforeValidator(_true_or_false)] = Field(
         True, alias="ReinstallAfterUninstall"
     )

@@ -7,7 +7,7 @@
 - the tenant's request budget for Bot Connector calls (``TenantSendRatePerSecond``) and, separately,
   for Graph calls (``TenantGraphRatePerSecond``: the cold path's installed-apps, install and chat
   requests): the whole deployment's budget, shared by all instances through Table Storage
-  (shared.budget); without a shared budget (tests, the CLI without storage) a local window per tenant;
+  (shared.storage.budget); without a shared budget (tests, the CLI without storage) a local window per tenant;
 - a per-conversation window (Teams: 7 per 1 s, 8 per 2 s, 60 per 30 s, 1800 per hour per bot and
   conversation), so repeated sends to one user are spaced rather than throttled;
 - a per-tenant pause: a 429 from either service stops *every* request of that service to that tenant
@@ -39,7 +39,7 @@ Service = Literal["connector", "graph"]
 
 
 class RequestBudget(Protocol):
-    """The tenants' shared request budgets (shared.budget.TenantBudget, in the storage layer above)."""
+    """The tenants' shared request budgets (shared.storage.budget.TenantBudget, in the storage layer above)."""
 
     async def take(self, service: Service, tenant_id: str) -> float:
         """Reserve one request for ``service`` in ``tenant_id``: the seconds to wait before sending it."""

@@ -1,5 +1,5 @@
 """The tenant's request budget is shared by instances: two processes on one Azurite get one budget
-between them, paced, never the same token twice (shared.budget)."""
+between them, paced, never the same token twice (shared.storage.budget)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ PER_PROCESS = 15
 _INSTANCE = r"""
 import asyncio, json, sys, time
 from azure.data.tables.aio import TableClient
-from shared.budget import TenantBudget
+from shared.storage.budget import TenantBudget
 
 async def main():
     connection, table = sys.argv[1], sys.argv[2]

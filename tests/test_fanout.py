@@ -103,7 +103,7 @@ async def warm(world: World, users: list[FakeUser]) -> None:
     """Recipients messaged before: app installed, conversation open, and memoised in the app's store
     (so the run measures fan-out, not 1,000 cold resolutions)."""
     from shared.bootstrap import build_services
-    from shared.store import ConversationReference
+    from shared.storage.references import ConversationReference
 
     services = build_services(world.settings)
     try:

@@ -16,7 +16,6 @@ import pytest
 from openapi_spec_validator import OpenAPIV2SpecValidator
 from pydantic import BaseModel
 
-from shared.idempotency import DEFAULT_LEASE_SECONDS
 from shared.request_models import NotifyRequest, UpdateRequest
 from shared.response_models import (
     ChangeResponse,
@@ -28,6 +27,7 @@ from shared.response_models import (
     NotificationStatus,
     NotifyResponse,
 )
+from shared.storage.idempotency import DEFAULT_LEASE_SECONDS
 from tests.functions import bindings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +228,7 @@ def test_host_json_suits_the_triggers() -> None:
 
 def _codes_in_library() -> set[str]:
     codes: set[str] = set()
-    for path in (ROOT / "shared").glob("*.py"):
+    for path in (ROOT / "shared").rglob("*.py"):  # subpackages too (shared/storage/)
         codes |= set(re.findall(r'\bcode\s*=\s*"([a-z_]+)"', path.read_text()))
     codes |= {"internal_error"}  # the HTTP trigger's answer to a bug
     return codes - {"notify_error"}  # the abstract base's placeholder

@@ -177,7 +177,7 @@ def codes_and_statuses() -> set[tuple[str, int]]:
     ``SomeError(..., code="x"[, http_status=N])`` in shared/ (status: given, else the class's)."""
     classes = _error_classes()
     found = {(cls.code, cls.http_status) for cls in classes.values() if cls.code != "notify_error"}
-    for path in (ROOT / "shared").glob("*.py"):
+    for path in (ROOT / "shared").rglob("*.py"):  # subpackages too (shared/storage/)
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes):
                 continue
@@ -203,7 +203,7 @@ def test_every_error_code_is_in_the_table_with_the_status_it_is_raised_with() ->
     assert raised - documented == set(), "raised with another status than docs/ERRORS.md says, or undocumented"
     # A code chosen at run time (``code = "unknown_field" if ... else ...``) is raised with its class's status.
     named = {
-        c for path in (ROOT / "shared").glob("*.py") for c in re.findall(r'\bcode\s*=\s*"([a-z_]+)"', path.read_text())
+        c for path in (ROOT / "shared").rglob("*.py") for c in re.findall(r'\bcode\s*=\s*"([a-z_]+)"', path.read_text())
     }
     known = {c for c, _ in raised} | named | {"internal_error"}
     stale = {entry for entry in documented - raised if entry[0] not in known}

@@ -20,7 +20,7 @@ from azure.functions.servicebus import ServiceBusMessage
 
 from shared.bootstrap import Services, build_services, get_services, reset_services
 from shared.retention import purge
-from shared.store import escape_key
+from shared.storage.tables import escape_key
 from tests.conftest import World
 from tests.functions import OutputMessages, bindings, user_function
 from tests.test_cli import Cli, write_settings
@@ -119,7 +119,7 @@ async def test_after_the_purge_the_app_still_works_and_ids_still_verify(world: W
 
 
 async def test_cache_entries_unused_for_the_setting_are_dropped_and_used_ones_kept(world: World) -> None:
-    from shared.store import ConversationReference
+    from shared.storage.references import ConversationReference
 
     alice, bob = world.user("alice"), world.user("bob")
     services = get_services()

@@ -273,7 +273,7 @@ async def _issued_handle(world: World, conversation: str, activity: str) -> str:
     activity ids are hostile: ids are signed, so only what the app issued can reach the connector."""
     from shared.bootstrap import get_services
     from shared.notification_ids import single_send_handle
-    from shared.notification_store import Delivery
+    from shared.storage.notifications import Delivery
 
     services = get_services()
     sent = Delivery("", "alice@contoso.com", world.tenant.tenant_id, "sent", activity, conversation, None)

@@ -21,7 +21,7 @@ from azure.functions.servicebus import ServiceBusMessage
 
 from shared.bootstrap import build_services, get_services, reset_services
 from shared.notification_ids import delivery_id, fan_out_signature, single_send_handle
-from shared.signing import Signer, SigningKeys
+from shared.storage.signing import Signer, TableSigningKeys
 from tests.conftest import World
 from tests.functions import OutputMessages, user_function
 from tests.test_fanout import add_users, call, post, status
@@ -162,7 +162,7 @@ async def test_the_generated_key_is_created_once_for_concurrent_instances(world:
     """First use on several instances at once: insert-if-absent makes them all agree on one key."""
     built = [build_services(world.settings) for _ in range(4)]
     try:
-        keys = [SigningKeys(None, s.table("keys")) for s in built]
+        keys = [TableSigningKeys(None, s.table("keys")) for s in built]
         signers = await asyncio.gather(*(k.signer() for k in keys))
         assert len({s.tag("probe", "x") for s in signers}) == 1
         for k in keys:

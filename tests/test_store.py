@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
-from shared.store import (
+from shared.bootstrap import quiet_url_loggers
+from shared.storage.references import (
     CachedRecipientStore,
     ConversationReference,
     MemoryRecipientStore,
     RecipientStore,
     TableRecipientStore,
-    escape_key,
-    unescape_key,
 )
+from shared.storage.tables import escape_key, unescape_key
 from tests.azurite import Azurite
 
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
@@ -29,6 +29,7 @@ async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterat
     if request.param == "memory":
         yield MemoryRecipientStore()
         return
+    quiet_url_loggers()  # as the app does: Table Storage URLs carry the keys (recipients' names)
     service = TableServiceClient.from_connection_string(azurite.connection_string)
     table = service.get_table_client("s" + uuid.uuid4().hex[:12] + "accounts")
     inner = TableRecipientStore(table)

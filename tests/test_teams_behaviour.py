@@ -21,7 +21,7 @@ from faketenant import FakeUser
 from shared.bootstrap import get_services
 from shared.errors import TransientError
 from shared.failures import get_failure
-from shared.store import ConversationReference
+from shared.storage.references import ConversationReference
 from tests.conftest import World
 from tests.functions import OutputMessages, notify_request, user_function
 from tests.test_messages import activity_for, bearer, user_installs

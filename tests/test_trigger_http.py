@@ -17,10 +17,10 @@ import azure.functions as func
 import pytest
 
 from shared.bootstrap import get_services
-from shared.idempotency import IdempotencyStore
 from shared.jsonbody import MAX_BODY_BYTES
 from shared.request_models import NotifyRequest
 from shared.response_models import ErrorResponse, NotifyResponse
+from shared.storage.idempotency import TableIdempotencyStore
 from tests.conftest import CLIENT_SECRET, World
 from tests.functions import OutputMessages, shorten_waits, user_function
 
@@ -406,7 +406,7 @@ async def test_transient_failure_releases_the_key_so_a_retry_sends(world: World)
 async def _marker(world: World, key: str, *, lease: float) -> None:
     """An in-flight marker left by another instance (one that died mid-send when lease is 0)."""
     services = get_services()
-    other_instance = IdempotencyStore(services.table("requests"), lease_seconds=lease)
+    other_instance = TableIdempotencyStore(services.table("requests"), lease_seconds=lease)
     request = NotifyRequest.model_validate(HELLO)
     await other_instance.claim("http", world.tenant.tenant_id, key, request.fingerprint())
 

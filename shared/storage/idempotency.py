@@ -18,6 +18,9 @@ table instead, where an operator can replay them).
 PartitionKey = tenant id (lower case), RowKey = ``{source}|{key}`` (escaped), so an HTTP key and a
 Service Bus message id never collide. Rows are small; nothing expires them yet (an operator purge is
 future work).
+
+``IdempotencyStore`` is the protocol the use cases call; ``TableIdempotencyStore`` (the app's) and
+``MemoryIdempotencyStore`` (tests) implement it and pass one behaviour suite.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from shared.errors import InvalidRequestError, TransientError
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors, update_if_unchanged
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -89,7 +92,30 @@ def check_key(key: str, target: str = "Idempotency-Key") -> str:
     return key
 
 
-class IdempotencyStore(TableBacked):
+def _key_reused(source: Source) -> InvalidRequestError:
+    return InvalidRequestError(
+        "This idempotency key was already used for a different request: use a new key for a new message.",
+        code="idempotency_key_reused",
+        target="Idempotency-Key" if source == "http" else "messageId",
+        http_status=422,
+    )
+
+
+class IdempotencyStore(Protocol):
+    """Claim a key before a send, then ``complete`` (record the result) or ``release`` it."""
+
+    async def claim(self, source: Source, tenant_id: str, key: str, fingerprint: str) -> Claim: ...
+
+    async def wait(self, source: Source, tenant_id: str, key: str, within: float) -> Recorded | None: ...
+
+    async def complete(self, claim: Claimed, status: int, body: dict[str, Any], fingerprint: str) -> None: ...
+
+    async def release(self, claim: Claimed) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class TableIdempotencyStore(TableBacked):
     def __init__(self, table: TableClient, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         super().__init__(table)
         self._lease = lease_seconds
@@ -100,9 +126,7 @@ class IdempotencyStore(TableBacked):
 
     async def claim(self, source: Source, tenant_id: str, key: str, fingerprint: str) -> Claim:
         """Claim ``key`` for one send of the request whose fingerprint is given."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         await self._ensure_table()
         partition, row = tenant_id.lower(), self.row_key(source, key)
@@ -128,12 +152,7 @@ class IdempotencyStore(TableBacked):
             except ResourceNotFoundError:
                 continue  # released between our insert and read: try to claim again
             if entity.get("Fingerprint") != fingerprint:
-                raise InvalidRequestError(
-                    "This idempotency key was already used for a different request: use a new key for a new message.",
-                    code="idempotency_key_reused",
-                    target="Idempotency-Key" if source == "http" else "messageId",
-                    http_status=422,
-                )
+                raise _key_reused(source)
             if entity.get("State") == _DONE:
                 return Recorded(int(entity["Status"]), json.loads(str(entity["Response"])))
             lease_until = entity.get("LeaseUntil")
@@ -142,15 +161,8 @@ class IdempotencyStore(TableBacked):
                 return InFlight(retry_after=remaining)
             # The attempt holding the marker outlived its lease: it died. Take the marker over; the
             # ETag match lets exactly one contender win.
-            try:
-                with translate_storage_errors():
-                    meta = await self._table.update_entity(
-                        marker,
-                        mode=UpdateMode.REPLACE,
-                        etag=entity.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-            except (ResourceModifiedError, ResourceNotFoundError):
+            meta = await update_if_unchanged(self._table, marker, entity.metadata["etag"])
+            if meta is None:
                 continue
             logger.warning("took over a stale in-flight marker (lease ended %.0fs ago)", -remaining)
             return Claimed(partition, row, str(meta["etag"]))
@@ -178,9 +190,6 @@ class IdempotencyStore(TableBacked):
 
     async def complete(self, claim: Claimed, status: int, body: dict[str, Any], fingerprint: str) -> None:
         """Replace our marker with the result (ETag match: a marker taken over is not ours to write)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
 
         record = {
             "PartitionKey": claim.partition,
@@ -191,12 +200,7 @@ class IdempotencyStore(TableBacked):
             "Response": json.dumps(body, separators=(",", ":")),
             "CompletedAt": _now(),
         }
-        try:
-            with translate_storage_errors():
-                await self._table.update_entity(
-                    record, mode=UpdateMode.REPLACE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
-                )
-        except (ResourceModifiedError, ResourceNotFoundError):
+        if await update_if_unchanged(self._table, record, claim.etag) is None:
             logger.warning("the in-flight marker was taken over before this attempt finished; result not recorded")
 
     async def release(self, claim: Claimed) -> None:
@@ -212,5 +216,75 @@ class IdempotencyStore(TableBacked):
         except ResourceModifiedError:
             logger.warning("the in-flight marker was taken over before this attempt released it")
 
+
+@dataclass
+class _Row:
+    etag: str
+    fingerprint: str
+    lease_until: datetime.datetime | None = None  # in flight
+    result: Recorded | None = None  # done
+
+
+class MemoryIdempotencyStore:
+    """The same records in process memory, with the same conditions: insert-if-absent claims, takeovers,
+    completions and releases only against the ETag they read (tests)."""
+
+    def __init__(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self._lease = lease_seconds
+        self._rows: dict[tuple[str, str], _Row] = {}
+
+    def instance(self, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> MemoryIdempotencyStore:
+        """Another instance of the app over the same records (as two instances share one table)."""
+        other = MemoryIdempotencyStore(lease_seconds=lease_seconds)
+        other._rows = self._rows
+        return other
+
+    async def claim(self, source: Source, tenant_id: str, key: str, fingerprint: str) -> Claim:
+        partition, row = tenant_id.lower(), TableIdempotencyStore.row_key(source, key)
+        current = self._rows.get((partition, row))
+        if current is not None:
+            if current.fingerprint != fingerprint:
+                raise _key_reused(source)
+            if current.result is not None:
+                return current.result
+            remaining = (current.lease_until - _now()).total_seconds() if current.lease_until else 0.0
+            if remaining > 0:
+                return InFlight(retry_after=remaining)
+            logger.warning("took over a stale in-flight marker (lease ended %.0fs ago)", -remaining)
+        marker = _Row(str(uuid.uuid4()), fingerprint, lease_until=_now() + datetime.timedelta(seconds=self._lease))
+        self._rows[(partition, row)] = marker
+        return Claimed(partition, row, marker.etag)
+
+    async def wait(self, source: Source, tenant_id: str, key: str, within: float) -> Recorded | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        address = (tenant_id.lower(), TableIdempotencyStore.row_key(source, key))
+        while loop.time() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+            current = self._rows.get(address)
+            if current is None:
+                return None
+            if current.result is not None:
+                return current.result
+        return None
+
+    async def complete(self, claim: Claimed, status: int, body: dict[str, Any], fingerprint: str) -> None:
+        current = self._rows.get((claim.partition, claim.row))
+        if current is None or current.etag != claim.etag:
+            logger.warning("the in-flight marker was taken over before this attempt finished; result not recorded")
+            return
+        # Stored as JSON, as the table stores it: the caller's dict is not shared with later readers.
+        recorded = Recorded(status, json.loads(json.dumps(body, separators=(",", ":"))))
+        self._rows[(claim.partition, claim.row)] = _Row(str(uuid.uuid4()), fingerprint, result=recorded)
+
+    async def release(self, claim: Claimed) -> None:
+        current = self._rows.get((claim.partition, claim.row))
+        if current is None:
+            return
+        if current.etag != claim.etag:
+            logger.warning("the in-flight marker was taken over before this attempt released it")
+            return
+        del self._rows[(claim.partition, claim.row)]
+
     async def close(self) -> None:
-        await self._table.close()
+        return None

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from shared.errors import TransientError
-from shared.store import TableBacked, translate_storage_errors
+from shared.storage.tables import TableBacked, translate_storage_errors, update_if_unchanged
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -107,9 +107,7 @@ class TenantBudget(TableBacked):
     async def _lease(self, service: Service, tenant: str, now: float) -> tuple[int, int, int] | None:
         """Lease up to ``chunk`` tokens of the current slice: (slice, first, end), or None when the
         slice has none left."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-        from azure.data.tables import UpdateMode
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         await self._ensure_table()
         rate = self._rates[service]
@@ -145,14 +143,7 @@ class TenantBudget(TableBacked):
                     if first >= end:
                         return None
                     entity["Slice"], entity["Used"] = current, end
-                    try:
-                        await self._table.update_entity(
-                            entity,
-                            mode=UpdateMode.MERGE,
-                            etag=entity.metadata["etag"],
-                            match_condition=MatchConditions.IfNotModified,
-                        )
-                    except (ResourceModifiedError, ResourceNotFoundError):
+                    if await update_if_unchanged(self._table, entity, entity.metadata["etag"], merge=True) is None:
                         continue
             self.leases += 1
             return current, first, end
@@ -162,6 +153,3 @@ class TenantBudget(TableBacked):
             target=service,
             retry_after=1.0,
         )
-
-    async def close(self) -> None:
-        await self._table.close()

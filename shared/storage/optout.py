@@ -10,21 +10,39 @@ With ``ReinstallAfterUninstall`` true (the default) the record only informs; the
 installs the app again as before. With it false, a send that would have to install the app for a
 recipient with a record is refused with ``recipient_opted_out`` (shared.pipeline). The record is read
 only on that path (the app is not installed), never on a warm send.
+
+``OptOutStore`` is the protocol the use cases call; ``TableOptOutStore`` (the app's) and
+``MemoryOptOutStore`` (tests) implement it and pass one behaviour suite.
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from shared.store import TableBacked, escape_key, recipient_key, translate_storage_errors
+from shared.storage.references import recipient_key
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
 
-class OptOutStore(TableBacked):
+class OptOutStore(Protocol):
+    async def record(self, tenant_id: str, names: Iterable[str]) -> None:
+        """Record the opt-out under each of these names (the user uninstalled the app)."""
+        ...
+
+    async def clear(self, tenant_id: str, names: Iterable[str]) -> None:
+        """Forget the opt-out under these names (the user installed the app again)."""
+        ...
+
+    async def is_opted_out(self, tenant_id: str, name: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class TableOptOutStore(TableBacked):
     def __init__(self, table: TableClient) -> None:
         super().__init__(table)
 
@@ -63,5 +81,21 @@ class OptOutStore(TableBacked):
             return False
         return True
 
+
+class MemoryOptOutStore:
+    """The same records in process memory (tests)."""
+
+    def __init__(self) -> None:
+        self._names: set[tuple[str, str]] = set()
+
+    async def record(self, tenant_id: str, names: Iterable[str]) -> None:
+        self._names |= {(tenant_id.lower(), recipient_key(n)) for n in names if n}
+
+    async def clear(self, tenant_id: str, names: Iterable[str]) -> None:
+        self._names -= {(tenant_id.lower(), recipient_key(n)) for n in names if n}
+
+    async def is_opted_out(self, tenant_id: str, name: str) -> bool:
+        return (tenant_id.lower(), recipient_key(name)) in self._names
+
     async def close(self) -> None:
-        await self._table.close()
+        return None

@@ -8,6 +8,9 @@ the original body, delivery count, message id and times, and only then is the me
 PartitionKey = ``queue``, RowKey = the escaped message id. The body is kept byte for byte as binary
 properties of up to 63 KiB each (Table Storage caps a property at 64 KiB and an entity at 1 MiB);
 a body larger than ``MAX_KEPT_BODY`` is cut and flagged ``body_truncated`` (and logged).
+
+``FailureStore`` is the protocol the use cases call; ``TableFailureStore`` (the app's) and
+``MemoryFailureStore`` (tests) implement it and pass one behaviour suite.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +55,8 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-class FailureStore(TableBacked):
-    """Permanent failures of queue messages (see the module docstring for the row layout)."""
+class FailureStore(Protocol):
+    """Permanent failures of queue messages (see the module docstring)."""
 
     async def keep(
         self,
@@ -68,6 +71,45 @@ class FailureStore(TableBacked):
     ) -> FailureRecord:
         """Record (or update) the failure of one message. Raises when the record cannot be written, so
         the trigger lets the message be redelivered rather than losing it."""
+        ...
+
+    async def get(self, message_id: str) -> FailureRecord | None: ...
+
+    async def list(self, limit: int | None = None) -> list[FailureRecord]:
+        """The oldest failures first."""
+        ...
+
+    async def delete(self, message_id: str) -> bool:
+        """False when there was no such record."""
+        ...
+
+    async def note_replay_failed(
+        self, record: FailureRecord, error: dict[str, Any], http_status: int
+    ) -> FailureRecord: ...
+
+    async def close(self) -> None: ...
+
+
+class _FailureRecords:
+    """What both stores do on top of reading and writing one record."""
+
+    async def get(self, message_id: str) -> FailureRecord | None:
+        raise NotImplementedError
+
+    async def _put(self, record: FailureRecord) -> None:
+        raise NotImplementedError
+
+    async def keep(
+        self,
+        *,
+        message_id: str,
+        error: dict[str, Any],
+        http_status: int,
+        body: bytes,
+        delivery_count: int | None,
+        enqueued_time: datetime.datetime | None,
+        correlation_id: str | None,
+    ) -> FailureRecord:
         now = _now()
         previous = await self.get(message_id)
         truncated = len(body) > MAX_KEPT_BODY
@@ -91,6 +133,23 @@ class FailureStore(TableBacked):
         )
         await self._put(record)
         return record
+
+    async def note_replay_failed(self, record: FailureRecord, error: dict[str, Any], http_status: int) -> FailureRecord:
+        updated = replace(
+            record,
+            code=str(error.get("code", record.code)),
+            message=str(error.get("message", record.message)),
+            target=str(error["target"]) if error.get("target") else None,
+            http_status=http_status,
+            last_failed_at=_now(),
+            replays=record.replays + 1,
+        )
+        await self._put(updated)
+        return updated
+
+
+class TableFailureStore(_FailureRecords, TableBacked):
+    """Permanent failures of queue messages in Table Storage (see the module docstring for the row layout)."""
 
     async def _put(self, record: FailureRecord) -> None:
         from azure.data.tables import UpdateMode
@@ -116,8 +175,7 @@ class FailureStore(TableBacked):
         with translate_storage_errors():
             async for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": PARTITION}):
                 records.append(_from_entity(entity))
-        records.sort(key=lambda r: r.first_failed_at)
-        return records if limit is None else records[:limit]
+        return _oldest_first(records, limit)
 
     async def delete(self, message_id: str) -> bool:
         if await self.get(message_id) is None:
@@ -126,21 +184,32 @@ class FailureStore(TableBacked):
             await self._table.delete_entity(PARTITION, escape_key(message_id))
         return True
 
-    async def note_replay_failed(self, record: FailureRecord, error: dict[str, Any], http_status: int) -> FailureRecord:
-        updated = replace(
-            record,
-            code=str(error.get("code", record.code)),
-            message=str(error.get("message", record.message)),
-            target=str(error["target"]) if error.get("target") else None,
-            http_status=http_status,
-            last_failed_at=_now(),
-            replays=record.replays + 1,
-        )
-        await self._put(updated)
-        return updated
+
+class MemoryFailureStore(_FailureRecords):
+    """The same records in process memory (tests)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, FailureRecord] = {}
+
+    async def _put(self, record: FailureRecord) -> None:
+        self._records[record.message_id] = record
+
+    async def get(self, message_id: str) -> FailureRecord | None:
+        return self._records.get(message_id)
+
+    async def list(self, limit: int | None = None) -> list[FailureRecord]:
+        return _oldest_first(list(self._records.values()), limit)
+
+    async def delete(self, message_id: str) -> bool:
+        return self._records.pop(message_id, None) is not None
 
     async def close(self) -> None:
-        await self._table.close()
+        return None
+
+
+def _oldest_first(records: list[FailureRecord], limit: int | None) -> list[FailureRecord]:
+    records.sort(key=lambda r: r.first_failed_at)
+    return records if limit is None else records[:limit]
 
 
 def _to_entity(record: FailureRecord) -> dict[str, Any]:

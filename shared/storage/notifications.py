@@ -13,74 +13,90 @@ Two tables:
   recalled), conversation id, service URL, activity id, error code and message, times.
 
 Rows are inserted if absent and rewritten under an ETag match, so concurrent attempts never move one back.
+
+``NotificationStore`` is the protocol the use cases call; ``TableNotificationStore`` (the app's) and
+``MemoryNotificationStore`` (tests) implement it and pass one behaviour suite.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import datetime
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.errors import InvalidRequestError, TransientError
+from shared.errors import TransientError
 from shared.request_models import NotifyRequest, UpdateRequest
-from shared.response_models import DeliveryCounts, DeliveryResult, DeliveryState, ErrorDetail
-from shared.store import TableBacked, escape_key, translate_storage_errors
+from shared.response_models import DeliveryCounts
+from shared.storage.notification_rows import (
+    HEADER_ROW,
+    Delivery,
+    Header,
+    content_fields,
+    content_properties,
+    decode_token,
+    delivery_of,
+    encode_token,
+    entity_of,
+    joined_content,
+    recipient_row,
+    utc_now,
+)
+from shared.storage.tables import TableBacked, escape_key, translate_storage_errors, update_if_unchanged
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
 
-HEADER_ROW = "notification"
+# The records are the store's vocabulary: callers import them from here.
+__all__ = [
+    "Delivery",
+    "Header",
+    "MemoryNotificationStore",
+    "NotificationStore",
+    "TableNotificationStore",
+    "content_fields",
+    "note",
+    "recipient_row",
+    "settle",
+]
+
 _TRANSACTION = 100  # Table Storage's limit of operations per batch
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    notification_id: str
-    recipient: str
-    tenant_id: str
-    state: DeliveryState
-    activity_id: str | None = None
-    conversation_id: str | None = None
-    service_url: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    content_fingerprint: str | None = None  # of the last update applied
-    etag: str | None = None
-    error_status: int | None = None  # HTTP status of the last error (pending: ours or upstream's; failed: 4xx)
-
-    @property
-    def needs_operator(self) -> bool:
-        """Still pending after a failure on our side that a retry alone will not fix (configuration,
-        permissions, an upstream error): kept for an operator's replay rather than redelivered."""
-        return self.state == "pending" and self.error_status is not None and self.error_status not in (409, 503)
-
-    def result(self) -> DeliveryResult:
-        error = ErrorDetail(code=self.error_code, message=self.error_message or "") if self.error_code else None
-        return DeliveryResult(recipient=self.recipient, state=self.state, activity_id=self.activity_id, error=error)
-
-
-@dataclass(frozen=True)
-class Header:
-    notification_id: str
-    tenant_id: str
-    total: int
-    fingerprint: str
-    content: NotifyRequest  # text, card, summary (recipient fields unset)
-    source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
-    recalled: bool = False  # the whole notification was recalled: queued items are not sent
-    owner: str = ""  # the Entra ID client that created it ("" for function keys and the queue)
-
-
-class NotificationStore(TableBacked):
+class NotificationStore(Protocol):
     """Notification headers and per-recipient delivery rows (see the module docstring)."""
+
+    async def create_header(self, header: Header) -> Header: ...
+
+    async def get_header(self, notification_id: str) -> Header | None: ...
+
+    async def mark_recalled(self, notification_id: str) -> None: ...
+
+    async def set_content(self, notification_id: str, update: UpdateRequest) -> None: ...
+
+    async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]: ...
+
+    async def get(self, notification_id: str, recipient: str) -> Delivery | None: ...
+
+    async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool: ...
+
+    async def create(self, delivery: Delivery) -> bool: ...
+
+    async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery: ...
+
+    async def all(self, notification_id: str) -> list[Delivery]: ...
+
+    async def counts(self, notification_id: str) -> DeliveryCounts: ...
+
+    async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]: ...
+
+    async def close(self) -> None: ...
+
+
+class TableNotificationStore(TableBacked):
+    """Notification headers and per-recipient delivery rows in Table Storage (module docstring)."""
 
     def __init__(self, headers: TableClient, deliveries: TableClient) -> None:
         super().__init__(headers, deliveries)
@@ -101,8 +117,8 @@ class NotificationStore(TableBacked):
             "Fingerprint": header.fingerprint,
             "Source": header.source,
             "Owner": header.owner,
-            **_content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
-            "CreatedAt": _now(),
+            **content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
+            "CreatedAt": utc_now(),
         }
         try:
             with translate_storage_errors():
@@ -130,7 +146,7 @@ class NotificationStore(TableBacked):
             tenant_id=str(entity["TenantId"]),
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
-            content=NotifyRequest.model_construct(**content_fields(json.loads(_joined_content(entity)))),
+            content=NotifyRequest.model_construct(**content_fields(json.loads(joined_content(entity)))),
             source=str(entity.get("Source") or ""),
             recalled=bool(entity.get("RecalledAt")),
             owner=str(entity.get("Owner") or ""),
@@ -144,7 +160,7 @@ class NotificationStore(TableBacked):
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
-                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "RecalledAt": _now()},
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, "RecalledAt": utc_now()},
                     mode=UpdateMode.MERGE,
                 )
         except ResourceNotFoundError:
@@ -155,7 +171,7 @@ class NotificationStore(TableBacked):
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        content = _content_properties(update.model_dump_json(exclude_none=True))
+        content = content_properties(update.model_dump_json(exclude_none=True))
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
@@ -174,7 +190,7 @@ class NotificationStore(TableBacked):
         existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
         missing = [r for r in recipients if recipient_row(r) not in existing]
         partition = escape_key(notification_id)
-        now = _now()
+        now = utc_now()
         with translate_storage_errors():
             for start in range(0, len(missing), _TRANSACTION):
                 chunk = missing[start : start + _TRANSACTION]
@@ -215,27 +231,19 @@ class NotificationStore(TableBacked):
                 entity = await self._deliveries.get_entity(escape_key(notification_id), recipient_row(recipient))
         except ResourceNotFoundError:
             return None
-        return _delivery(entity)
+        return delivery_of(entity)
 
     async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
         """Write a recipient's row. With ``if_match`` the write happens only if the row is unchanged
         since it was read (False when it changed: another attempt or a recall got there first)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         await self._ensure_table()
-        entity = _entity(delivery)
-        try:
-            with translate_storage_errors():
-                if if_match is None:
-                    await self._deliveries.upsert_entity(entity, mode=UpdateMode.MERGE)
-                else:
-                    await self._deliveries.update_entity(
-                        entity, mode=UpdateMode.MERGE, etag=if_match, match_condition=MatchConditions.IfNotModified
-                    )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
+        entity = entity_of(delivery)
+        if if_match is not None:
+            return await update_if_unchanged(self._deliveries, entity, if_match, merge=True) is not None
+        with translate_storage_errors():
+            await self._deliveries.upsert_entity(entity, mode=UpdateMode.MERGE)
         return True
 
     async def create(self, delivery: Delivery) -> bool:
@@ -245,28 +253,13 @@ class NotificationStore(TableBacked):
         await self._ensure_table()
         try:
             with translate_storage_errors():
-                await self._deliveries.create_entity(_entity(delivery))
+                await self._deliveries.create_entity(entity_of(delivery))
         except ResourceExistsError:
             return False
         return True
 
     async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
-        """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
-        never over one that became final meanwhile (sent, failed, recalled by another attempt or a
-        recall). Returns the row as it is afterwards. ``likely_new`` (a single send's own row) tries
-        the insert first: one storage request instead of a read and a write in the common case."""
-        if likely_new and await self.create(delivery):
-            return delivery
-        for _ in range(5):
-            current = await self.get(delivery.notification_id, delivery.recipient)
-            if current is None:
-                if await self.create(delivery):
-                    return delivery
-            elif current.state != "pending":
-                return current
-            elif await self.record(delivery, if_match=current.etag):
-                return delivery
-        raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
+        return await settle(self, delivery, likely_new=likely_new)
 
     async def all(self, notification_id: str) -> list[Delivery]:
         await self._ensure_table()
@@ -275,7 +268,7 @@ class NotificationStore(TableBacked):
             async for entity in self._deliveries.query_entities(
                 "PartitionKey eq @pk", parameters={"pk": escape_key(notification_id)}
             ):
-                rows.append(_delivery(entity))
+                rows.append(delivery_of(entity))
         return rows
 
     async def counts(self, notification_id: str) -> DeliveryCounts:
@@ -291,7 +284,7 @@ class NotificationStore(TableBacked):
 
     async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
         await self._ensure_table()
-        continuation = _decode_token(token) if token else None
+        continuation = decode_token(token) if token else None
         rows: list[Delivery] = []
         next_token: str | None = None
         with translate_storage_errors():
@@ -300,108 +293,11 @@ class NotificationStore(TableBacked):
             ).by_page(continuation_token=continuation)
             async for page in pages:
                 async for entity in page:
-                    rows.append(_delivery(entity))
+                    rows.append(delivery_of(entity))
                 raw = getattr(pages, "continuation_token", None)
-                next_token = _encode_token(raw) if raw else None
+                next_token = encode_token(raw) if raw else None
                 break
         return rows, next_token
-
-    async def close(self) -> None:
-        await self._headers.close()
-        await self._deliveries.close()
-
-
-# A Table Storage string property holds at most 32K UTF-16 characters, and a message Teams accepts
-# (~100 KB as UTF-16) may need up to four: the content is kept in "Content", "Content1", ... and
-# "ContentParts" says how many (rows written before it have one "Content").
-_CONTENT_CHARS = 30_000
-
-
-def _content_properties(content: str) -> dict[str, Any]:
-    parts = [content[i : i + _CONTENT_CHARS] for i in range(0, max(1, len(content)), _CONTENT_CHARS)]
-    properties: dict[str, Any] = {"ContentParts": len(parts)}
-    for index, part in enumerate(parts):
-        properties["Content" if index == 0 else f"Content{index}"] = part
-    return properties
-
-
-def _joined_content(entity: Any) -> str:
-    parts = int(entity.get("ContentParts") or 1)
-    return str(entity["Content"]) + "".join(str(entity[f"Content{i}"]) for i in range(1, parts))
-
-
-def recipient_row(recipient: str) -> str:
-    return escape_key(recipient.strip().lower())
-
-
-def content_fields(content: dict[str, Any]) -> dict[str, Any]:
-    """The message content (text, card, summary) of a stored notification's content."""
-    return {"text": content.get("text"), "card": content.get("card"), "summary": content.get("summary")}
-
-
-def _entity(d: Delivery) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": escape_key(d.notification_id),
-        "RowKey": recipient_row(d.recipient),
-        "NotificationId": d.notification_id,
-        "Recipient": d.recipient,
-        "TenantId": d.tenant_id,
-        "State": d.state,
-        "ActivityId": d.activity_id or "",
-        "ConversationId": d.conversation_id or "",
-        "ServiceUrl": d.service_url or "",
-        "ErrorCode": d.error_code or "",
-        "ErrorMessage": d.error_message or "",
-        "ContentFingerprint": d.content_fingerprint or "",
-        "ErrorStatus": d.error_status or 0,
-        "UpdatedAt": _now(),
-    }
-    return entity
-
-
-def _delivery(entity: Any) -> Delivery:
-    def text(name: str) -> str | None:
-        value = entity.get(name)
-        return str(value) if value else None
-
-    state = str(entity.get("State", "pending"))
-    return Delivery(
-        notification_id=str(entity["NotificationId"]),
-        recipient=str(entity["Recipient"]),
-        tenant_id=str(entity["TenantId"]),
-        state=state if state in ("pending", "sent", "failed", "recalled") else "pending",  # type: ignore[arg-type]
-        activity_id=text("ActivityId"),
-        conversation_id=text("ConversationId"),
-        service_url=text("ServiceUrl"),
-        error_code=text("ErrorCode"),
-        error_message=text("ErrorMessage"),
-        content_fingerprint=text("ContentFingerprint"),
-        error_status=int(entity.get("ErrorStatus") or 0) or None,
-        etag=str(entity.metadata["etag"]) if getattr(entity, "metadata", None) else None,
-    )
-
-
-def _encode_token(raw: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(raw, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> Any:  # by_page is typed str; the tables SDK takes this dict
-    """The Table Storage continuation (``{"PartitionKey": ..., "RowKey": ...}``) a page token carries."""
-    invalid = InvalidRequestError(
-        "continuationToken is not one this API returned.", code="invalid_continuation_token", target="continuationToken"
-    )
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError, RecursionError) as err:
-        raise invalid from err
-    if (
-        not isinstance(raw, dict)
-        or not raw
-        or not set(raw) <= {"PartitionKey", "RowKey"}
-        or not all(isinstance(v, str) for v in raw.values())
-    ):
-        raise invalid
-    return {str(k): str(v) for k, v in raw.items()}
 
 
 async def note(store: NotificationStore, row: Delivery) -> bool:
@@ -409,3 +305,120 @@ async def note(store: NotificationStore, row: Delivery) -> bool:
     if row.etag is None:
         return await store.create(row)
     return await store.record(row, if_match=row.etag)
+
+
+async def settle(store: NotificationStore, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
+    """Write ``delivery`` over a row that is absent (insert-if-absent) or still pending (ETag match),
+    never over one that became final meanwhile (sent, failed, recalled by another attempt or a
+    recall). Returns the row as it is afterwards. ``likely_new`` (a single send's own row) tries
+    the insert first: one storage request instead of a read and a write in the common case."""
+    if likely_new and await store.create(delivery):
+        return delivery
+    for _ in range(5):
+        current = await store.get(delivery.notification_id, delivery.recipient)
+        if current is None:
+            if await store.create(delivery):
+                return delivery
+        elif current.state != "pending":
+            return current
+        elif await store.record(delivery, if_match=current.etag):
+            return delivery
+    raise TransientError("The delivery record is contended; try again.", target="storage", retry_after=1.0)
+
+
+class MemoryNotificationStore:
+    """The same headers and rows in process memory, with the same conditions: inserts only if absent,
+    conditional writes only against the ETag read, rows listed in key order (tests)."""
+
+    def __init__(self) -> None:
+        self._headers: dict[str, tuple[Header, str]] = {}  # the header and its content as stored (JSON)
+        self._rows: dict[str, dict[str, Delivery]] = {}  # notification id -> row key -> row (with its etag)
+
+    async def create_header(self, header: Header) -> Header:
+        if header.notification_id not in self._headers:
+            stored = replace(header, recalled=False)
+            self._headers[header.notification_id] = (
+                stored,
+                header.content.model_dump_json(by_alias=True, exclude_none=True),
+            )
+            return header
+        existing = await self.get_header(header.notification_id)
+        assert existing is not None
+        return existing
+
+    async def get_header(self, notification_id: str) -> Header | None:
+        found = self._headers.get(notification_id)
+        if found is None:
+            return None
+        header, content = found
+        return replace(header, content=NotifyRequest.model_construct(**content_fields(json.loads(content))))
+
+    async def mark_recalled(self, notification_id: str) -> None:
+        if notification_id in self._headers:
+            header, content = self._headers[notification_id]
+            self._headers[notification_id] = (replace(header, recalled=True), content)
+
+    async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
+        if notification_id in self._headers:
+            header, _ = self._headers[notification_id]
+            self._headers[notification_id] = (header, update.model_dump_json(exclude_none=True))
+
+    async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]:
+        existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
+        for recipient in recipients:
+            if recipient_row(recipient) not in existing:
+                fresh = Delivery(notification_id, recipient, tenant_id, "pending")
+                await self.create(fresh)
+                existing[recipient_row(recipient)] = fresh
+        return [existing[recipient_row(r)] for r in recipients]
+
+    async def get(self, notification_id: str, recipient: str) -> Delivery | None:
+        return self._rows.get(notification_id, {}).get(recipient_row(recipient))
+
+    async def record(self, delivery: Delivery, *, if_match: str | None = None) -> bool:
+        rows = self._rows.setdefault(delivery.notification_id, {})
+        key = recipient_row(delivery.recipient)
+        if if_match is not None and (key not in rows or rows[key].etag != if_match):
+            return False
+        rows[key] = _stored(delivery)
+        return True
+
+    async def create(self, delivery: Delivery) -> bool:
+        rows = self._rows.setdefault(delivery.notification_id, {})
+        key = recipient_row(delivery.recipient)
+        if key in rows:
+            return False
+        rows[key] = _stored(delivery)
+        return True
+
+    async def settle(self, delivery: Delivery, *, likely_new: bool = False) -> Delivery:
+        return await settle(self, delivery, likely_new=likely_new)
+
+    async def all(self, notification_id: str) -> list[Delivery]:
+        return _in_key_order(self._rows.get(notification_id, {}).items())
+
+    async def counts(self, notification_id: str) -> DeliveryCounts:
+        counts: dict[str, int] = {}
+        for row in self._rows.get(notification_id, {}).values():
+            counts[row.state] = counts.get(row.state, 0) + 1
+        return DeliveryCounts(**counts)
+
+    async def page(self, notification_id: str, top: int, token: str | None) -> tuple[list[Delivery], str | None]:
+        start = str(decode_token(token).get("RowKey", "")) if token else ""
+        keys = sorted(k for k in self._rows.get(notification_id, {}) if k >= start)
+        rows = [self._rows[notification_id][k] for k in keys[:top]]
+        more = keys[top:]
+        next_token = encode_token({"PartitionKey": escape_key(notification_id), "RowKey": more[0]}) if more else None
+        return rows, next_token
+
+    async def close(self) -> None:
+        return None
+
+
+def _stored(delivery: Delivery) -> Delivery:
+    """A row as Table Storage gives it back: empty texts and a 0 status read as None, a fresh ETag."""
+    return delivery_of(entity_of(delivery), etag=str(uuid.uuid4()))
+
+
+def _in_key_order(rows: Iterable[tuple[str, Delivery]]) -> list[Delivery]:
+    return [row for _key, row in sorted(rows, key=lambda item: item[0])]

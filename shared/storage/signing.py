@@ -13,6 +13,9 @@ tag (128 bits) over its purpose and content, with a key the deployment owns:
 
 An id or item signed under another key (another deployment, a hand edit) fails the check; callers
 answer it as not found. Rotating the key invalidates outstanding ``s1.`` ids and queued items.
+
+``SigningKeys`` is the protocol the use cases call; ``TableSigningKeys`` (the app's) and
+``MemorySigningKeys`` (tests) implement it and pass one behaviour suite.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shared.errors import ConfigurationError
-from shared.store import TableBacked, translate_storage_errors
+from shared.storage.tables import TableBacked, translate_storage_errors
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -61,7 +64,15 @@ class Signer:
         return hmac.compare_digest(tag.encode(), self.tag(purpose, *parts).encode())
 
 
-class SigningKeys(TableBacked):
+class SigningKeys(Protocol):
+    """The deployment's signing key: the setting, or the one kept in storage (module docstring)."""
+
+    async def signer(self) -> Signer: ...
+
+    async def close(self) -> None: ...
+
+
+class TableSigningKeys(TableBacked):
     """The deployment's signing key: the setting, or the one kept in Table Storage (module docstring)."""
 
     def __init__(self, configured: bytes | None, table: TableClient) -> None:
@@ -103,8 +114,25 @@ class SigningKeys(TableBacked):
             target="NotificationSigningKey",
         )
 
+
+class MemorySigningKeys:
+    """The setting, or a key generated once and kept in process memory (tests)."""
+
+    def __init__(self, configured: bytes | None = None) -> None:
+        self._signer = Signer(configured) if configured is not None else None
+        self._stored = secrets.token_bytes(_KEY_BYTES)
+
+    def instance(self, configured: bytes | None = None) -> MemorySigningKeys:
+        """Another instance of the app over the same stored key."""
+        other = MemorySigningKeys(configured)
+        other._stored = self._stored
+        return other
+
+    async def signer(self) -> Signer:
+        return self._signer or Signer(self._stored)
+
     async def close(self) -> None:
-        await self._table.close()
+        return None
 
 
 def _decode_key(value: str) -> bytes:
