@@ -98,18 +98,9 @@ async def test_a_body_is_kept_byte_for_byte(store: FailureStore, size: int) -> N
     assert found is not None and found.body == body and not found.body_truncated
 
 
-# aiohttp (the async Table client's transport) advises streaming request bodies over 1 MiB; the
-# entity of a full record is about 1.2 MB as JSON. The advice is about event-loop latency, not an error.
-@pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
 async def test_a_body_larger_than_a_record_holds_is_cut_and_flagged(
-    store: FailureStore, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+    store: FailureStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if isinstance(store, TableFailureStore):
-        # Known and open: MAX_KEPT_BODY (14 x 63 KiB binary) is under Table Storage's documented 1 MiB
-        # of property data, but Azurite answers 400 EntityTooLarge (it measures the JSON request, where
-        # binary is base64: about 1.2 MB), so the record is not written and the message is redelivered.
-        # Strict: this fails loudly once the limit and the emulator agree.
-        request.applymarker(pytest.mark.xfail(reason="Azurite: EntityTooLarge for a full record", strict=True))
     body = b"x" * (MAX_KEPT_BODY + 10)
     with caplog.at_level(logging.ERROR):
         kept = await keep(store, body=body)
