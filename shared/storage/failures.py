@@ -6,8 +6,10 @@ and not lost: it is written to table ``{TableNamePrefix}failures`` with its reas
 the original body, delivery count, message id and times, and only then is the message completed.
 
 PartitionKey = ``queue``, RowKey = the escaped message id. The body is kept byte for byte as binary
-properties of up to 63 KiB each (Table Storage caps a binary property at 64 KiB and an entity's
-property data at 1 MiB: https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model);
+properties of up to 63,000 bytes each (Table Storage caps a binary property at "64 KiB" and an entity's
+property data at 1 MiB: https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model;
+the real service answers PropertyValueTooLarge for 65,536 bytes and accepts 64,000:
+https://github.com/Azure/Azurite/issues/2510);
 a body larger than ``MAX_KEPT_BODY`` is cut and flagged ``body_truncated`` (and logged).
 
 ``FailureStore`` is the protocol the use cases call; ``TableFailureStore`` (the app's) and
@@ -26,8 +28,8 @@ from shared.storage.tables import TableBacked, escape_key, translate_storage_err
 logger = logging.getLogger(__name__)
 
 PARTITION = "queue"
-_CHUNK = 63 * 1024
-# 11 chunks (693 KiB) keep the whole entity under 1 MiB even where the limit is measured on the JSON
+_CHUNK = 63_000
+# 11 chunks (693,000 bytes) keep the whole entity under 1 MiB even where the limit is measured on the JSON
 # request, in which binary travels as base64 (4/3 larger): Azurite answers 400 EntityTooLarge for 14
 # chunks (about 1.2 MB of JSON), and a record that cannot be written would leave the message to be
 # redelivered instead of kept. Service Bus Standard caps a message at 256 KiB, so only Premium
