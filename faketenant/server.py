@@ -152,6 +152,11 @@ def _tenant_hint(tenant: FakeTenant, req: Request) -> str | None:
     return None
 
 
+#: How often the serving loop looks for a stop request: stop() waits up to this long, and the tests start
+#: and stop a server per test (0.1 s each added about half a minute to the suite).
+POLL_INTERVAL = 0.01
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -251,7 +256,7 @@ class FakeTenantServer:
         self.port = self._server.server_address[1]
         self.tenant.base_url = self.base_url
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="faketenant", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}, name="faketenant", daemon=True
         )
         self._thread.start()
         logger.info("faketenant serving on %s", self.base_url)

@@ -23,6 +23,34 @@ from tests.azurite import Azurite
 CLIENT_SECRET = "fake-client-secret-value-7f3a9c"
 
 
+# The slowest tests, by measured duration (``--durations``, serial run, busy machine: seconds), longest
+# first: they start first, and the other tests run beside them when the suite runs in parallel
+# (``./scripts/test`` runs pytest-xdist, ``-n``). Most of them wait (for a subprocess, a real outage, a
+# rate limit); the fan-out of 1,000 computes. A name that goes stale here costs speed only, never a test.
+SLOW_FIRST = (
+    "tests/test_fanout.py::test_a_thousand_recipients_",  # 195
+    "tests/test_bench_smoke.py::",  # 76
+    "tests/test_infra.py::test_checkov_",  # 69 (one checkov run for both tests: test_infra.py)
+    "tests/test_playground.py::",  # 47 + 25 (two Playgrounds)
+    "tests/test_cli.py::test_operators_sign_in_with_their_own_identity_",  # 29
+    "tests/test_sandbox.py::",  # 29
+    "tests/test_budget.py::",  # 27
+    "tests/test_fanout.py::test_kept_fan_out_recipient_is_replayed_",  # 23
+    "tests/test_robustness.py::test_storage_down_",  # 20 + 18 + 15 + 10 (real outages)
+    "tests/test_fanout.py::test_errors_on_our_side_leave_recipients_pending_",  # 19
+    "tests/test_properties.py::",  # 16 + 3 + 2
+    "tests/test_cli.py::test_status_watch_follows_",  # 11
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each file, and so its module fixtures, is kept
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     server = Azurite().start()

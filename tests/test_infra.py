@@ -3,6 +3,7 @@ shared/settings.py, secretless configuration, and the documented ids of roles an
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -596,6 +597,20 @@ CANARY_FILE = "checkov-canary.bicep"
 
 @pytest.fixture(scope="module")
 def checkov_failed(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
+    """The checkov run's failed checks: one run per test run, also when its tests land in different
+    pytest-xdist worker processes (the first runs it, under a lock; the others read its result)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    result = shared / "checkov-failed.json"
+    with open(shared / "checkov.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            result.write_text(json.dumps(_checkov_failed(tmp_path_factory)), encoding="utf-8")
+        failed: list[dict[str, str]] = json.loads(result.read_text(encoding="utf-8"))
+    return failed
+
+
+def _checkov_failed(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     """Failed checks of one checkov run (offline) over a copy of infra/ plus the canary, with the
     `extension` lines blanked (checkov's Bicep parser predates the statement)."""
     assert CHECKOV.is_file(), f"{CHECKOV} missing: ./scripts/test installs it (requirements-checkov.txt)"
