@@ -27,6 +27,9 @@ from tests.tables import azurite_tables
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
 OTHER_TENANT = "6a1f0e44-92b2-4a43-b7a4-6c3f5d2e8f00"
 SHORT_LEASE = 0.5
+# The lease of whoever takes a marker over: long enough that a loaded machine does not see it end too
+# (a marker whose lease ended is fair game again, so a short one would let a second takeover win).
+TAKER_LEASE = 60.0
 
 StoreFactory = Callable[[float], IdempotencyStore]
 
@@ -124,10 +127,10 @@ async def test_concurrent_claims_of_a_new_key_have_one_winner(store: Idempotency
 
 
 async def test_a_marker_whose_lease_ran_out_is_taken_over(make_store: StoreFactory) -> None:
-    store = make_store(SHORT_LEASE)
-    dead = await store.claim("queue", TENANT, "m-1", "fp")
+    dead = await make_store(SHORT_LEASE).claim("queue", TENANT, "m-1", "fp")
     assert isinstance(dead, Claimed)
     await asyncio.sleep(SHORT_LEASE + 0.1)
+    store = make_store(TAKER_LEASE)
     taken = await store.claim("queue", TENANT, "m-1", "fp")
     assert isinstance(taken, Claimed) and taken.etag != dead.etag
     # The attempt that outlived its lease can neither record a result nor free the key (stale ETag):
@@ -139,8 +142,8 @@ async def test_a_marker_whose_lease_ran_out_is_taken_over(make_store: StoreFacto
 
 
 async def test_concurrent_takeovers_have_one_winner(make_store: StoreFactory) -> None:
-    instances = [make_store(SHORT_LEASE) for _ in range(4)]
-    assert isinstance(await instances[0].claim("queue", TENANT, "m-1", "fp"), Claimed)
+    assert isinstance(await make_store(SHORT_LEASE).claim("queue", TENANT, "m-1", "fp"), Claimed)
+    instances = [make_store(TAKER_LEASE) for _ in range(4)]
     await asyncio.sleep(SHORT_LEASE + 0.1)
     claims = await asyncio.gather(*(s.claim("queue", TENANT, "m-1", "fp") for s in instances))
     assert sum(isinstance(c, Claimed) for c in claims) == 1
