@@ -20,7 +20,7 @@ from bench.report import Line
 from bench.rows import Sizes
 from bench.world import World
 from shared.bootstrap import build_services
-from shared.pipeline import Message
+from shared.message_content import MessageContent
 from shared.settings import load_settings
 from shared.storage.references import (
     CachedRecipientStore,
@@ -106,7 +106,7 @@ async def _measure_size(
     stride = probe_stride(count, len(real))
     fill = await populate(world, prefix + "accounts", count, real, stride)
     probe = [synthetic_upn(i) for i in range(0, count, stride)][: len(real)]
-    message = Message(text="scale")
+    message = MessageContent(text="scale")
 
     # Hit path: the process LRU holds the entries (primed without 100k round trips; it keeps at most
     # its max_entries, 50,000 by default, so the most recent ones: the probed entries are remembered

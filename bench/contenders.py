@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 
 from bench.world import World
-from shared.pipeline import Message
+from shared.botframework import message_activity
+from shared.message_content import MessageContent
 
 TEXT = "Your **report** is ready"
 BOT_SCOPE = "https://api.botframework.com/.default"
@@ -31,7 +32,7 @@ GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 def activity_dict() -> dict[str, Any]:
     """The same activity every contender sends."""
-    return Message(text=TEXT).activity()
+    return message_activity(MessageContent(text=TEXT))
 
 
 def fetch_token(world: World, scope: str) -> str:
@@ -102,7 +103,7 @@ class LibrarySender:
 
     def __init__(self, recipients: list[str]) -> None:
         self._recipients = recipients
-        self._message = Message(text=TEXT)
+        self._message = MessageContent(text=TEXT)
 
     async def send(self, i: int) -> None:
         from shared.bootstrap import get_services

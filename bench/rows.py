@@ -14,7 +14,7 @@ from bench.measure import Timing, measure_interleaved, measure_sync
 from bench.report import Line
 from bench.world import WARM_RECIPIENTS, World
 from shared.bootstrap import build_services, reset_services
-from shared.pipeline import Message
+from shared.message_content import MessageContent
 from shared.settings import load_settings
 from shared.throttle import Throttle
 
@@ -66,7 +66,7 @@ async def calls_per_send(world: World, sizes: Sizes) -> list[Line]:
         world.new_users("calls-u", 1, installed=False)[0],
     )
     services = build_services(load_settings(world.env))
-    message = Message(text="calls")
+    message = MessageContent(text="calls")
     try:
         world.fake.clear_log()
         await services.notifier.send(installed, message)

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from shared.errors import AuthenticationError, ConfigurationError, InvalidRequestError, NotifyError, TransientError
+from shared.message_content import MessageContent
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +83,17 @@ def conversation_parameters(bot_id: str, member_id: str, tenant_id: str) -> dict
     }
 
 
-def message_activity(text: str | None, card: dict[str, Any] | None, summary: str | None) -> dict[str, Any]:
-    """A message Activity in the wire schema (botbuilder-schema's Activity field names)."""
+def message_activity(content: MessageContent) -> dict[str, Any]:
+    """A message Activity in the wire schema (botbuilder-schema's Activity field names): the one place a
+    message's content becomes what a send or an update puts on the wire."""
     activity: dict[str, Any] = {"type": "message"}
-    if text is not None:
-        activity["text"] = text
+    if content.text is not None:
+        activity["text"] = content.text
         activity["textFormat"] = "markdown"
-    if card is not None:
-        activity["attachments"] = [{"contentType": ADAPTIVE_CARD_CONTENT_TYPE, "content": card}]
-    if summary is not None:
-        activity["summary"] = summary
+    if content.card is not None:
+        activity["attachments"] = [{"contentType": ADAPTIVE_CARD_CONTENT_TYPE, "content": content.card}]
+    if content.summary is not None:
+        activity["summary"] = content.summary
     activity["channelData"] = {"notification": {"alert": True}}
     return activity
 

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import NotifyError, RequestInProgressError, TransientError
-from shared.pipeline import Message, recipient_hash
+from shared.pipeline import recipient_hash
 from shared.request_models import NotifyRequest
 from shared.results import Refused, SendOutcome, Sent, from_record, record_of
 from shared.storage.idempotency import Claimed, InFlight, Recorded, Source
@@ -127,9 +127,8 @@ async def _send(services: Services, request: NotifyRequest, notification_id: str
     """One send through the pipeline. Permanent failures become a ``Refused``; transient ones raise."""
     assert request.recipient is not None, "a send goes to one recipient"
     rhash = recipient_hash(request.tenant_id or services.settings.tenant_id, request.recipient)
-    message = Message(text=request.text, card=request.card, summary=request.summary)
     try:
-        result = await services.notifier.send(request.recipient, message, request.tenant_id)
+        result = await services.notifier.send(request.recipient, request, request.tenant_id)
     except TransientError as err:
         logger.warning("send to %s failed transiently: %s (retry after %.0fs)", rhash, err.code, err.retry_after)
         raise

@@ -23,7 +23,7 @@ from shared.lifecycle import delete_activity, status_of
 from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid
 from shared.request_models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
 from shared.results import FanOut, Refused, SendOutcome, Sent
-from shared.storage.notifications import Delivery, Header, content_fields, note
+from shared.storage.notifications import Delivery, Header, note
 
 if TYPE_CHECKING:
     from shared.bootstrap import Services
@@ -49,7 +49,7 @@ async def send_to_recipient(
         {
             "recipient": recipient,
             "tenantId": header.tenant_id,
-            **{k: v for k, v in content_fields(header.content.model_dump()).items() if v is not None},
+            **header.content.model_dump(exclude_none=True),
         }
     )
     key = delivery_id(header.notification_id, recipient)
@@ -133,9 +133,10 @@ async def open_notification(services: Services, request: NotifyRequest, notifica
     for another tenant or with another request is refused (422 ``idempotency_key_reused``)."""
     recipients = request.recipient_list()
     tenant = request.tenant_id or services.settings.tenant_id
-    content = NotifyRequest.model_construct(text=request.text, card=request.card, summary=request.summary)
     header = await services.notifications.create_header(
-        Header(notification_id, tenant, len(recipients), request.fingerprint(), content, source, owner=owner_id())
+        Header(
+            notification_id, tenant, len(recipients), request.fingerprint(), request.content(), source, owner=owner_id()
+        )
     )
     same_source = header.source in ("", source)
     same = header.fingerprint == request.fingerprint() and header.tenant_id == tenant and same_source

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shared.botframework import message_activity
 from shared.callerauth import may_access, owner_id
 from shared.errors import (
     InvalidRequestError,
@@ -21,7 +22,7 @@ from shared.errors import (
     WrongRegionError,
 )
 from shared.notification_ids import HANDLE_PREFIX, delivery_from_handle
-from shared.pipeline import Message, recipient_hash
+from shared.pipeline import recipient_hash
 from shared.request_models import UpdateRequest
 from shared.response_models import ChangeResponse, ChangeResult, DeliveryCounts, ErrorDetail, NotificationStatus
 from shared.storage.notifications import Delivery, Header, note, recipient_row
@@ -151,7 +152,7 @@ async def update_notification(
     if recipient is None:
         await services.notifications.set_content(notification_id, update)
     fingerprint = update.fingerprint()
-    activity = Message(text=update.text, card=update.card, summary=update.summary).activity()
+    activity = message_activity(update)
 
     async def one(row: Delivery) -> ChangeResult:
         if row.state == "recalled":

@@ -35,6 +35,7 @@ from shared.errors import (
     WrongRegionError,
 )
 from shared.graph import GraphClient
+from shared.message_content import MessageContent
 from shared.settings import Settings
 from shared.storage.optout import OptOutStore
 from shared.storage.references import ConversationReference, RecipientStore, recipient_key
@@ -44,16 +45,6 @@ logger = logging.getLogger(__name__)
 
 #: How often a warm send refreshes its cache entry's UpdatedAt (what the retention purge measures).
 CACHE_USE_RECORD_INTERVAL = datetime.timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class Message:
-    text: str | None = None
-    card: dict[str, Any] | None = None
-    summary: str | None = None
-
-    def activity(self) -> dict[str, Any]:
-        return message_activity(self.text, self.card, self.summary)
 
 
 @dataclass(frozen=True)
@@ -105,14 +96,14 @@ class Notifier:
     def throttle(self) -> Throttle:
         return self._throttle
 
-    async def send(self, recipient: str, message: Message, tenant_id: str | None = None) -> SendResult:
+    async def send(self, recipient: str, message: MessageContent, tenant_id: str | None = None) -> SendResult:
         """Send within one of the process's concurrency slots (MaxConcurrentSends)."""
         async with self._throttle.slot():
             return await self._send_unbounded(recipient, message, tenant_id)
 
-    async def _send_unbounded(self, recipient: str, message: Message, tenant_id: str | None) -> SendResult:
+    async def _send_unbounded(self, recipient: str, message: MessageContent, tenant_id: str | None) -> SendResult:
         tenant = tenant_id or self._settings.tenant_id
-        activity = message.activity()
+        activity = message_activity(message)
         entry = await self._store.get(tenant, recipient)
         resolved = False
         if entry is None:

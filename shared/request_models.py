@@ -5,7 +5,8 @@ The notify interface is described in docs/API.md, "Sending from Power Automate, 
 One model, one validation, for every way a send request arrives: the HTTP body of ``POST /api/notify``
 and the body of a Service Bus message are both parsed by ``parse_notify_request``. The Power Automate
 connector's OpenAPI definition (connector/apiDefinition.swagger.json) describes these same models; a
-test keeps the two in step.
+test keeps the two in step. The content (text, card, summary) is ``shared.message_content``'s
+``MessageContent``, which both a send and an update are.
 
 Unknown fields are rejected (400 ``unknown_field`` naming the field): a misspelt ``tenantID`` or
 ``Text`` silently ignored would send the wrong message or to the wrong tenant.
@@ -16,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from shared.errors import InvalidRequestError
 from shared.jsonbody import MAX_BODY_BYTES, MAX_RECIPIENTS, json_object, too_large
+from shared.message_content import Card, MessageContent, Summary, Text
 
 # Fan-out (docs/API.md, "Sending to many recipients"): up to SYNC_RECIPIENTS are sent while the caller
 # waits (200), more are queued (202 + Location).
@@ -35,9 +37,8 @@ _MAX_FIELD_NAME_IN_MESSAGE = 64
 Recipient = Annotated[str, Field(min_length=1, max_length=320)]
 
 
-class NotifyRequest(BaseModel):
-    """The body of ``POST /api/notify`` and of a Service Bus message: text and/or card to one user
-    (``recipient``) or to many (``recipients``)."""
+class Addressing(BaseModel):
+    """Whom a send goes to: one user (``recipient``) or many (``recipients``), in a tenant."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
@@ -70,31 +71,6 @@ class NotifyRequest(BaseModel):
             description="The recipient's Entra tenant id (a GUID). Default: the app's home tenant.",
         ),
     ] = None
-    text: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            title="Text",
-            description="The message text (Markdown). Give text, card, or both. Teams accepts about 100 KB of text "
-            "and card together, measured as UTF-16 (2 bytes per character; images as URLs).",
-        ),
-    ] = None
-    card: Annotated[
-        dict[str, Any] | None,
-        Field(
-            title="Adaptive Card",
-            description='An Adaptive Card JSON object ({"type": "AdaptiveCard", ...}). Give text, card, or both.',
-        ),
-    ] = None
-    summary: Annotated[
-        str | None,
-        Field(
-            min_length=1,
-            max_length=1024,
-            title="Summary",
-            description="Optional preview text shown in the notification and activity feed.",
-        ),
-    ] = None
 
     @field_validator("recipient")
     @classmethod
@@ -106,20 +82,28 @@ class NotifyRequest(BaseModel):
     def _recipients_are_names(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [_a_name(v) for v in value]
 
-    @field_validator("card")
-    @classmethod
-    def _card_is_adaptive(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") != "AdaptiveCard":
-            raise ValueError('must be an Adaptive Card object with "type": "AdaptiveCard"')
-        return value
-
     @model_validator(mode="after")
-    def _text_or_card(self) -> NotifyRequest:
+    def _recipient_or_recipients(self) -> Self:
         if (self.recipient is None) == (self.recipients is None):
             raise PydanticCustomError("recipient_count", "give recipient or recipients (exactly one of the two)")
-        if self.text is None and self.card is None:
-            raise ValueError("give text, card, or both")
         return self
+
+    def recipient_list(self) -> list[str]:
+        """Every recipient once (the first spelling of each, case-insensitively), in request order."""
+        seen: dict[str, str] = {}
+        for name in [self.recipient] if self.recipient is not None else list(self.recipients or []):
+            seen.setdefault(name.lower(), name)
+        return list(seen.values())
+
+
+# The bases in this order keep the request's field order (recipient, recipients, tenantId, text, card,
+# summary: pydantic collects fields from the last base first) and check whom before what: an
+# inherited validator of Addressing runs before MessageContent's.
+class NotifyRequest(MessageContent, Addressing):
+    """The body of ``POST /api/notify`` and of a Service Bus message: text and/or card to one user
+    (``recipient``) or to many (``recipients``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
     def fingerprint(self) -> str:
         """A digest of what is sent to whom: a repeated idempotency key must carry the same request."""
@@ -129,18 +113,6 @@ class NotifyRequest(BaseModel):
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def recipient_list(self) -> list[str]:
-        """Every recipient once (the first spelling of each, case-insensitively), in request order."""
-        seen: dict[str, str] = {}
-        for name in [self.recipient] if self.recipient is not None else list(self.recipients or []):
-            seen.setdefault(name.lower(), name)
-        return list(seen.values())
-
-    def content_bytes(self) -> int:
-        """The size of what is sent (text, card, summary), which Teams limits."""
-        content = {"text": self.text, "card": self.card, "summary": self.summary}
-        return len(json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode())
-
 
 def _a_name(value: str) -> str:
     stripped = value.strip()
@@ -149,38 +121,12 @@ def _a_name(value: str) -> str:
     return stripped
 
 
-class UpdateRequest(BaseModel):
+class UpdateRequest(MessageContent):
     """The body of ``PUT /api/notifications/{id}``: the new content of the sent message."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    text: Annotated[str | None, Field(min_length=1, title="Text", description="The new message text (Markdown).")] = (
-        None
-    )
-    card: Annotated[
-        dict[str, Any] | None,
-        Field(title="Adaptive Card", description="The new Adaptive Card JSON object. Give text, card, or both."),
-    ] = None
-    summary: Annotated[
-        str | None, Field(min_length=1, max_length=1024, title="Summary", description="Optional preview text.")
-    ] = None
-
-    @field_validator("card")
-    @classmethod
-    def _card_is_adaptive(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") != "AdaptiveCard":
-            raise ValueError('must be an Adaptive Card object with "type": "AdaptiveCard"')
-        return value
-
-    @model_validator(mode="after")
-    def _text_or_card(self) -> UpdateRequest:
-        if self.text is None and self.card is None:
-            raise ValueError("give text, card, or both")
-        return self
-
-    def fingerprint(self) -> str:
-        canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+    text: Annotated[Text, Field(description="The new message text (Markdown).")] = None
+    card: Annotated[Card, Field(description="The new Adaptive Card JSON object. Give text, card, or both.")] = None
+    summary: Annotated[Summary, Field(description="Optional preview text.")] = None
 
 
 class FanOutItem(BaseModel):
@@ -218,9 +164,8 @@ def parse_update_request(body: bytes, content_type: str | None = None) -> Update
         request = UpdateRequest.model_validate(payload)
     except ValidationError as err:
         raise _validation_error(err.errors(include_url=False, include_input=False), UpdateRequest) from None
-    size = len(json.dumps(request.model_dump(), separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_BODY_BYTES:
-        raise too_large(size)
+    if request.content_bytes() > MAX_BODY_BYTES:
+        raise too_large(request.content_bytes())
     return request
 
 
@@ -263,4 +208,3 @@ def _validation_error(errors: list[ErrorDetails], model: type[BaseModel] = Notif
     elif not first["loc"]:
         target = "text, card"
     return InvalidRequestError(f"Invalid request: {messages}.", code=code, target=target)
-

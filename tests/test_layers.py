@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.settings",
             "shared.logcontext",
             "shared.jsonbody",
+            "shared.message_content",
             "shared.request_models",
             "shared.response_models",
         },

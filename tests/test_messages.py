@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from faketenant import FakeUser
 from shared.bootstrap import Services, get_services
 from shared.inbound import HELP_TEXT
-from shared.pipeline import Message
+from shared.message_content import MessageContent
 from tests.conftest import World
 from tests.functions import user_function
 
@@ -121,7 +121,7 @@ async def test_install_activity_makes_the_next_send_one_request_without_graph(
     assert await services.store.get(world.tenant.tenant_id, "ALICE@contoso.com") == entry
 
     world.tenant.clear_log()
-    result = await services.notifier.send("alice@contoso.com", Message(text="Your report is ready"))
+    result = await services.notifier.send("alice@contoso.com", MessageContent(text="Your report is ready"))
 
     assert not result.resolved
     assert [r.route for r in world.tenant.log] == ["connector.send"]
@@ -134,7 +134,7 @@ async def test_install_activity_for_an_install_we_made_keeps_the_cache_warm(
     """Our own Graph install makes Teams call the endpoint; the entry it writes matches the resolution."""
     bob = world.user("bob")
     services = await app_services()
-    await services.notifier.send(bob.upn, Message(text="first"))
+    await services.notifier.send(bob.upn, MessageContent(text="first"))
     resolved = await services.store.get(world.tenant.tenant_id, bob.upn)
     world.tenant.open_conversation(bob)  # the conversation Teams names in the activity
     activity = activity_for(world, bob, "conversationUpdate")
@@ -148,7 +148,7 @@ async def test_install_activity_for_an_install_we_made_keeps_the_cache_warm(
     assert resolved.account_id is None and resolved.conversation_id == world.tenant.chat_id_for(bob)
     assert (entry.account_id, entry.conversation_id) == (bob.account_id, activity["conversation"]["id"])
     world.tenant.clear_log()
-    await services.notifier.send(bob.oid, Message(text="second"))
+    await services.notifier.send(bob.oid, MessageContent(text="second"))
     assert upstream(world) == ["connector.send"]
 
 
@@ -178,7 +178,7 @@ async def test_uninstall_activity_evicts_and_the_next_send_installs_again(
     assert await services.store.get(world.tenant.tenant_id, alice.oid) is None
     assert await services.store.get(world.tenant.tenant_id, alice.upn) is None
     world.tenant.clear_log()
-    result = await services.notifier.send(alice.upn, Message(text="welcome back"))
+    result = await services.notifier.send(alice.upn, MessageContent(text="welcome back"))
     assert result.resolved
     assert upstream(world)[:3] == ["graph.installed_apps", "graph.catalog", "graph.install"]
     assert world.tenant.is_installed(alice)
@@ -268,7 +268,7 @@ async def test_a_message_gets_the_help_reply_in_the_same_chat(
     # The message also refreshed the cache: the next send by object id is warm.
     services = await app_services()
     world.tenant.clear_log()
-    assert not (await services.notifier.send(alice.oid, Message(text="hi"))).resolved
+    assert not (await services.notifier.send(alice.oid, MessageContent(text="hi"))).resolved
     assert upstream(world) == ["connector.send"]
 
 

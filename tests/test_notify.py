@@ -12,10 +12,10 @@ import pytest
 
 from shared.bootstrap import Services, build_services
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError
-from shared.pipeline import Message
+from shared.message_content import MessageContent
 from tests.conftest import World
 
-HELLO = Message(text="Your **report** is ready")
+HELLO = MessageContent(text="Your **report** is ready")
 UPSTREAM = ("graph.", "connector.")
 
 
@@ -54,7 +54,7 @@ async def test_cold_send_to_installed_user_then_warm_send_is_one_request(world: 
     ]
 
     world.tenant.clear_log()
-    result = await services.notifier.send("bob@contoso.com", Message(text="second"))
+    result = await services.notifier.send("bob@contoso.com", MessageContent(text="second"))
     assert not result.resolved
     assert [r.route for r in world.tenant.log] == ["connector.send"]
     assert [m["activity"]["text"] for m in world.tenant.messages_for(bob)] == ["Your **report** is ready", "second"]
@@ -67,7 +67,7 @@ async def test_memoised_entry_survives_a_process_restart(world: World, services:
     fresh_process = build_services(world.settings)
     try:
         world.tenant.clear_log()
-        await fresh_process.notifier.send("BOB@contoso.com", Message(text="from another instance"))
+        await fresh_process.notifier.send("BOB@contoso.com", MessageContent(text="from another instance"))
     finally:
         await fresh_process.aclose()
     # Only a token (new process) and the send: the entry came from Table Storage.
@@ -76,7 +76,7 @@ async def test_memoised_entry_survives_a_process_restart(world: World, services:
 
 async def test_card_and_summary_are_sent_as_an_adaptive_card(world: World, services: Services) -> None:
     card = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Approve?"}]}
-    await services.notifier.send("alice@contoso.com", Message(card=card, summary="Approval needed"))
+    await services.notifier.send("alice@contoso.com", MessageContent(card=card, summary="Approval needed"))
     [delivered] = world.tenant.messages_for(world.user("alice"))
     activity = delivered["activity"]
     assert activity["attachments"] == [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}]
@@ -90,7 +90,7 @@ async def test_stale_conversation_is_evicted_resolved_again_and_sent(world: Worl
     world.tenant.add_fault("connector.send", 404, body=gone)
     world.tenant.clear_log()
 
-    again = await services.notifier.send("alice@contoso.com", Message(text="after the conversation was deleted"))
+    again = await services.notifier.send("alice@contoso.com", MessageContent(text="after the conversation was deleted"))
     assert again.resolved
     assert upstream_calls(world) == [
         "connector.send",
@@ -107,7 +107,7 @@ async def test_uninstalled_app_is_reinstalled_once(world: World, services: Servi
     world.tenant.uninstall_app(alice)
     world.tenant.clear_log()
 
-    await services.notifier.send("alice@contoso.com", Message(text="reinstalled"))
+    await services.notifier.send("alice@contoso.com", MessageContent(text="reinstalled"))
     assert upstream_calls(world).count("graph.install") == 1
     assert world.tenant.is_installed(alice)
     assert world.tenant.messages_for(alice)[-1]["activity"]["text"] == "reinstalled"
@@ -120,7 +120,7 @@ async def test_a_second_stale_answer_is_not_looped_on(world: World, services: Se
     world.tenant.add_fault("connector.send", 404, count=5, body=not_found)
 
     with pytest.raises(TransientError) as caught:
-        await services.notifier.send("alice@contoso.com", Message(text="never delivered"))
+        await services.notifier.send("alice@contoso.com", MessageContent(text="never delivered"))
     assert caught.value.code == "conversation_unavailable" and caught.value.retry_after > 0
     # The stale entry, the fresh chat id, and the members fallback's conversation: not looped on.
     assert world.tenant.calls("connector.send") == 3
@@ -287,7 +287,7 @@ async def test_recipient_in_another_tenant(world: World, services: Services) -> 
 
 async def test_concurrent_cold_sends_make_one_install_and_one_resolution(world: World, services: Services) -> None:
     results = await asyncio.gather(
-        *(services.notifier.send("alice@contoso.com", Message(text=f"message {i}")) for i in range(20))
+        *(services.notifier.send("alice@contoso.com", MessageContent(text=f"message {i}")) for i in range(20))
     )
     assert len({r.activity_id for r in results}) == 20
     assert world.tenant.calls("graph.install") == 1
@@ -299,7 +299,7 @@ async def test_concurrent_cold_sends_make_one_install_and_one_resolution(world: 
 
 async def test_tokens_are_reused_across_sends(world: World, services: Services) -> None:
     for i in range(5):
-        await services.notifier.send("alice@contoso.com", Message(text=str(i)))
+        await services.notifier.send("alice@contoso.com", MessageContent(text=str(i)))
     # One Graph token and one Bot Framework token for the whole run.
     assert world.tenant.calls("token") == 2
 
@@ -330,7 +330,7 @@ async def test_a_send_teams_did_not_confirm_is_not_sent_again(world: World, monk
     services = build_services(load_settings({**world.env, "HttpTimeoutSeconds": "0.3"}))
     try:
         with pytest.raises(TransientError) as caught:
-            await services.notifier.send("alice@contoso.com", Message(text="pay invoice 1001"))
+            await services.notifier.send("alice@contoso.com", MessageContent(text="pay invoice 1001"))
     finally:
         await services.aclose()
     await asyncio.sleep(1.0)  # let the fake finish the slow answer
@@ -364,7 +364,7 @@ async def test_gateway_errors_on_send_are_unconfirmed_not_retried(
 async def test_a_confirmed_send_with_an_unreadable_body_counts_as_sent(world: World, services: Services) -> None:
     await services.notifier.send("alice@contoso.com", HELLO)
     world.tenant.add_fault("connector.send", 200, malformed=True)
-    result = await services.notifier.send("alice@contoso.com", Message(text="second"))
+    result = await services.notifier.send("alice@contoso.com", MessageContent(text="second"))
     assert result.activity_id is None
     assert world.tenant.calls("connector.send") == 2
 
@@ -465,7 +465,7 @@ async def test_a_tenant_refusing_chat_ids_falls_back_to_members_and_remembers_it
     ]
     # A warm send there is still one request.
     world.tenant.clear_log()
-    await services.notifier.send("dave@contoso.com", Message(text="warm"))
+    await services.notifier.send("dave@contoso.com", MessageContent(text="warm"))
     assert upstream_calls(world) == ["connector.send"]
 
 

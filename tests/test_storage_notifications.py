@@ -15,8 +15,9 @@ from dataclasses import replace
 import pytest
 
 from shared.errors import InvalidRequestError
-from shared.request_models import NotifyRequest, UpdateRequest
+from shared.message_content import MessageContent
 from shared.response_models import DeliveryCounts
+from shared.storage.notification_rows import content_json
 from shared.storage.notifications import (
     Delivery,
     Header,
@@ -26,7 +27,7 @@ from shared.storage.notifications import (
     note,
 )
 from tests.azurite import Azurite
-from tests.tables import BACKENDS, backend
+from tests.tables import BACKENDS, azurite_tables, backend
 
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
 CARD = {"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Build 42"}]}
@@ -44,7 +45,7 @@ async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterat
 
 
 def header(notification_id: str = "order-42", **changes: object) -> Header:
-    content = NotifyRequest.model_construct(text="Build **42** passed", card=CARD, summary="Build 42")
+    content = MessageContent(text="Build **42** passed", card=CARD, summary="Build 42")
     made = Header(notification_id, TENANT, 3, "fp-1", content, "http", owner="client-a")
     return replace(made, **changes)  # type: ignore[arg-type]
 
@@ -75,6 +76,34 @@ async def test_an_unknown_header_is_none(store: NotificationStore) -> None:
     assert await store.get_header("nobody-made-this") is None
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        # As the app writes a header (content split over "Content", "Content1", ... and counted).
+        {"Source": "http", "Owner": "client-a", "ContentParts": 1},
+        # As rows written before the source, the owner and the content's parts were recorded.
+        {},
+    ],
+)
+async def test_a_header_row_in_the_stored_entity_format_loads(azurite: Azurite, written: dict[str, object]) -> None:
+    stored = (
+        '{"text":"Build **42** passed",'
+        '"card":{"type":"AdaptiveCard","version":"1.5","body":[{"type":"TextBlock","text":"Build 42"}]},'
+        '"summary":"Build 42"}'
+    )
+    async with azurite_tables(azurite) as tables:
+        store = TableNotificationStore(tables("notifications"), tables("deliveries"))
+        assert await store.get_header("order-42") is None  # (makes the tables)
+        entity = {"PartitionKey": "order-42", "RowKey": "notification", "NotificationId": "order-42"}
+        entity |= {"TenantId": TENANT, "Total": 3, "Fingerprint": "fp-1", "Content": stored, **written}
+        await tables("notifications").create_entity(entity)
+        found = await store.get_header("order-42")
+        await store.close()
+    assert found is not None and (found.total, found.fingerprint) == (3, "fp-1")
+    assert (found.content.text, found.content.card, found.content.summary) == ("Build **42** passed", CARD, "Build 42")
+    assert content_json(found.content) == stored  # and written back the same way
+
+
 async def test_the_first_header_of_an_id_is_kept(store: NotificationStore) -> None:
     await store.create_header(header())
     again = await store.create_header(header(fingerprint="fp-2", total=9, owner="client-b"))
@@ -85,7 +114,7 @@ async def test_the_first_header_of_an_id_is_kept(store: NotificationStore) -> No
 
 async def test_content_larger_than_one_property_reads_back_whole(store: NotificationStore) -> None:
     text = "".join(f"line {i}: ü€😀\n" for i in range(6000))  # ~100 K UTF-16 units: several properties
-    big = header(content=NotifyRequest.model_construct(text=text, card=None, summary=None))
+    big = header(content=MessageContent(text=text, card=None, summary=None))
     await store.create_header(big)
     found = await store.get_header("order-42")
     assert found is not None and found.content.text == text and found.content.card is None
@@ -100,7 +129,7 @@ async def test_a_recall_is_recorded_on_the_header(store: NotificationStore) -> N
 
 async def test_an_update_replaces_the_content_only(store: NotificationStore) -> None:
     await store.create_header(header())
-    await store.set_content("order-42", UpdateRequest(text="Build **42** was rolled back"))
+    await store.set_content("order-42", MessageContent(text="Build **42** was rolled back"))
     found = await store.get_header("order-42")
     assert found is not None
     assert (found.content.text, found.content.card, found.content.summary) == (
@@ -113,7 +142,7 @@ async def test_an_update_replaces_the_content_only(store: NotificationStore) -> 
 
 async def test_recall_and_update_of_a_notification_without_header_write_nothing(store: NotificationStore) -> None:
     await store.mark_recalled("single-send")
-    await store.set_content("single-send", UpdateRequest(text="new"))
+    await store.set_content("single-send", MessageContent(text="new"))
     assert await store.get_header("single-send") is None
 
 

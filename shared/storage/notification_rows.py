@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidRequestError
-from shared.request_models import NotifyRequest
+from shared.message_content import MessageContent
 from shared.response_models import DeliveryResult, DeliveryState, ErrorDetail
 from shared.storage.tables import escape_key
 
@@ -55,7 +55,7 @@ class Header:
     tenant_id: str
     total: int
     fingerprint: str
-    content: NotifyRequest  # text, card, summary (recipient fields unset)
+    content: MessageContent
     source: str = ""  # "http" (Idempotency-Key) or "queue" (message id); "" on rows written before it
     recalled: bool = False  # the whole notification was recalled: queued items are not sent
     owner: str = ""  # the Entra ID client that created it ("" for function keys and the queue)
@@ -84,9 +84,19 @@ def recipient_row(recipient: str) -> str:
     return escape_key(recipient.strip().lower())
 
 
-def content_fields(content: dict[str, Any]) -> dict[str, Any]:
-    """The message content (text, card, summary) of a stored notification's content."""
-    return {"text": content.get("text"), "card": content.get("card"), "summary": content.get("summary")}
+def content_json(content: MessageContent) -> str:
+    """The content as a header stores it ("Content"...): a JSON object of its text, card and summary,
+    the absent ones left out."""
+    return content.model_dump_json(exclude_none=True)
+
+
+def content_of(stored: str) -> MessageContent:
+    """A header's stored content read back (only text, card and summary count; as stored, so not
+    validated again)."""
+    content = json.loads(stored)
+    return MessageContent.model_construct(
+        text=content.get("text"), card=content.get("card"), summary=content.get("summary")
+    )
 
 
 def entity_of(d: Delivery) -> dict[str, Any]:

@@ -21,20 +21,20 @@ Rows are inserted if absent and rewritten under an ETag match, so concurrent att
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import TransientError
-from shared.request_models import NotifyRequest, UpdateRequest
+from shared.message_content import MessageContent
 from shared.response_models import DeliveryCounts
 from shared.storage.notification_rows import (
     HEADER_ROW,
     Delivery,
     Header,
-    content_fields,
+    content_json,
+    content_of,
     content_properties,
     decode_token,
     delivery_of,
@@ -56,7 +56,6 @@ __all__ = [
     "MemoryNotificationStore",
     "NotificationStore",
     "TableNotificationStore",
-    "content_fields",
     "note",
     "recipient_row",
     "settle",
@@ -74,7 +73,7 @@ class NotificationStore(Protocol):
 
     async def mark_recalled(self, notification_id: str) -> None: ...
 
-    async def set_content(self, notification_id: str, update: UpdateRequest) -> None: ...
+    async def set_content(self, notification_id: str, content: MessageContent) -> None: ...
 
     async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]: ...
 
@@ -117,7 +116,7 @@ class TableNotificationStore(TableBacked):
             "Fingerprint": header.fingerprint,
             "Source": header.source,
             "Owner": header.owner,
-            **content_properties(header.content.model_dump_json(by_alias=True, exclude_none=True)),
+            **content_properties(content_json(header.content)),
             "CreatedAt": utc_now(),
         }
         try:
@@ -146,7 +145,7 @@ class TableNotificationStore(TableBacked):
             tenant_id=str(entity["TenantId"]),
             total=int(entity["Total"]),
             fingerprint=str(entity["Fingerprint"]),
-            content=NotifyRequest.model_construct(**content_fields(json.loads(joined_content(entity)))),
+            content=content_of(joined_content(entity)),
             source=str(entity.get("Source") or ""),
             recalled=bool(entity.get("RecalledAt")),
             owner=str(entity.get("Owner") or ""),
@@ -166,16 +165,16 @@ class TableNotificationStore(TableBacked):
         except ResourceNotFoundError:
             pass  # no header: a single send's rows say it all
 
-    async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
+    async def set_content(self, notification_id: str, content: MessageContent) -> None:
         """Later sends of a notification still fanning out use the updated content."""
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        content = content_properties(update.model_dump_json(exclude_none=True))
+        properties = content_properties(content_json(content))
         try:
             with translate_storage_errors():
                 await self._headers.update_entity(
-                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, **content},
+                    {"PartitionKey": escape_key(notification_id), "RowKey": HEADER_ROW, **properties},
                     mode=UpdateMode.MERGE,
                 )
         except ResourceNotFoundError:
@@ -339,7 +338,7 @@ class MemoryNotificationStore:
             stored = replace(header, recalled=False)
             self._headers[header.notification_id] = (
                 stored,
-                header.content.model_dump_json(by_alias=True, exclude_none=True),
+                content_json(header.content),
             )
             return header
         existing = await self.get_header(header.notification_id)
@@ -351,17 +350,17 @@ class MemoryNotificationStore:
         if found is None:
             return None
         header, content = found
-        return replace(header, content=NotifyRequest.model_construct(**content_fields(json.loads(content))))
+        return replace(header, content=content_of(content))
 
     async def mark_recalled(self, notification_id: str) -> None:
         if notification_id in self._headers:
             header, content = self._headers[notification_id]
             self._headers[notification_id] = (replace(header, recalled=True), content)
 
-    async def set_content(self, notification_id: str, update: UpdateRequest) -> None:
+    async def set_content(self, notification_id: str, content: MessageContent) -> None:
         if notification_id in self._headers:
             header, _ = self._headers[notification_id]
-            self._headers[notification_id] = (header, update.model_dump_json(exclude_none=True))
+            self._headers[notification_id] = (header, content_json(content))
 
     async def add_pending(self, notification_id: str, tenant_id: str, recipients: list[str]) -> list[Delivery]:
         existing = {recipient_row(d.recipient): d for d in await self.all(notification_id)}
