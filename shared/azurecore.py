@@ -256,6 +256,8 @@ class ManagedIdentityCredential:
             result = dict(self._msal.acquire_token_for_client(resource=resource))
         except httpx.TransportError as err:
             return {"error": "transport_error", "error_description": type(err).__name__}
+        except ValueError:  # the endpoint's answer was not JSON (MSAL raises JSONDecodeError)
+            return {"error": "invalid_response", "http_status": bridge.last_status}
         if "access_token" not in result:
             result["http_status"] = bridge.last_status
         return result
