@@ -104,6 +104,12 @@ class HttpxTransportResponse(AsyncHttpResponseImpl):
             stream_download_generator=_stream_download,
         )
 
+    def body(self) -> bytes:
+        """The body, already read (azure-core's deprecated sync accessor, which it still uses to split a
+        batch answer into its parts; the base class would call the async ``read`` without awaiting it)."""
+        content: bytes = self.content
+        return content
+
     async def close(self) -> None:
         if not self.is_closed:
             self._is_closed = True
