@@ -440,6 +440,11 @@ def _msi(tenant: FakeTenant, req: Request) -> Response:
         BOT_AUDIENCE: BOT_AUDIENCE,
         "api://botframework.com": BOT_AUDIENCE,
         TOKEN_EXCHANGE_AUDIENCE: TOKEN_EXCHANGE_AUDIENCE,
+        # Identity-based storage: the app's managed identity asks its endpoint for resource
+        # https://storage.azure.com ("Authorize access to table data with a managed identity",
+        # https://learn.microsoft.com/azure/storage/tables/authorize-managed-identity; the endpoint's
+        # ``resource`` parameter, https://learn.microsoft.com/azure/app-service/overview-managed-identity#rest-endpoint-reference).
+        STORAGE_AUDIENCE: STORAGE_AUDIENCE,
     }.get(norm)
     if audience is None:
         return json_response(500, {"statusCode": 500, "message": f"Unknown resource '{resource}'."})

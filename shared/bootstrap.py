@@ -67,7 +67,7 @@ class Services:
     tables: Any  # azure.data.tables.aio.TableServiceClient
     throttle: Throttle | None = None
     optouts: OptOutStore | None = None  # recipients who uninstalled the bot: {TableNamePrefix}optouts
-    table_credential: Any = None  # an azure-identity credential the tables client uses (closed with it)
+    table_credential: Any = None  # the credential the tables client uses (closed with it)
     budget: TenantBudget | None = None  # the tenants' shared request budgets ({TableNamePrefix}budget)
     waits: Waits = field(default_factory=Waits)
 
@@ -127,27 +127,34 @@ class Services:
         await self.http.aclose()
 
 
-def table_service(settings: Settings) -> tuple[Any, Any]:
+def table_service(settings: Settings, http: httpx.AsyncClient) -> tuple[Any, Any]:
     """The TableServiceClient and the credential it owns (None with a connection string).
 
-    An identity-based connection (``AzureWebJobsStorage__tableServiceUri``) authenticates as the
-    Functions host does: with ``AzureWebJobsStorage__credential=managedidentity`` (as infra deploys)
-    only the app's managed identity (``__clientId`` for a user-assigned one); otherwise azure-identity's
-    DefaultAzureCredential, so an operator's workstation uses its own sign-in (``az login``, VS Code,
-    AZURE_* environment variables) where shared keys are disabled."""
+    Its requests go through ``http``, the process's shared client (``shared.azurecore.HttpxTransport``:
+    no second HTTP stack, no aiohttp). An identity-based connection
+    (``AzureWebJobsStorage__tableServiceUri``) authenticates as the Functions host does: with
+    ``AzureWebJobsStorage__credential=managedidentity`` (as infra deploys) only the app's managed
+    identity (``__clientId`` for a user-assigned one), through MSAL's managed identity client
+    (``shared.azurecore.ManagedIdentityCredential``); otherwise azure-identity's DefaultAzureCredential,
+    so an operator's workstation uses its own sign-in (``az login``, VS Code, AZURE_* environment
+    variables) where shared keys are disabled."""
     from azure.data.tables.aio import TableServiceClient
 
-    if settings.table_connection_string:
-        return TableServiceClient.from_connection_string(settings.table_connection_string), None
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+    from shared.azurecore import HttpxTransport, ManagedIdentityCredential
 
+    transport = HttpxTransport(http)
+    if settings.table_connection_string:
+        return TableServiceClient.from_connection_string(settings.table_connection_string, transport=transport), None
     assert settings.table_service_uri is not None
     credential: Any
     if settings.table_credential == "managedidentity":
-        credential = ManagedIdentityCredential(client_id=settings.table_client_id)
+        credential = ManagedIdentityCredential(http, client_id=settings.table_client_id, timeout=settings.http_timeout)
     else:
+        from azure.identity.aio import DefaultAzureCredential
+
         credential = DefaultAzureCredential(managed_identity_client_id=settings.table_client_id)
-    return TableServiceClient(endpoint=settings.table_service_uri, credential=credential), credential
+    client = TableServiceClient(endpoint=settings.table_service_uri, credential=credential, transport=transport)
+    return client, credential
 
 
 # Loggers of libraries that log request URLs at INFO: Graph URLs name the recipient (a UPN) and Table
@@ -167,7 +174,7 @@ def build_services(settings: Settings, *, store: RecipientStore | None = None) -
     http = build_http_client(settings)
     policy = RetryPolicy.from_settings(settings)
     tokens = TokenProvider(settings, http)
-    tables, table_credential = table_service(settings)
+    tables, table_credential = table_service(settings, http)
     budget = TenantBudget(
         tables.get_table_client(settings.table_prefix + "budget"),
         {"connector": settings.tenant_send_rate, "graph": settings.tenant_graph_rate},

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-import jwt
 
 from shared.errors import AuthenticationError, ConfigurationError, ForbiddenError, TransientError
 from shared.settings import Settings
@@ -98,6 +97,8 @@ class CallerAuthenticator:
     async def authenticate(self, authorization: str | None) -> Caller:
         if self._settings.api_auth_mode == "FunctionKey":
             return FUNCTION_KEY_CALLER
+        import jwt  # PyJWT (and cryptography) only where bearer tokens are checked: not on FunctionKey sends
+
         token = _bearer(authorization)
         try:
             header = jwt.get_unverified_header(token)
@@ -173,6 +174,8 @@ class CallerAuthenticator:
             raise TransientError(
                 "The tenant's token signing keys could not be fetched.", code="signing_keys_unavailable"
             ) from err
+        import jwt
+
         keys: dict[str, Any] = {}
         for entry in jwks.get("keys", []) if isinstance(jwks.get("keys"), list) else []:
             if not isinstance(entry, dict) or entry.get("kty") != "RSA" or entry.get("use", "sig") != "sig":

@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.connector",
             "shared.botframework",
             "shared.callerauth",
+            "shared.azurecore",
         },
     ),
     (
