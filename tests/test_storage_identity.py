@@ -13,7 +13,7 @@ import pytest
 
 from shared.bootstrap import build_services
 from shared.errors import ConfigurationError
-from shared.pipeline import Message
+from shared.message_content import MessageContent
 from shared.settings import load_settings
 from tests.azurite import Azurite
 from tests.conftest import World
@@ -51,8 +51,8 @@ async def test_identity_based_storage_uses_the_managed_identity_token(
     try:
         # Each send reads and writes Table Storage (recipient cache, the tenant's send budget); Azurite
         # in OAuth mode answers only requests bearing a token for Azure Storage.
-        first = await services.notifier.send("alice@contoso.com", Message(text="one"))
-        second = await services.notifier.send("bob@contoso.com", Message(text="two"))
+        first = await services.notifier.send("alice@contoso.com", MessageContent(text="one"))
+        second = await services.notifier.send("bob@contoso.com", MessageContent(text="two"))
     finally:
         await services.aclose()
     assert first.activity_id and second.activity_id
@@ -70,7 +70,7 @@ async def test_an_identity_the_endpoint_does_not_know_is_a_configuration_error(
     services = build_services(load_settings(env))
     try:
         with pytest.raises(ConfigurationError) as caught:
-            await services.notifier.send("alice@contoso.com", Message(text="one"))
+            await services.notifier.send("alice@contoso.com", MessageContent(text="one"))
     finally:
         await services.aclose()
     assert caught.value.code == "storage_unauthorized"
