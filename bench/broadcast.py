@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from typing import Any
 
 from bench.report import Line
 from bench.world import ROOT, World
@@ -81,18 +80,6 @@ asyncio.run(main())
 """.replace("MAX_DELIVERIES", str(MAX_DELIVERIES))
 
 
-def _http_request(body: dict[str, Any]) -> Any:
-    import azure.functions as func
-
-    return func.HttpRequest(
-        "POST",
-        "http://localhost:7071/api/notify",
-        headers={"content-type": "application/json"},
-        params={},
-        route_params={},
-        body=json.dumps(body).encode(),
-    )
-
 
 async def _prepare(world: World, total: int) -> tuple[list[str], list[str], list[bytes]]:
     """Users, warm resolutions, and the notification's queue messages (created in this process)."""
@@ -100,7 +87,7 @@ async def _prepare(world: World, total: int) -> tuple[list[str], list[str], list
 
     from shared.bootstrap import build_services, reset_services
     from shared.settings import load_settings
-    from tests.functions import OutputMessages, user_function
+    from tests.functions import OutputMessages, notify_request, user_function
 
     cold_n = total // 4
     warm = world.new_users("bc-w", total - cold_n, installed=True)
@@ -121,7 +108,7 @@ async def _prepare(world: World, total: int) -> tuple[list[str], list[str], list
         recipients.insert(i * 4, upn)
     await reset_services()
     out = OutputMessages()
-    response = await user_function("notify")(_http_request({"recipients": recipients, "text": "broadcast"}), out)
+    response = await user_function("notify")(notify_request({"recipients": recipients, "text": "broadcast"}), out)
     await reset_services()
     if response.status_code != 202:
         raise RuntimeError(f"notify answered {response.status_code}: {response.get_body()[:300]!r}")

@@ -43,18 +43,6 @@ QUEUE_CONCURRENCY = INSTANCES * 4  # host.json maxConcurrentCalls per instance
 MAX_DELIVERIES = 10  # the queue's maxDeliveryCount
 
 
-def _http_request(body: dict[str, Any]) -> Any:
-    import azure.functions as func
-
-    return func.HttpRequest(
-        "POST",
-        "http://localhost:7071/api/notify",
-        headers={"content-type": "application/json"},
-        params={},
-        route_params={},
-        body=json.dumps(body).encode(),
-    )
-
 
 async def _feed(messages: list[bytes]) -> tuple[list[str], int]:
     """Every message to notify_queue, QUEUE_CONCURRENCY at a time; a raise is a redelivery.
@@ -93,7 +81,7 @@ async def _feed(messages: list[bytes]) -> tuple[list[str], int]:
 
 
 async def fan_out(world: World, sizes: Sizes) -> tuple[list[Line], list[str]]:
-    from tests.functions import OutputMessages, user_function
+    from tests.functions import OutputMessages, notify_request, user_function
 
     world.fresh_table_prefix()
     world.fake.settings(rate_limits=False)
@@ -130,7 +118,7 @@ async def fan_out(world: World, sizes: Sizes) -> tuple[list[Line], list[str]]:
         started = time.perf_counter()
         cpu0 = time.process_time()
         out = OutputMessages()
-        response = await user_function("notify")(_http_request({"recipients": recipients, "text": "fan-out"}), out)
+        response = await user_function("notify")(notify_request({"recipients": recipients, "text": "fan-out"}), out)
         accepted = time.perf_counter() - started
         if response.status_code != 202:
             raise RuntimeError(f"notify answered {response.status_code}: {response.get_body()[:300]!r}")
