@@ -686,17 +686,24 @@ def _live_conversation(tenant: FakeTenant, cid: str) -> tuple[Conversation, Fake
     return conv, user
 
 
-def _connector_members(tenant: FakeTenant, req: Request) -> Response:
+def _reach_conversation(tenant: FakeTenant, req: Request) -> tuple[Conversation, FakeUser] | Response:
+    """What every call on an existing conversation (/v3/conversations/{id}/...) passes first: the bot
+    token, the conversation, and the region of the service URL."""
     info = _connector_auth(tenant, req)
     if isinstance(info, Response):
         return info
     found = _live_conversation(tenant, req.segments[3])
     if isinstance(found, Response):
         return found
+    geo = _geo_gate(tenant, req, found[1].tenant_id)
+    return geo if geo is not None else found
+
+
+def _connector_members(tenant: FakeTenant, req: Request) -> Response:
+    found = _reach_conversation(tenant, req)
+    if isinstance(found, Response):
+        return found
     conv, user = found
-    geo = _geo_gate(tenant, req, user.tenant_id)
-    if geo is not None:
-        return geo
     wait = tenant.check_rate(conv.id + "#members", user.tenant_id, MEMBERS_LIMITS)
     if wait is not None:
         return _throttled(wait)
@@ -761,16 +768,10 @@ def _activity_body(req: Request) -> dict[str, Any] | Response:
 
 
 def _connector_send(tenant: FakeTenant, req: Request) -> Response:
-    info = _connector_auth(tenant, req)
-    if isinstance(info, Response):
-        return info
-    found = _live_conversation(tenant, req.segments[3])
+    found = _reach_conversation(tenant, req)
     if isinstance(found, Response):
         return found
     conv, user = found
-    geo = _geo_gate(tenant, req, user.tenant_id)
-    if geo is not None:
-        return geo
     if conv.id.startswith("19:") and not tenant.accepts_chat_id_conversations(user.tenant_id):
         # A tenant whose connector refuses the Graph chat id for sends (FakeTenant.get_conversation).
         return connector_error(404, "ConversationNotFound", "Conversation not found.")
@@ -796,16 +797,10 @@ def _connector_send(tenant: FakeTenant, req: Request) -> Response:
 
 
 def _connector_update(tenant: FakeTenant, req: Request) -> Response:
-    info = _connector_auth(tenant, req)
-    if isinstance(info, Response):
-        return info
-    found = _live_conversation(tenant, req.segments[3])
+    found = _reach_conversation(tenant, req)
     if isinstance(found, Response):
         return found
     conv, user = found
-    geo = _geo_gate(tenant, req, user.tenant_id)
-    if geo is not None:
-        return geo
     gate = _conversation_gate(tenant, user)
     if gate is not None:
         return gate
@@ -831,16 +826,10 @@ def _connector_update(tenant: FakeTenant, req: Request) -> Response:
 
 
 def _connector_delete(tenant: FakeTenant, req: Request) -> Response:
-    info = _connector_auth(tenant, req)
-    if isinstance(info, Response):
-        return info
-    found = _live_conversation(tenant, req.segments[3])
+    found = _reach_conversation(tenant, req)
     if isinstance(found, Response):
         return found
     conv, user = found
-    geo = _geo_gate(tenant, req, user.tenant_id)
-    if geo is not None:
-        return geo
     gate = _conversation_gate(tenant, user)
     if gate is not None:
         return gate
