@@ -33,16 +33,23 @@ logger = logging.getLogger(__name__)
 
 
 async def send_to_recipient(
-    services: Services, header: Header, recipient: str, *, wait_seconds: float = 0.0
+    services: Services,
+    header: Header,
+    recipient: str,
+    *,
+    wait_seconds: float = 0.0,
+    row: Delivery | None = None,
 ) -> Delivery:
     """One recipient of a notification, exactly once: skipped when already final (sent, failed,
     recalled), else sent through ``deliver`` keyed by the delivery id and recorded. Only the caller's
     fault (4xx) makes the row ``failed``; a failure on our side or upstream's (5xx) leaves it
     ``pending`` with that error, so a repeat of the request or a replay sends it later. A transient
     failure is recorded on the row (still pending) and raised. ``wait_seconds``: how long to wait for
-    the result of another attempt holding the delivery's key."""
+    the result of another attempt holding the delivery's key. ``row``: the recipient's row as the
+    caller has just read it (not read again); without it, it is read here."""
     store = services.notifications
-    row = await store.get(header.notification_id, recipient)
+    if row is None:
+        row = await store.get(header.notification_id, recipient)
     if row is not None and row.state != "pending":
         return row
     request = NotifyRequest.model_validate(
@@ -245,7 +252,7 @@ async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seco
         row = await services.notifications.get(item.notification_id, item.recipient) or row
     if row.state != "pending":
         return row
-    return await send_to_recipient(services, header, item.recipient, wait_seconds=wait_seconds)
+    return await send_to_recipient(services, header, item.recipient, wait_seconds=wait_seconds, row=row)
 
 
 async def send_single(

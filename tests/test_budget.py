@@ -78,3 +78,37 @@ def test_two_processes_share_one_tenant_budget(azurite: Azurite) -> None:
     assert first[0] < second[-1] and second[0] < first[-1]
     # Tokens are leased in chunks (2 here), not one storage request per send.
     assert all(r["leases"] <= PER_PROCESS for r in results)
+
+
+async def test_tokens_leave_room_for_requests_that_arrive_late(azurite: Azurite) -> None:
+    """Teams counts an app's requests per tenant in a sliding one-second window
+    (https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit), and a request reaches it
+    some milliseconds after its token's time. Even with (nearly) 40 ms of difference between two requests' delays
+    (a late one followed by a punctual one a second later), no one-second window of arrivals may
+    hold more than the rate: for every token time T, the tokens in (T - 1.039 s, T] are at most the rate."""
+    from azure.data.tables.aio import TableClient
+
+    from shared.storage.budget import TenantBudget
+
+    rate = 50
+    client = TableClient.from_connection_string(azurite.connection_string, "t" + uuid.uuid4().hex[:16] + "budget")
+    read = [0.0]
+
+    def clock() -> float:  # real time; remembers the reading the budget computed its last wait from
+        read[0] = time.time()
+        return read[0]
+
+    budget = TenantBudget(client, {"connector": rate, "graph": rate}, clock=clock)
+    try:
+        await budget.take("graph", "warm-up")
+        times: list[float] = []
+        end = time.time() + 3.0
+        while time.time() < end:
+            wait = await budget.take("connector", "tenant-a")
+            times.append(read[0] + wait)
+    finally:
+        await budget.close()
+    assert len(times) >= 2 * (rate - 2)  # the budget was used (about 48 a second), not starved
+    for i, token in enumerate(times):
+        in_window = sum(1 for other in times[: i + 1] if other > token - 1.039)
+        assert in_window <= rate, f"{in_window} tokens within 1.039 s before {token:.3f}"

@@ -7,9 +7,13 @@ belongs to the deployment, not to an instance: on Flex Consumption the HTTP func
 Bus function scale as separate groups, so a static per-instance rate either overshoots (more instances
 than planned: 429s) or leaves budget unused (fewer instances).
 
-Design: time is cut into 1-second slices. Slice ``s`` of (service, tenant) owns ``rate`` numbered
+Design: time is cut into 1-second slices. Slice ``s`` of (service, tenant) owns ``capacity`` numbered
 tokens; token ``j`` may be used at ``s + j / rate``, so the tokens are paced evenly, never burst, and
-any one-second window holds at most ``rate`` (+1) requests whichever instances use them. An instance
+any one-second window holds at most ``capacity`` (+1) requests whichever instances use them.
+``capacity`` is ``rate`` less the tokens of the last ``JITTER_RESERVE`` seconds of the slice (2 of 50):
+a request reaches Teams a few milliseconds after its token's time, by a delay that varies, and Teams
+counts arrivals in a sliding window, so a budget used to its last token draws a 429 whenever a request
+is late and the one a second later is not (bench row 7: ~2% of requests at exactly 50/s). An instance
 leases a few consecutive tokens at a time (``chunk``) from the slice's row in Table Storage
 (PartitionKey ``{service}|{tenant}``, one of 16 rows reused round-robin, ``Slice`` and ``Used`` = tokens
 handed out), with an
@@ -45,6 +49,9 @@ Service = Literal["connector", "graph"]
 
 #: Rows per (service, tenant): slices reuse them round-robin.
 _RING = 16
+#: Seconds at the end of each slice left unused, as a margin for the varying delay between a token's
+#: time and the request's arrival (see the module docstring).
+JITTER_RESERVE = 0.04
 #: Conditional writes that lose a race are retried this many times before giving up (transient).
 _MAX_RACES = 20
 
@@ -55,6 +62,11 @@ class _Lease:
     next: int = 0  # next token index to use
     end: int = 0  # one past the last leased token
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def slice_capacity(rate: float) -> int:
+    """Tokens per 1-second slice: the rate less the jitter reserve (at least 1)."""
+    return max(1, int(rate) - math.ceil(rate * JITTER_RESERVE))
 
 
 class TenantBudget(TableBacked):
@@ -111,10 +123,11 @@ class TenantBudget(TableBacked):
 
         await self._ensure_table()
         rate = self._rates[service]
-        capacity = int(rate)  # tokens per 1-second slice
+        capacity = slice_capacity(rate)
         current = int(now)
-        # Tokens whose time has passed are not handed out (no bursts from unused time).
-        due = min(capacity, int((now - current) * rate))
+        # Tokens whose time has passed are not handed out (no bursts from unused time, and no token
+        # used late, closer to the next one than the pacing allows).
+        due = min(capacity, math.ceil((now - current) * rate))
         chunk = self.chunk(service)
         # A ring of rows: a row of an earlier slice is taken over (ETag-matched), so the table holds at
         # most _RING rows per (service, tenant).
