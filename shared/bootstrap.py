@@ -130,29 +130,31 @@ class Services:
 def table_service(settings: Settings, http: httpx.AsyncClient) -> tuple[Any, Any]:
     """The TableServiceClient and the credential it owns (None with a connection string).
 
-    Its requests go through azure-core's default async transport (aiohttp): an httpx transport for
-    the Table clients saved the first send about 0.3 s of imports but cost a broadcast about 60% more
-    CPU per recipient (bench row 7, 2026-12-01), so it was taken out. An identity-based connection
-    (``AzureWebJobsStorage__tableServiceUri``) authenticates as the Functions host does: with
-    ``AzureWebJobsStorage__credential=managedidentity`` (as infra deploys) only the app's managed
-    identity (``__clientId`` for a user-assigned one), through MSAL's managed identity client
-    (``shared.azurecore.ManagedIdentityCredential``); otherwise azure-identity's DefaultAzureCredential,
-    so an operator's workstation uses its own sign-in (``az login``, VS Code, AZURE_* environment
-    variables) where shared keys are disabled.
+    Its requests go through ``shared.tablehttp.TableHttpTransport`` (HTTP/1.1 over asyncio with h11):
+    azure-core's default transport, aiohttp, cost the first send after a cold start about 0.2 s of
+    imports, and an httpx transport about 3x the CPU per request (its reasons and measurements are in
+    that module). Where the environment names a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) the
+    default aiohttp transport is used with the environment's settings, as azure-core does by default.
+    Without a proxy aiohttp is never given ``trust_env``: it would look the proxy up and parse
+    ~/.netrc in a worker thread on every request.
 
-    The transport reads proxy settings from the environment only when a proxy variable is set
-    (``use_env_settings``): aiohttp with ``trust_env`` looks the proxy up and parses ~/.netrc in a
-    worker thread on every request: about 1.4 ms of CPU per Table request against 0.8 ms without
-    (bench/results/2026-12-01.md), for nothing when no proxy is configured."""
+    An identity-based connection (``AzureWebJobsStorage__tableServiceUri``) authenticates as the
+    Functions host does: with ``AzureWebJobsStorage__credential=managedidentity`` (as infra deploys)
+    only the app's managed identity (``__clientId`` for a user-assigned one), through MSAL's managed
+    identity client (``shared.azurecore.ManagedIdentityCredential``); otherwise azure-identity's
+    DefaultAzureCredential, so an operator's workstation uses its own sign-in (``az login``, VS Code,
+    AZURE_* environment variables) where shared keys are disabled."""
     from azure.data.tables.aio import TableServiceClient
 
     from shared.azurecore import ManagedIdentityCredential
 
-    use_env_settings = env_proxy_configured()
+    options: dict[str, Any] = {"use_env_settings": True}
+    if not env_proxy_configured():
+        from shared.tablehttp import TableHttpTransport
+
+        options = {"transport": TableHttpTransport()}
     if settings.table_connection_string:
-        return TableServiceClient.from_connection_string(
-            settings.table_connection_string, use_env_settings=use_env_settings
-        ), None
+        return TableServiceClient.from_connection_string(settings.table_connection_string, **options), None
     assert settings.table_service_uri is not None
     credential: Any
     if settings.table_credential == "managedidentity":
@@ -161,9 +163,7 @@ def table_service(settings: Settings, http: httpx.AsyncClient) -> tuple[Any, Any
         from azure.identity.aio import DefaultAzureCredential
 
         credential = DefaultAzureCredential(managed_identity_client_id=settings.table_client_id)
-    client = TableServiceClient(
-        endpoint=settings.table_service_uri, credential=credential, use_env_settings=use_env_settings
-    )
+    client = TableServiceClient(endpoint=settings.table_service_uri, credential=credential, **options)
     return client, credential
 
 

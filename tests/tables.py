@@ -1,5 +1,6 @@
-"""Table clients on the session's Azurite for the storage behaviour suites: a fresh table-name prefix
-per test, and the URL loggers quieted as the app quiets them (Table Storage URLs carry the keys)."""
+"""Table clients on the session's Azurite for the storage behaviour suites, through the app's own
+transport (shared.tablehttp): a fresh table-name prefix per test, and the URL loggers quieted as the
+app quiets them (Table Storage URLs carry the keys)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 from azure.data.tables.aio import TableServiceClient
 
 from shared.bootstrap import quiet_url_loggers
+from shared.tablehttp import TableHttpTransport
 from tests.azurite import Azurite
 
 
@@ -18,7 +20,7 @@ from tests.azurite import Azurite
 async def azurite_tables(azurite: Azurite) -> AsyncIterator[Callable[[str], Any]]:
     """Yields ``table(suffix)``: a TableClient for table ``{fresh prefix}{suffix}``."""
     quiet_url_loggers()
-    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    service = TableServiceClient.from_connection_string(azurite.connection_string, transport=TableHttpTransport())
     prefix = "s" + uuid.uuid4().hex[:12]
     try:
         yield lambda suffix: service.get_table_client(prefix + suffix)

@@ -23,6 +23,7 @@ from shared.storage.references import (
     TableRecipientStore,
 )
 from shared.storage.tables import escape_key, unescape_key
+from shared.tablehttp import TableHttpTransport
 from tests.azurite import Azurite
 
 TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
@@ -35,7 +36,7 @@ async def store(request: pytest.FixtureRequest, azurite: Azurite) -> AsyncIterat
         yield MemoryRecipientStore()
         return
     quiet_url_loggers()  # as the app does: Table Storage URLs carry the keys (recipients' names)
-    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    service = TableServiceClient.from_connection_string(azurite.connection_string, transport=TableHttpTransport())
     table = service.get_table_client("s" + uuid.uuid4().hex[:12] + "accounts")
     inner = TableRecipientStore(table)
     built: RecipientStore = inner if request.param == "table" else CachedRecipientStore(inner, max_entries=2)

@@ -1,0 +1,130 @@
+"""The Table clients' transport (shared.tablehttp) against Azurite, through a loopback TCP relay that
+counts connections and can misbehave as networks and servers do: keep-alive reuse, a connection the
+server closed while idle, a connection refused, a server that hangs up or never answers. What an
+error must be is azure-core's contract for transports (azure.core.exceptions: ServiceRequestError when
+the request never reached the service, ServiceResponseError when it may have), which its retry policy
+relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.data.tables.aio import TableClient
+
+from shared.bootstrap import quiet_url_loggers
+from shared.tablehttp import TableHttpTransport
+from tests.azurite import Azurite
+
+
+class Relay:
+    """Forwards loopback TCP connections to Azurite's table port. ``mode``: ``forward``; ``close_idle``
+    (the server side closes each connection right after its first answer, as a server closes an idle
+    keep-alive connection); ``hang_up`` (reads the request, closes without answering); ``silent``
+    (reads the request, never answers)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.mode = "forward"
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.mode in ("hang_up", "silent"):
+            await reader.read(65536)
+            if self.mode == "silent":
+                await asyncio.sleep(30)
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, once: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                    if once:
+                        await asyncio.sleep(0.05)  # the rest of the answer, then hang up
+                        while more := await asyncio.wait_for(src.read(65536), 0.05):
+                            dst.write(more)
+                        break
+            except (ConnectionError, TimeoutError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(
+            pump(reader, up_writer, False), pump(up_reader, writer, self.mode == "close_idle"), return_exceptions=True
+        )
+
+
+def _table(azurite: Azurite, port: int, transport: TableHttpTransport) -> TableClient:
+    connection = azurite.connection_string.replace(f":{azurite.table_port}/", f":{port}/")
+    return TableClient.from_connection_string(connection, "t" + uuid.uuid4().hex[:16], transport=transport)
+
+
+@pytest.fixture
+async def relay(azurite: Azurite) -> AsyncIterator[Relay]:
+    quiet_url_loggers()
+    async with Relay(azurite.table_port) as running:
+        yield running
+
+
+async def test_requests_reuse_one_keep_alive_connection(azurite: Azurite, relay: Relay) -> None:
+    transport = TableHttpTransport()
+    async with _table(azurite, relay.port, transport) as table:
+        await table.create_table()
+        for i in range(10):
+            await table.upsert_entity({"PartitionKey": "p", "RowKey": f"r{i}", "Text": "x" * i})
+        assert (await table.get_entity("p", "r9"))["Text"] == "x" * 9
+    assert relay.connections == 1
+
+
+async def test_a_connection_the_server_closed_is_not_reused(azurite: Azurite, relay: Relay) -> None:
+    relay.mode = "close_idle"
+    transport = TableHttpTransport()
+    async with _table(azurite, relay.port, transport) as table:
+        await table.create_table()
+        await asyncio.sleep(0.2)  # the server's FIN has arrived
+        # No retries: a request written to the closed connection would fail rather than be retried.
+        await table.upsert_entity({"PartitionKey": "p", "RowKey": "r", "N": 1}, retry_total=0)
+        await asyncio.sleep(0.2)
+        assert (await table.get_entity("p", "r", retry_total=0))["N"] == 1
+    assert relay.connections == 3  # one per request, none failed on a closed connection
+
+
+async def test_a_refused_connection_never_reached_the_service(azurite: Azurite) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    transport = TableHttpTransport()
+    async with _table(azurite, closed_port, transport) as table:
+        with pytest.raises(ServiceRequestError):
+            await table.get_entity("p", "r", retry_total=0)
+
+
+@pytest.mark.parametrize("mode", ["hang_up", "silent"])
+async def test_a_request_written_but_not_answered_may_have_been_received(
+    azurite: Azurite, relay: Relay, mode: str
+) -> None:
+    relay.mode = mode
+    transport = TableHttpTransport(read_timeout=1)
+    async with _table(azurite, relay.port, transport) as table:
+        with pytest.raises(ServiceResponseError) as raised:
+            await table.get_entity("p", "r", retry_total=0)
+    assert not isinstance(raised.value, ServiceRequestError)
