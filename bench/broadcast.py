@@ -37,7 +37,7 @@ MAX_DELIVERIES = 10
 _WORKER = r"""
 import asyncio, json, sys, time, uuid
 from azure.functions.servicebus import ServiceBusMessage
-from shared.bootstrap import get_services
+from shared.bootstrap import get_services, reset_services
 from shared.errors import NotifyError
 from tests.functions import OutputMessages, user_function
 
@@ -75,6 +75,7 @@ async def main():
     print(json.dumps({"finished": finished, "cpu": time.process_time() - cpu0, "redeliveries": redeliveries,
                       "failed": failed, "throttled": services.throttle.throttled if services.throttle else 0,
                       "leases": services.budget.leases if services.budget else 0}), flush=True)
+    await reset_services()
 
 asyncio.run(main())
 """.replace("MAX_DELIVERIES", str(MAX_DELIVERIES))

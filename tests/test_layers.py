@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "shared.botframework",
             "shared.callerauth",
             "shared.azurecore",
+            "shared.tablehttp",
         },
     ),
     (

@@ -33,6 +33,8 @@ class Relay:
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._handlers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Relay:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -42,16 +44,28 @@ class Relay:
     async def __aexit__(self, *_: object) -> None:
         assert self._server is not None
         self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        for writer in self._writers:  # every socket closed before the test's event loop ends
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in self._writers), return_exceptions=True)
+        await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
         if self.mode in ("hang_up", "silent"):
             await reader.read(65536)
             if self.mode == "silent":
-                await asyncio.sleep(30)
+                await asyncio.Event().wait()  # until the relay stops
             writer.close()
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers.append(up_writer)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, once: bool) -> None:
             try:
