@@ -8,7 +8,8 @@ in its own process so the client's CPU is the product's alone): ``POST /api/noti
 is fed to the ``notify_queue`` function with bounded concurrency, and redelivered when it raises.
 
 Settings: one process stands for the app (row 7 has several worker processes sharing the budget):
-TenantSendRatePerSecond = TenantGraphRatePerSecond = 28 (the tenant's whole budget, under Teams' 30/s),
+TenantSendRatePerSecond = TenantGraphRatePerSecond = 30 (the tenant's whole budget: Teams' 30/s, as infra
+deploys; the app paces itself at 29 of them, shared.storage.budget),
 MaxConcurrentSends = 4 x 8 = 32, queue concurrency 4 x 4 (host.json maxConcurrentCalls) = 16.
 
 The theoretical minimum is the number of rate-limited connector requests (warm: the send; cold:
@@ -35,8 +36,8 @@ from shared.settings import load_settings
 APP_RATE = 30  # Teams: requests per second per app per tenant (the fake enforces it)
 INSTANCES = 4  # infra/ maximumInstanceCount: one bench process stands for all of them
 SETTINGS = {
-    "TenantSendRatePerSecond": str(INSTANCES * 7),
-    "TenantGraphRatePerSecond": str(INSTANCES * 7),
+    "TenantSendRatePerSecond": str(APP_RATE),
+    "TenantGraphRatePerSecond": str(APP_RATE),
     "MaxConcurrentSends": str(INSTANCES * 8),
 }
 QUEUE_CONCURRENCY = INSTANCES * 4  # host.json maxConcurrentCalls per instance

@@ -35,16 +35,17 @@ param maximumInstanceCount int = 40
 // (https://learn.microsoft.com/microsoftteams/platform/bots/how-to/rate-limit; https://learn.microsoft.com/graph/throttling-limits#microsoft-teams-service-limits). These budgets are what ALL instances together may use: they are passed
 // through as the app settings TenantSendRatePerSecond and TenantGraphRatePerSecond, and the instances
 // share them through a token bucket in Table Storage (shared/storage/budget.py), however many there are. The
-// default 28 stays under the lower end. The app accepts 1 to 1000.
+// default 30 is the lower end: the app paces itself under the budget it is given (the last token of
+// each second stays unused, for requests that arrive late). The app accepts 1 to 1000.
 @minValue(1)
 @maxValue(1000)
 @description('Bot Connector requests per second per tenant for the whole app (Teams: ~30-50 per app per tenant), shared by all instances (app setting TenantSendRatePerSecond).')
-param tenantSendRatePerSecond int = 28
+param tenantSendRatePerSecond int = 30
 
 @minValue(1)
 @maxValue(1000)
 @description('Graph requests per second per tenant for the whole app (cold resolutions: install, chat lookup), shared by all instances (app setting TenantGraphRatePerSecond).')
-param tenantGraphRatePerSecond int = 28
+param tenantGraphRatePerSecond int = 30
 
 @minValue(1)
 @maxValue(1000)

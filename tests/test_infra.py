@@ -496,8 +496,8 @@ def test_maximum_instance_count_has_the_documented_flex_range() -> None:
         assert 40 <= int(default) <= 1000, rel
     params = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
     assert params["maximumInstanceCount"]["value"] == "${MAXIMUM_INSTANCE_COUNT=40}"
-    assert params["tenantSendRatePerSecond"]["value"] == "${TENANT_SEND_RATE_PER_SECOND=28}"
-    assert params["tenantGraphRatePerSecond"]["value"] == "${TENANT_GRAPH_RATE_PER_SECOND=28}"
+    assert params["tenantSendRatePerSecond"]["value"] == "${TENANT_SEND_RATE_PER_SECOND=30}"
+    assert params["tenantGraphRatePerSecond"]["value"] == "${TENANT_GRAPH_RATE_PER_SECOND=30}"
     assert params["httpPerInstanceConcurrency"]["value"] == "${HTTP_PER_INSTANCE_CONCURRENCY=16}"
     # The tenant budgets reach the app as they are (the instances share them through Table Storage),
     # not divided by the instance cap.

@@ -10,10 +10,11 @@ than planned: 429s) or leaves budget unused (fewer instances).
 Design: time is cut into 1-second slices. Slice ``s`` of (service, tenant) owns ``capacity`` numbered
 tokens; token ``j`` may be used at ``s + j / rate``, so the tokens are paced evenly, never burst, and
 any one-second window holds at most ``capacity`` (+1) requests whichever instances use them.
-``capacity`` is ``rate`` less the tokens of the last ``JITTER_RESERVE`` seconds of the slice (2 of 50):
-a request reaches Teams a few milliseconds after its token's time, by a delay that varies, and Teams
-counts arrivals in a sliding window, so a budget used to its last token draws a 429 whenever a request
-is late and the one a second later is not (bench row 7: ~2% of requests at exactly 50/s). An instance
+``capacity`` is ``rate`` less the tokens of the last ``JITTER_RESERVE`` seconds of the slice, rounded up
+(1 of 30, 2 of 50): a request reaches Teams a few milliseconds after its token's time, by a delay that
+varies, and Teams counts arrivals in a sliding window, so a budget used to its last token draws a 429
+whenever a request is late and the one a second later is not (bench row 7: 1.2-2% of requests at
+exactly 50/s, 0.2-0.5% with the reserve). An instance
 leases a few consecutive tokens at a time (``chunk``) from the slice's row in Table Storage
 (PartitionKey ``{service}|{tenant}``, one of 16 rows reused round-robin, ``Slice`` and ``Used`` = tokens
 handed out), with an
@@ -51,7 +52,7 @@ Service = Literal["connector", "graph"]
 _RING = 16
 #: Seconds at the end of each slice left unused, as a margin for the varying delay between a token's
 #: time and the request's arrival (see the module docstring).
-JITTER_RESERVE = 0.04
+JITTER_RESERVE = 0.03
 #: Conditional writes that lose a race are retried this many times before giving up (transient).
 _MAX_RACES = 20
 
