@@ -6,8 +6,8 @@ identity-based storage (AzureWebJobsStorage__tableServiceUri + __credential=mana
    real send through the HTTP function ``notify`` against the fake and Azurite; it reports the modules
    that were loaded, in load order. The app token comes from MSAL (MSAL's client credentials flow, as the product uses),
    here with the managed identity's token as the federated credential. Azurite takes no token over
-   plain http, so this process reaches it by connection string (azure-core's default transport,
-   aiohttp, as in the deployment); identity-based storage adds the storage token from the
+   plain http, so this process reaches it by connection string (through the app's own Table transport,
+   shared.tablehttp, as in the deployment); identity-based storage adds the storage token from the
    managed identity (``shared.azurecore.ManagedIdentityCredential``, MSAL), which the probe then
    really fetches from the fake's identity endpoint, so that what it loads is counted.
 2. Fresh interpreters, interleaved: one imports exactly those modules (the cost a first send pays for
@@ -168,7 +168,7 @@ def first_send(world: World, *, quick: bool) -> list[Line]:
             "4b",
             "heavy packages the first send loads",
             ", ".join(heavy) or "none",
-            "no botbuilder/msrest/azure.identity (msal, requests, aiohttp: by design)",
-            not {"botbuilder", "botframework", "msrest", "azure.identity"} & set(heavy),
+            "no botbuilder/msrest/azure.identity/aiohttp (msal, requests: by design)",
+            not {"botbuilder", "botframework", "msrest", "azure.identity", "aiohttp"} & set(heavy),
         ),
     ]
