@@ -19,8 +19,10 @@ Behaviour, as azure-core's transports behave:
   a create is never replayed blind).
 - TLS: the default context (the system's CAs, or SSL_CERT_FILE). Proxies: none; the app uses
   azure-core's aiohttp transport instead when the environment names one (shared.bootstrap).
-- A connection is reused only if it is idle for less than ``IDLE_SECONDS`` and the server has not
-  closed it, well inside the keep-alive time servers give (Azure Storage minutes, Azurite 5 s).
+- A connection is reused only if it has been idle for less than ``IDLE_SECONDS`` and the server has
+  not closed it: inside the shortest keep-alive time servers commonly give (Node.js's default, which
+  Azurite has, is 5 s; httpx also expires idle connections after 5 s), so a reused connection is not
+  one the server is closing at that moment.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from azure.core.rest._http_response_impl_async import AsyncHttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
 
 #: A pooled connection idle longer than this is closed rather than reused.
-IDLE_SECONDS = 2.0
+IDLE_SECONDS = 4.0
 #: Idle connections kept per host.
 MAX_IDLE = 32
 _READ_SIZE = 65536
@@ -70,12 +72,19 @@ class _Connection:
         self.writer = writer
         self.protocol = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
+        self.loop = asyncio.get_running_loop()
 
     def reusable(self, now: float) -> bool:
-        return now - self.idle_since < IDLE_SECONDS and not self.reader.at_eof() and not self.writer.is_closing()
+        return (
+            self.loop is asyncio.get_running_loop()  # a connection belongs to the event loop that opened it
+            and now - self.idle_since < IDLE_SECONDS
+            and not self.reader.at_eof()
+            and not self.writer.is_closing()
+        )
 
     def close(self) -> None:
-        self.writer.close()
+        if not self.loop.is_closed():
+            self.writer.close()
 
 
 async def _download(response: TableHttpResponse, pipeline: Any = None, **kwargs: Any) -> AsyncIterator[bytes]:
