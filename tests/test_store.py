@@ -3,18 +3,13 @@ Azure Table Storage on Azurite, and the in-process LRU in front of Table Storage
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import httpx
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
-from shared.bootstrap import quiet_url_loggers, table_service
-from shared.errors import TransientError
-from shared.settings import load_settings
+from shared.bootstrap import quiet_url_loggers
 from shared.storage.references import (
     CachedRecipientStore,
     ConversationReference,
@@ -127,75 +122,3 @@ def test_escape_key_is_reversible_and_free_of_forbidden_characters() -> None:
         ord(c) >= 0x20 and not 0x7F <= ord(c) <= 0x9F for c in escaped
     )
     assert unescape_key(escaped) == raw
-
-
-class _ForwardProxy:
-    """A loopback forward proxy that records each request line and answers 407 (as a proxy that wants
-    credentials): enough to see whether the Table client went through it."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> _ForwardProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.requests.append((await reader.readline()).decode("latin-1").strip())
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-
-@pytest.mark.parametrize("proxied", [True, False])
-async def test_table_requests_use_the_environment_proxy_only_when_one_is_set(
-    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, proxied: bool
-) -> None:
-    """The app's Table client honours HTTP_PROXY (aiohttp's trust_env) when the environment names a
-    proxy, and otherwise goes straight to the endpoint without trust_env's per-request proxy and
-    ~/.netrc lookups: a netrc entry for the storage host must not matter (with trust_env aiohttp
-    would add its Basic credentials beside the request's own Authorization header)."""
-    quiet_url_loggers()  # as the app does: Table Storage URLs carry the keys
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    if not proxied:
-        netrc = tmp_path / "netrc"
-        netrc.write_text("machine 127.0.0.1 login someone password not-for-storage\n")
-        monkeypatch.setenv("NETRC", str(netrc))
-    async with _ForwardProxy() as proxy:
-        if proxied:
-            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
-        settings = load_settings(
-            {
-                "MicrosoftAppId": "5e1f2a3b-1111-4222-8333-944455556666",
-                "MicrosoftAppPassword": "not-used-here",
-                "MicrosoftAppTenantId": TENANT,
-                "TeamsAppId": "0f0e0d0c-1111-4222-8333-944455556666",
-                "AzureWebJobsStorage": azurite.connection_string,
-            }
-        )
-        async with httpx.AsyncClient() as http:
-            service, _ = table_service(settings, http)
-            store = TableRecipientStore(service.get_table_client("s" + uuid.uuid4().hex[:12] + "accounts"))
-            try:
-                if proxied:
-                    with pytest.raises(TransientError):
-                        await store.get(TENANT, "alice@contoso.com")
-                    assert proxy.requests and proxy.requests[0].startswith("POST http://127.0.0.1:")
-                else:
-                    assert await store.get(TENANT, "alice@contoso.com") is None
-                    assert proxy.requests == []
-            finally:
-                await store.close()
-                await service.close()

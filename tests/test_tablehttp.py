@@ -3,7 +3,8 @@ counts connections and can misbehave as networks and servers do: keep-alive reus
 server closed while idle, a connection refused, a server that hangs up or never answers. What an
 error must be is azure-core's contract for transports (azure.core.exceptions: ServiceRequestError when
 the request never reached the service, ServiceResponseError when it may have), which its retry policy
-relies on."""
+relies on. And the choice of transport: aiohttp's, with the environment's settings, only where the
+environment names a proxy."""
 
 from __future__ import annotations
 
@@ -11,26 +12,35 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.data.tables.aio import TableClient
 
-from shared.bootstrap import quiet_url_loggers
+from shared.bootstrap import quiet_url_loggers, table_service
+from shared.errors import TransientError
+from shared.settings import load_settings
+from shared.storage.references import TableRecipientStore
 from shared.tablehttp import TableHttpTransport
 from tests.azurite import Azurite
+
+TENANT = "0b6f3c2e-3a53-4f7c-9d1e-1f4a9d0c2b11"
 
 
 class Relay:
     """Forwards loopback TCP connections to Azurite's table port. ``mode``: ``forward``; ``close_idle``
     (the server side closes each connection right after its first answer, as a server closes an idle
     keep-alive connection); ``hang_up`` (reads the request, closes without answering); ``silent``
-    (reads the request, never answers)."""
+    (reads the request, never answers); ``proxy`` (a forward proxy that wants credentials: records the
+    request line in ``requests`` and answers 407)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.mode = "forward"
         self.connections = 0
+        self.requests: list[str] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -58,6 +68,16 @@ class Relay:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.append(task)
+        if self.mode == "proxy":
+            self.requests.append((await reader.readline()).decode("latin-1").strip())
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            writer.write(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            writer.close()
+            return
         if self.mode in ("hang_up", "silent"):
             await reader.read(65536)
             if self.mode == "silent":
@@ -142,3 +162,48 @@ async def test_a_request_written_but_not_answered_may_have_been_received(
         with pytest.raises(ServiceResponseError) as raised:
             await table.get_entity("p", "r", retry_total=0)
     assert not isinstance(raised.value, ServiceRequestError)
+
+
+@pytest.mark.parametrize("proxied", [True, False])
+async def test_table_requests_use_the_environment_proxy_only_when_one_is_set(
+    azurite: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, proxied: bool
+) -> None:
+    """The app's Table client honours HTTP_PROXY (aiohttp's trust_env) when the environment names a
+    proxy, and otherwise goes straight to the endpoint without trust_env's per-request proxy and
+    ~/.netrc lookups: a netrc entry for the storage host must not matter (with trust_env aiohttp
+    would add its Basic credentials beside the request's own Authorization header)."""
+    quiet_url_loggers()  # as the app does: Table Storage URLs carry the keys
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    if not proxied:
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login someone password not-for-storage\n")
+        monkeypatch.setenv("NETRC", str(netrc))
+    async with Relay(azurite.table_port) as proxy:
+        proxy.mode = "proxy"
+        if proxied:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        settings = load_settings(
+            {
+                "MicrosoftAppId": "5e1f2a3b-1111-4222-8333-944455556666",
+                "MicrosoftAppPassword": "not-used-here",
+                "MicrosoftAppTenantId": TENANT,
+                "TeamsAppId": "0f0e0d0c-1111-4222-8333-944455556666",
+                "AzureWebJobsStorage": azurite.connection_string,
+            }
+        )
+        async with httpx.AsyncClient() as http:
+            service, _ = table_service(settings, http)
+            store = TableRecipientStore(service.get_table_client("s" + uuid.uuid4().hex[:12] + "accounts"))
+            try:
+                if proxied:
+                    with pytest.raises(TransientError):
+                        await store.get(TENANT, "alice@contoso.com")
+                    assert proxy.requests and proxy.requests[0].startswith("POST http://127.0.0.1:")
+                else:
+                    assert await store.get(TENANT, "alice@contoso.com") is None
+                    assert proxy.requests == []
+            finally:
+                await store.close()
+                await service.close()
