@@ -32,8 +32,11 @@ class Lines:
         stdout = proc.stdout
 
         def pump() -> None:
-            for line in stdout:
-                self._queue.put(line)
+            # The pipe is closed here at EOF (the sandbox exited), whatever the test's outcome: a pipe
+            # left open is a ResourceWarning in whichever later test the garbage collector runs.
+            with stdout:
+                for line in stdout:
+                    self._queue.put(line)
             self._queue.put(None)
 
         threading.Thread(target=pump, daemon=True).start()
@@ -123,7 +126,5 @@ def test_sandbox_serves_a_send_and_stops_cleanly(tmp_path: Path) -> None:
     lines.wait_for("sandbox stopped", timeout=5)
     assert not (state / "sandbox.json").exists()
     assert proc.returncode == 0
-    assert proc.stdout is not None
-    proc.stdout.close()
     with socket.socket() as sock:  # Azurite is gone too
         assert sock.connect_ex(("127.0.0.1", table_port)) != 0
