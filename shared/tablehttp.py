@@ -3,14 +3,14 @@ with h11 (the protocol library httpx is built on) over asyncio streams, with kee
 
 Why not a library's transport, measured (bench/results/2026-12-01.md):
 - azure-core's default, aiohttp: about 0.2 s of imports (plus a TLS context built at import), which
-  the first send after every cold start paid; that alone kept the first send's imports above 0.8x of
-  ``import botbuilder.core`` (bench row 4b).
+  the first send after every cold start paid (bench row 4b: the first send's imports took 1.36x
+  ``import botbuilder.core``'s time with it, 1.15x-1.53x over three noisy runs without).
 - an httpx-backed transport (the same client as Graph and the Bot Connector): about 3x aiohttp's CPU
   per Table request (httpcore's connection pool checks every pooled connection through anyio on each
   request), which a broadcast pays five times per recipient (bench row 7).
-This one costs a few milliseconds of imports (h11 and ssl are already loaded by httpx) and less CPU
-per request than aiohttp. Everything above the transport stays azure-core's: retries (the Tables retry
-policy), authentication, redirects, logging.
+This one costs a few milliseconds of imports (h11 and ssl are already loaded by httpx) and about
+aiohttp's CPU per request (0.77-1.00 ms against 0.84-0.98 ms, interleaved). Everything above the
+transport stays azure-core's: retries (the Tables retry policy), authentication, redirects, logging.
 
 Behaviour, as azure-core's transports behave:
 - A request that never reached the service (connect failed or timed out) is ``ServiceRequestError``
@@ -88,7 +88,8 @@ class _Connection:
 
 
 async def _download(response: TableHttpResponse, pipeline: Any = None, **kwargs: Any) -> AsyncIterator[bytes]:
-    """The body, already read by ``send`` (Table responses are small; nothing is streamed)."""
+    """The body, already read by ``send``: nothing is streamed, even when asked (Table answers are at
+    most a page of 1,000 entities)."""
     yield response.internal_response
 
 
@@ -203,8 +204,10 @@ class TableHttpTransport(AsyncHttpTransport[HttpRequest, TableHttpResponse]):
             raise
         self._checkin(key, connection)
         response_headers = CaseInsensitiveDict()
-        for name, value in raw_headers:
-            response_headers[name.decode("latin-1")] = value.decode("latin-1")
+        for raw_name, raw_value in raw_headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            # A repeated header is one comma-separated list (RFC 9110, 5.3).
+            response_headers[name] = f"{response_headers[name]}, {value}" if name in response_headers else value
         response = TableHttpResponse(
             request=request, status=status, reason=reason, headers=response_headers, body=content
         )
