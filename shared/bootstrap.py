@@ -148,11 +148,11 @@ def table_service(settings: Settings, http: httpx.AsyncClient) -> tuple[Any, Any
 
     from shared.azurecore import ManagedIdentityCredential
 
-    options: dict[str, Any] = {"use_env_settings": True}
+    options: dict[str, Any] = {}  # with a proxy: azure-core's default transport, which reads it
     if not env_proxy_configured():
         from shared.tablehttp import TableHttpTransport
 
-        options = {"transport": TableHttpTransport()}
+        options["transport"] = TableHttpTransport()
     if settings.table_connection_string:
         return TableServiceClient.from_connection_string(settings.table_connection_string, **options), None
     assert settings.table_service_uri is not None
