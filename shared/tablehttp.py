@@ -31,6 +31,7 @@ import asyncio
 import ssl
 import time
 import urllib.parse
+import zlib
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -87,10 +88,22 @@ class _Connection:
             self.writer.close()
 
 
-async def _download(response: TableHttpResponse, pipeline: Any = None, **kwargs: Any) -> AsyncIterator[bytes]:
+async def _download(
+    response: TableHttpResponse, pipeline: Any = None, *, decompress: bool = True, **kwargs: Any
+) -> AsyncIterator[bytes]:
     """The body, already read by ``send``: nothing is streamed, even when asked (Table answers are at
-    most a page of 1,000 entities)."""
-    yield response.internal_response
+    most a page of 1,000 entities). A gzip or deflate Content-Encoding is undone unless
+    ``decompress=False``, as azure-core's own transports do."""
+    body: bytes = response.internal_response
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if decompress and encoding in ("gzip", "deflate"):
+        # wbits 47: zlib or gzip header, detected; a raw deflate stream (what some servers send as
+        # "deflate") needs -15.
+        try:
+            body = zlib.decompress(body, 47)
+        except zlib.error:
+            body = zlib.decompress(body, -15)
+    yield body
 
 
 class TableHttpResponse(AsyncHttpResponseImpl):
