@@ -51,6 +51,7 @@ async def _watch(services: Any, out: Output, args: argparse.Namespace) -> Any:
 async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out: Output) -> int:
     from shared.lifecycle import get_status, recall_notification, update_notification
     from shared.request_models import parse_update_request
+    from shared.response_models import to_body
 
     async with services_for(source) as services:
         if args.notification_command == "status":
@@ -58,7 +59,7 @@ async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out
                 status = await _watch(services, out, args)
             else:
                 status = await get_status(services, args.id, top=args.top, token=args.continuation_token)
-            out.document(status.model_dump(by_alias=True))
+            out.document(to_body(status))
             out.line(_status_summary(status))
             for row in status.recipients:
                 detail = row.activity_id or (f"{row.error.code}: {row.error.message}" if row.error else "")
@@ -86,7 +87,7 @@ async def cmd_notification(args: argparse.Namespace, source: SettingsSource, out
                 response, retry_after = await update_notification(services, args.id, update, args.recipient, on_result)
             else:
                 response, retry_after = await recall_notification(services, args.id, args.recipient, on_result)
-    out.document(response.model_dump(by_alias=True))
+    out.document(to_body(response))
     tally: dict[str, int] = {}
     for result in response.results:
         tally[result.outcome] = tally.get(result.outcome, 0) + 1

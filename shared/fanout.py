@@ -21,7 +21,7 @@ from shared.delivery import deliver, keep_trying
 from shared.errors import InvalidRequestError, NotifyError, RequestInProgressError, TransientError
 from shared.lifecycle import delete_activity, status_of
 from shared.notification_ids import delivery_id, fan_out_signature, fan_out_signature_valid
-from shared.request_models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest
+from shared.request_models import SYNC_RECIPIENTS, FanOutItem, NotifyRequest, notify_request
 from shared.results import FanOut, Refused, SendOutcome, Sent
 from shared.storage.notifications import Delivery, Header, note
 
@@ -52,13 +52,7 @@ async def send_to_recipient(
         row = await store.get(header.notification_id, recipient)
     if row is not None and row.state != "pending":
         return row
-    request = NotifyRequest.model_validate(
-        {
-            "recipient": recipient,
-            "tenantId": header.tenant_id,
-            **header.content.model_dump(exclude_none=True),
-        }
-    )
+    request = notify_request({"recipient": recipient, "tenantId": header.tenant_id, **header.content.content_dict()})
     key = delivery_id(header.notification_id, recipient)
     pending = row or Delivery(header.notification_id, recipient, header.tenant_id, "pending")
     try:
@@ -209,7 +203,7 @@ async def start_notification(
             signature=fan_out_signature(
                 signer, notification_id, r.recipient, delivery_id(notification_id, r.recipient)
             ),
-        ).model_dump_json(by_alias=True)
+        ).to_json()
         for r in rows
         if r.state == "pending"
     )

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from shared.botframework import message_activity
 from shared.callerauth import may_access, owner_id
 from shared.errors import (
@@ -49,7 +51,7 @@ async def get_status(
     header = await store.get_header(notification_id)
     await _check_owner(services, notification_id, header)
     counts = await store.counts(notification_id)
-    total = header.total if header is not None else sum(counts.model_dump().values())
+    total = header.total if header is not None else counts.total()
     if total == 0:
         sent = delivery_from_handle(notification_id, services.settings.service_url, await services.signing.signer())
         if sent is None:
@@ -78,7 +80,7 @@ def status_of(
         notification_id=notification_id,
         finished=pending == 0,
         total=total,
-        counts=counts.model_copy(update={"pending": pending}),
+        counts=msgspec.structs.replace(counts, pending=pending),
         recipients=[r.result() for r in page],
         continuation_token=token,
     )
@@ -176,8 +178,6 @@ async def update_notification(
             # The message (or the conversation) is gone: it was deleted.
             await note(services.notifications, replace(row, state="recalled"))
             return ChangeResult(recipient=row.recipient, outcome="recalled")
-        except NotifyError as err:
-            return _failed(row, err)
         # ETag match (insert-if-absent for a handle's first row): a recall that ran meanwhile must not
         # be turned back into "sent" by this write.
         if not await note(services.notifications, replace(row, content_fingerprint=fingerprint)):
@@ -215,10 +215,7 @@ async def recall_notification(
             row = current
         if row.state != "sent" or not row.activity_id or not row.conversation_id:
             return ChangeResult(recipient=row.recipient, outcome="not_sent")
-        try:
-            await delete_activity(services, row)
-        except NotifyError as err:
-            return _failed(row, err)
+        await delete_activity(services, row)
         # The message is deleted: "recalled" is right whatever changed meanwhile (an update's write),
         # so a lost ETag race is settled by writing it over the row as it is now.
         while not await note(services.notifications, replace(row, state="recalled")):
@@ -266,14 +263,11 @@ async def _on_service_url(services: Services, row: Delivery, call: Any) -> str:
 def _failed(row: Delivery, err: NotifyError) -> ChangeResult:
     log = logger.info if isinstance(err, RecipientError) else logger.warning
     log("change for %s failed: %s", recipient_hash(row.tenant_id, row.recipient), err.code)
-    result = ChangeResult(
+    return ChangeResult(
         recipient=row.recipient,
         outcome="failed",
         error=ErrorDetail(code=err.code, message=err.message, target=err.target),
     )
-    if isinstance(err, TransientError):
-        result._retry_after = err.retry_after
-    return result
 
 
 async def _apply(
@@ -283,10 +277,16 @@ async def _apply(
     does not start 10,000 coroutines of storage reads at once); an error of one recipient (a storage
     blip while recording it) is reported for that recipient, not raised for all."""
     gate = asyncio.Semaphore(_APPLY_CONCURRENCY)
+    waits: list[float] = []  # how long upstream asked us to wait after each transient failure
 
     async def bounded(row: Delivery) -> ChangeResult:
         async with gate:
-            result: ChangeResult = await one(row)
+            try:
+                result: ChangeResult = await one(row)
+            except NotifyError as err:
+                result = _failed(row, err)
+                if isinstance(err, TransientError) and err.retry_after is not None:
+                    waits.append(err.retry_after)
         if on_result is not None:
             on_result(result)
         return result
@@ -296,8 +296,6 @@ async def _apply(
     for row, outcome in zip(rows, outcomes, strict=True):
         if isinstance(outcome, ChangeResult):
             results.append(outcome)
-        elif isinstance(outcome, NotifyError):
-            results.append(_failed(row, outcome))
         elif isinstance(outcome, Exception):
             logger.error(
                 "change for %s failed unexpectedly", recipient_hash(row.tenant_id, row.recipient), exc_info=outcome
@@ -313,7 +311,6 @@ async def _apply(
             raise outcome  # cancellation: the whole request is being cancelled
     transient = [r for r in results if r.error is not None and r.error.code in _TRANSIENT_CODES]
     # Repeat no earlier than upstream asked (the longest Retry-After among the transient failures).
-    waits = [r._retry_after for r in transient if r._retry_after is not None]
     retry_after = (max(waits) if waits else 1.0) if transient else None
     return ChangeResponse(notification_id=notification_id, results=results), retry_after
 

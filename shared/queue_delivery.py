@@ -28,7 +28,7 @@ from shared.fanout import handle_fan_out_item, send_single, start_notification
 from shared.jsonbody import loads_strict
 from shared.logcontext import accept_correlation_id, correlation
 from shared.notification_ids import notification_id_for
-from shared.request_models import FanOutItem, parse_notify_request
+from shared.request_models import FanOutItem, fan_out_item, parse_notify_request
 from shared.results import Refused, Sent
 from shared.storage.idempotency import check_key
 
@@ -177,7 +177,4 @@ def _fan_out_item(body: bytes) -> FanOutItem | None:
     if b'"deliveryId"' not in body:
         return None
     payload = loads_strict(body)  # hostile JSON is refused here as it would be for a send request
-    try:
-        return FanOutItem.model_validate(payload)
-    except ValueError:
-        return None  # not ours after all: validated (and reported) as a send request
+    return fan_out_item(payload)  # None: not ours after all, validated (and reported) as a send request

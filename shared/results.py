@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import NotifyError, TransientError
-from shared.response_models import NotificationStatus, NotifyResponse
+from shared.response_models import NotificationStatus, NotifyResponse, to_body
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Sent:
             recipient=self.recipient,
             notification_id=self.notification_id,
         )
-        body = response.model_dump(by_alias=True, exclude_none=True)
+        body = {name: value for name, value in to_body(response).items() if value is not None}
         body.setdefault("activityId", None)
         return body
 

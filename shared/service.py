@@ -25,6 +25,7 @@ from shared.lifecycle import get_status, recall_notification, update_notificatio
 from shared.logcontext import accept_correlation_id, correlation
 from shared.notification_ids import new_notification_id, notification_id_for, single_send_handle, status_location
 from shared.request_models import NotifyRequest, parse_notify_request, parse_update_request
+from shared.response_models import to_body
 from shared.results import FanOut, Refused, SendOutcome, Sent
 from shared.storage.idempotency import check_key
 from shared.storage.notifications import Delivery
@@ -77,7 +78,7 @@ async def answer(what: str, work: Callable[[], Awaitable[Outcome]]) -> Outcome:
 
 def fan_out_outcome(fanned: FanOut) -> Outcome:
     """200 with every recipient's result, or 202 + Location when recipients were queued."""
-    body = fanned.status.model_dump(by_alias=True)
+    body = to_body(fanned.status)
     if fanned.queued:
         location = status_location(fanned.status.notification_id)
         return Outcome(202, body, location=location, messages=fanned.messages)
@@ -230,7 +231,7 @@ async def handle_status(
         status = await get_status(
             services, notification_id, top=_int_param(top, "top"), token=continuation_token or None
         )
-        return Outcome(200, status.model_dump(by_alias=True))
+        return Outcome(200, to_body(status))
 
     return await _answer(correlation_id, work, authorization, "status")
 
@@ -249,7 +250,7 @@ async def handle_update(
     async def work(services: Services) -> Outcome:
         update = parse_update_request(body, content_type)
         response, retry_after = await update_notification(services, notification_id, update, recipient or None)
-        return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
+        return Outcome(200, to_body(response), retry_after=retry_after)
 
     return await _answer(correlation_id, work, authorization, "update")
 
@@ -265,7 +266,7 @@ async def handle_recall(
 
     async def work(services: Services) -> Outcome:
         response, retry_after = await recall_notification(services, notification_id, recipient or None)
-        return Outcome(200, response.model_dump(by_alias=True), retry_after=retry_after)
+        return Outcome(200, to_body(response), retry_after=retry_after)
 
     return await _answer(correlation_id, work, authorization, "recall")
 

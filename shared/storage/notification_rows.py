@@ -87,16 +87,14 @@ def recipient_row(recipient: str) -> str:
 def content_json(content: MessageContent) -> str:
     """The content as a header stores it ("Content"...): a JSON object of its text, card and summary,
     the absent ones left out."""
-    return content.model_dump_json(exclude_none=True)
+    return json.dumps(content.content_dict(), separators=(",", ":"), ensure_ascii=False)
 
 
 def content_of(stored: str) -> MessageContent:
     """A header's stored content read back (only text, card and summary count; as stored, so not
     validated again)."""
     content = json.loads(stored)
-    return MessageContent.model_construct(
-        text=content.get("text"), card=content.get("card"), summary=content.get("summary")
-    )
+    return MessageContent(text=content.get("text"), card=content.get("card"), summary=content.get("summary"))
 
 
 def entity_of(d: Delivery) -> dict[str, Any]:
