@@ -5,7 +5,7 @@ transport: every HTTP function gets an ``Outcome`` from shared.service (whose ``
 error boundary) and renders it with ``_response``. Nothing is built at import time: shared.bootstrap
 builds the clients on first use, and each function imports the library inside its body, so indexing
 the app (``import function_app`` + ``app.get_functions()``, the host's cold start) loads neither httpx,
-pydantic, MSAL nor the Azure SDKs.
+msgspec, MSAL nor the Azure SDKs.
 
 | function            | trigger                                                  | library call                        |
 | ------------------- | -------------------------------------------------------- | ----------------------------------- |

@@ -29,7 +29,8 @@ else:
     names = []
 elapsed = time.perf_counter() - t0
 heavy = sorted(m for m in ("botbuilder.core", "botframework.connector", "msal", "msrest", "aiohttp",
-                           "azure.data.tables", "azure.identity", "httpx", "requests", "pydantic") if m in sys.modules)
+                           "azure.data.tables", "azure.identity", "httpx", "requests", "pydantic", "msgspec")
+               if m in sys.modules)
 # VmHWM: this process's own peak (ru_maxrss would start from the forking parent's peak).
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": elapsed, "rss_kb": hwm,

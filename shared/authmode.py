@@ -1,7 +1,7 @@
 """ApiAuthMode read alone with the standard library, because the host needs it when it indexes the app.
 
 The HTTP functions' auth level is chosen at indexing time (function_app.API_AUTH), before the library
-and pydantic load (the host's cold start). shared.settings validates the same setting strictly.
+and msgspec load (the host's cold start). shared.settings validates the same setting strictly.
 """
 
 from __future__ import annotations

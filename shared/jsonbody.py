@@ -26,7 +26,7 @@ MAX_RECIPIENTS = 10_000
 # the message itself (text, card, summary) still at most MAX_BODY_BYTES.
 MAX_REQUEST_BYTES = MAX_RAW_BODY_BYTES + MAX_RECIPIENTS * 330
 # JSON nested deeper than this is refused (413 json_too_deep) before anything walks it recursively
-# (json, pydantic, Table Storage and Teams all have limits of their own, some of them crashes). A
+# (json, msgspec, Table Storage and Teams all have limits of their own, some of them crashes). A
 # real Adaptive Card nests well under half of it (one card level is an object and an array).
 MAX_JSON_DEPTH = 64
 

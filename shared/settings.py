@@ -1,11 +1,14 @@
-"""The app settings, declared once as a pydantic model, and ``load_settings``, which reads and validates them.
+"""The app settings, declared once as the fields of ``Settings``, and ``load_settings``, which reads and
+validates them.
 
-Every setting the code reads is a field of ``Settings`` under its app-setting name, so ``SETTING_NAMES``
-(infra/ provisions exactly these, and a test keeps the two in step) is the model's list of aliases.
-``load_settings`` reads them once from a mapping (``os.environ`` in the function host, a dict in tests)
-and raises one ``ConfigurationError`` that names every missing or malformed setting; a value is never
-echoed and secrets are kept out of ``repr``. ``ApiAuthMode`` is also read alone by shared.authmode,
-which the host needs before the library loads.
+Every setting the code reads is a field of ``Settings`` (a frozen ``msgspec.Struct``) declared with
+``_setting``: its app-setting name, its default (none: required), how a given value is parsed and
+checked, any rule against the settings declared before it, and whether it holds a secret.
+``SETTING_NAMES`` (infra/ provisions exactly these, and a test keeps the two in step) is the list of
+those names. ``load_settings`` reads them once from a mapping (``os.environ`` in the function host, a
+dict in tests), validates them in declaration order and raises one ``ConfigurationError`` that names
+every missing or malformed setting; a value is never echoed and secrets are kept out of ``repr``.
+``ApiAuthMode`` is also read alone by shared.authmode, which the host needs before the library loads.
 """
 
 from __future__ import annotations
@@ -17,21 +20,10 @@ import os
 import re
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import ErrorDetails, PydanticCustomError
+import msgspec
 
 from shared.authmode import API_AUTH_MODES, ApiAuthMode
 from shared.errors import ConfigurationError
@@ -56,7 +48,21 @@ _DEVELOPMENT_STORAGE = (
 _URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _TABLE_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,39}$")
 _APP_ROLE_RE = re.compile(r"[A-Za-z0-9._-]{1,120}")
-_FAILED = object()  # in ValidationInfo.data: an earlier setting that was given but is malformed
+_FAILED = object()  # an earlier setting that was given but is malformed (absent from the validated ones)
+
+
+class _Invalid(Exception):
+    """A problem with one setting; load_settings reports it as "<setting name> <text>"."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+# parse: a given (trimmed, non-empty) value to the field's value. rule: the field's value (given or
+# default) checked against the settings validated before it (by attribute; a malformed one is absent).
+_Parse = Callable[[str], Any]
+_Rule = Callable[[Any, Mapping[str, Any]], Any]
 
 
 def _is_guid(value: str) -> bool:
@@ -98,42 +104,37 @@ def _storage_connection_string(value: str) -> bool:
     )
 
 
-def _invalid(text: str) -> PydanticCustomError:
-    """A problem with one setting; load_settings reports it as "<setting name> <text>"."""
-    return PydanticCustomError("setting", text)
-
-
-def _check(test: Callable[[str], object], text: str) -> AfterValidator:
-    def check(value: str | None) -> str | None:
-        if value is not None and not test(value):
-            raise _invalid(text)
+def _check(test: Callable[[str], object], text: str) -> _Parse:
+    def check(value: str) -> str:
+        if not test(value):
+            raise _Invalid(text)
         return value
 
-    return AfterValidator(check)
+    return check
 
 
-def _one_of(choices: Mapping[str, str], text: str) -> BeforeValidator:
+def _one_of(choices: Mapping[str, str], text: str) -> _Parse:
     """A case-insensitive choice, returned in its canonical spelling."""
 
     def choose(value: str) -> str:
         if value.lower() not in choices:
-            raise _invalid(text)
+            raise _Invalid(text)
         return choices[value.lower()]
 
-    return BeforeValidator(choose)
+    return choose
 
 
-def _number(low: float, high: float, kind: type[float] | type[int] = float) -> BeforeValidator:
+def _number(low: float, high: float, kind: type[float] | type[int] = float) -> _Parse:
     def number(raw: str) -> float:
         try:
             value = float(raw)
         except ValueError:
             value = float("nan")
         if not low <= value <= high:
-            raise _invalid(f"must be a number between {low:g} and {high:g}")
+            raise _Invalid(f"must be a number between {low:g} and {high:g}")
         return kind(value)
 
-    return BeforeValidator(number)
+    return number
 
 
 def _whole_days(raw: str) -> int:
@@ -142,18 +143,18 @@ def _whole_days(raw: str) -> int:
     except ValueError:  # a digit int() does not read, such as "²"
         days = -1
     if not 0 <= days <= 3650:
-        raise _invalid("must be a whole number of days from 0 to 3650 (0 keeps rows forever)")
+        raise _Invalid("must be a whole number of days from 0 to 3650 (0 keeps rows forever)")
     return days
 
 
 def _true_or_false(raw: str) -> bool:
     if raw.lower() not in ("true", "false"):
-        raise _invalid("must be true or false")
+        raise _Invalid("must be true or false")
     return raw.lower() == "true"
 
 
 def _signing_key(raw: str) -> bytes:
-    malformed = _invalid(f"must be base64 of at least {MIN_SIGNING_KEY_BYTES} random bytes")
+    malformed = _Invalid(f"must be base64 of at least {MIN_SIGNING_KEY_BYTES} random bytes")
     try:
         key = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
@@ -166,148 +167,169 @@ def _signing_key(raw: str) -> bytes:
 def _service_url(value: str) -> str:
     # A local Bot Connector emulator (Agents Playground) serves plain http on loopback.
     if not (_https_url(value) or _loopback_http_url(value)):
-        raise _invalid("must be an https:// URL (http:// only on loopback)")
+        raise _Invalid("must be an https:// URL (http:// only on loopback)")
     return value if value.endswith("/") else value + "/"
 
 
 def _https_endpoint(value: str) -> str:
     if not _https_url(value):
-        raise _invalid("must be an https:// URL")
+        raise _Invalid("must be an https:// URL")
     return value.rstrip("/")
 
 
-def _expand_storage(value: str | None) -> str | None:
-    return _DEVELOPMENT_STORAGE if value is not None and value.lower() == "usedevelopmentstorage=true" else value
+def _expand_storage(value: str) -> str:
+    return _DEVELOPMENT_STORAGE if value.lower() == "usedevelopmentstorage=true" else value
 
 
 _NOT_A_CONNECTION_STRING = (
     "is not a storage connection string (AccountName with AccountKey or SharedAccessSignature, or TableEndpoint)"
 )
+
+
+def _table_storage(value: str) -> str:
+    value = _expand_storage(value)
+    if not _storage_connection_string(value):
+        raise _Invalid(_NOT_A_CONNECTION_STRING)
+    return value
+
+
+def _password_or_federated(value: str | None, earlier: Mapping[str, Any]) -> str | None:
+    # A malformed ManagedIdentityClientId was given (and is reported itself).
+    mi_given = earlier.get("managed_identity_client_id", _FAILED) is not None
+    app_type = earlier.get("app_type", "SingleTenant")
+    if value is None and app_type != "UserAssignedMSI" and not mi_given:
+        raise _Invalid(
+            "is missing: set it (local development) "
+            "or set ManagedIdentityClientId for the secretless federated credential"
+        )
+    return value
+
+
+def _storage(value: str | None, earlier: Mapping[str, Any]) -> str | None:
+    if earlier.get("table_storage_connection", _FAILED) is not None:
+        return value  # TableStorageConnection holds the tables; AzureWebJobsStorage is the host's
+    if value is None and earlier.get("table_service_uri") is None:
+        raise _Invalid(
+            "is missing: set a storage connection string, TableStorageConnection, "
+            "or AzureWebJobsStorage__tableServiceUri for an identity-based connection"
+        )
+    if value is not None and not _storage_connection_string(value):
+        raise _Invalid(_NOT_A_CONNECTION_STRING)
+    return value
+
+
+def _audience(value: str | None, earlier: Mapping[str, Any]) -> str | None:
+    if value is None and earlier.get("api_auth_mode") == "EntraId":
+        raise _Invalid("is missing: ApiAuthMode EntraId needs the API's Application ID URI (api://...)")
+    if value is not None and not (_is_guid(value) or _URI_RE.fullmatch(value)):
+        raise _Invalid("must be the API's Application ID URI (e.g. api://<client id>) or its client id")
+    return value
+
+
+# Each field's reading, by app-setting name, in declaration order: (default, parse, rule, secret).
+_DECLARED: dict[str, tuple[Any, _Parse | None, _Rule | None, bool]] = {}
+
+
+def _setting(
+    name: str,
+    default: Any = msgspec.NODEFAULT,
+    *,
+    parse: _Parse | None = None,
+    rule: _Rule | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field of Settings read from the app setting ``name``; without a default it is required.
+    ``parse`` turns a given value into the field's value (None: the trimmed text). ``rule`` then checks
+    the value, given or default, against the settings declared before it. A ``secret`` is not in repr."""
+    _DECLARED[name] = (default, parse, rule, secret)
+    return msgspec.field(default=default, name=name)
+
+
+_GUID = _check(_is_guid, "must be a GUID")
 _APP_TYPES: dict[str, AppType] = {t.lower(): t for t in ("SingleTenant", "MultiTenant", "UserAssignedMSI")}
-Guid = Annotated[str, _check(_is_guid, "must be a GUID")]
-Days = Annotated[int, BeforeValidator(_whole_days)]
-StorageConnection = Annotated[str | None, BeforeValidator(_expand_storage)]
 
 
-class Settings(BaseModel):
-    """Every app setting, under its app-setting name (the alias). Fields are validated in this order,
-    so a rule that depends on another setting comes after it."""
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every app setting, under its app-setting name. Fields are validated in this order, so a rule
+    that depends on another setting comes after it."""
 
-    model_config = ConfigDict(frozen=True)
-
-    app_id: Guid = Field(alias="MicrosoftAppId")
-    tenant_id: Guid = Field(alias="MicrosoftAppTenantId")
-    teams_app_id: Guid = Field(alias="TeamsAppId")
-    app_type: Annotated[
-        AppType, _one_of(_APP_TYPES, "must be SingleTenant, MultiTenant or UserAssignedMSI")
-    ] = Field("SingleTenant", alias="MicrosoftAppType")
-    managed_identity_client_id: Annotated[
-        str | None, _check(_is_guid, "must be a GUID (the managed identity's client id)")
-    ] = Field(None, alias="ManagedIdentityClientId")
-    app_password: str | None = Field(None, alias="MicrosoftAppPassword", repr=False, validate_default=True)
-    service_url: Annotated[str, AfterValidator(_service_url)] = Field(DEFAULT_SERVICE_URL, alias="ServiceUrl")
-    authority_host: Annotated[str, AfterValidator(_https_endpoint)] = Field(
-        DEFAULT_AUTHORITY_HOST, alias="AuthorityHost"
+    app_id: str = _setting("MicrosoftAppId", parse=_GUID)
+    tenant_id: str = _setting("MicrosoftAppTenantId", parse=_GUID)
+    teams_app_id: str = _setting("TeamsAppId", parse=_GUID)
+    app_type: AppType = _setting(
+        "MicrosoftAppType",
+        "SingleTenant",
+        parse=_one_of(_APP_TYPES, "must be SingleTenant, MultiTenant or UserAssignedMSI"),
     )
-    graph_endpoint: Annotated[str, AfterValidator(_https_endpoint)] = Field(
-        DEFAULT_GRAPH_ENDPOINT, alias="GraphEndpoint"
+    managed_identity_client_id: str | None = _setting(
+        "ManagedIdentityClientId", None, parse=_check(_is_guid, "must be a GUID (the managed identity's client id)")
     )
+    app_password: str | None = _setting("MicrosoftAppPassword", None, rule=_password_or_federated, secret=True)
+    service_url: str = _setting("ServiceUrl", DEFAULT_SERVICE_URL, parse=_service_url)
+    authority_host: str = _setting("AuthorityHost", DEFAULT_AUTHORITY_HOST, parse=_https_endpoint)
+    graph_endpoint: str = _setting("GraphEndpoint", DEFAULT_GRAPH_ENDPOINT, parse=_https_endpoint)
     # Table Storage: a connection string (secret-bearing, kept out of repr; TableStorageConnection, else
     # the host's AzureWebJobsStorage) or an identity-based endpoint (AzureWebJobsStorage__*).
-    table_storage_connection: StorageConnection = Field(None, alias="TableStorageConnection", repr=False)
-    table_service_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
-    web_jobs_storage: StorageConnection = Field(None, alias="AzureWebJobsStorage", repr=False, validate_default=True)
-    table_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
+    table_storage_connection: str | None = _setting("TableStorageConnection", None, parse=_table_storage, secret=True)
+    table_service_uri: str | None = _setting("AzureWebJobsStorage__tableServiceUri", None)
+    web_jobs_storage: str | None = _setting(
+        "AzureWebJobsStorage", None, parse=_expand_storage, rule=_storage, secret=True
+    )
+    table_client_id: str | None = _setting("AzureWebJobsStorage__clientId", None)
     # "managedidentity": only the app's managed identity; otherwise the Functions host's developer
     # chain (DefaultAzureCredential: environment, managed identity, Azure CLI, VS Code, ...).
-    table_credential: Annotated[str | None, AfterValidator(lambda v: v and v.lower())] = Field(
-        None, alias="AzureWebJobsStorage__credential"
+    table_credential: str | None = _setting("AzureWebJobsStorage__credential", None, parse=str.lower)
+    table_prefix: str = _setting(
+        "TableNamePrefix",
+        DEFAULT_TABLE_PREFIX,
+        parse=_check(_TABLE_PREFIX_RE.match, "must be 3-40 letters or digits starting with a letter"),
     )
-    table_prefix: Annotated[
-        str, _check(_TABLE_PREFIX_RE.match, "must be 3-40 letters or digits starting with a letter")
-    ] = Field(DEFAULT_TABLE_PREFIX, alias="TableNamePrefix")
-    queue_name: str = Field(DEFAULT_QUEUE_NAME, alias="ServiceBusQueueName")
-    http_timeout: Annotated[float, _number(0.1, 120.0)] = Field(10.0, alias="HttpTimeoutSeconds")
-    retry_max_attempts: Annotated[int, _number(1, 10, int)] = Field(4, alias="RetryMaxAttempts")
-    retry_max_delay: Annotated[float, _number(0.0, 300.0)] = Field(30.0, alias="RetryMaxDelaySeconds")
-    bot_openid_metadata: str | None = Field(None, alias="BotOpenIdMetadata")
+    queue_name: str = _setting("ServiceBusQueueName", DEFAULT_QUEUE_NAME)
+    http_timeout: float = _setting("HttpTimeoutSeconds", 10.0, parse=_number(0.1, 120.0))
+    retry_max_attempts: int = _setting("RetryMaxAttempts", 4, parse=_number(1, 10, int))
+    retry_max_delay: float = _setting("RetryMaxDelaySeconds", 30.0, parse=_number(0.0, 300.0))
+    bot_openid_metadata: str | None = _setting("BotOpenIdMetadata", None)
     # Sends in flight per instance; the request rates are the whole tenant's budgets, shared by all
     # instances through Table Storage (shared.storage.budget; docs/API.md, "Rate limits").
-    max_concurrent_sends: Annotated[int, _number(1, 256, int)] = Field(8, alias="MaxConcurrentSends")
-    tenant_send_rate: Annotated[float, _number(1.0, 1000.0)] = Field(30.0, alias="TenantSendRatePerSecond")
-    tenant_graph_rate: Annotated[float, _number(1.0, 1000.0)] = Field(30.0, alias="TenantGraphRatePerSecond")
+    max_concurrent_sends: int = _setting("MaxConcurrentSends", 8, parse=_number(1, 256, int))
+    tenant_send_rate: float = _setting("TenantSendRatePerSecond", 30.0, parse=_number(1.0, 1000.0))
+    tenant_graph_rate: float = _setting("TenantGraphRatePerSecond", 30.0, parse=_number(1.0, 1000.0))
     # HMAC key of notification ids and queued items (NotificationSigningKey, e.g. a Key Vault
     # reference); None: a key generated once and kept in Table Storage (shared.storage.signing).
-    notification_signing_key: Annotated[bytes | None, BeforeValidator(_signing_key)] = Field(
-        None, alias="NotificationSigningKey", repr=False
-    )
+    notification_signing_key: bytes | None = _setting("NotificationSigningKey", None, parse=_signing_key, secret=True)
     # Who may call the HTTP API (shared.callerauth): function keys, or Entra ID bearer tokens.
-    api_auth_mode: Annotated[ApiAuthMode, _one_of(API_AUTH_MODES, "must be FunctionKey or EntraId")] = Field(
-        "FunctionKey", alias="ApiAuthMode"
+    api_auth_mode: ApiAuthMode = _setting(
+        "ApiAuthMode", "FunctionKey", parse=_one_of(API_AUTH_MODES, "must be FunctionKey or EntraId")
     )
-    api_audience: str | None = Field(None, alias="ApiAudience", validate_default=True)
-    api_required_role: Annotated[
-        str, _check(_APP_ROLE_RE.fullmatch, "must be an app role value (letters, digits, '.', '_', '-')")
-    ] = Field(DEFAULT_API_ROLE, alias="ApiRequiredRole")
+    api_audience: str | None = _setting("ApiAudience", None, rule=_audience)
+    api_required_role: str = _setting(
+        "ApiRequiredRole",
+        DEFAULT_API_ROLE,
+        parse=_check(_APP_ROLE_RE.fullmatch, "must be an app role value (letters, digits, '.', '_', '-')"),
+    )
     # The recipients' side (shared.storage.optout, shared.retention).
-    reinstall_after_uninstall: Annotated[bool, BeforeValidator(_true_or_false)] = Field(
-        True, alias="ReinstallAfterUninstall"
+    reinstall_after_uninstall: bool = _setting("ReinstallAfterUninstall", True, parse=_true_or_false)
+    retention_days_requests: int = _setting("RetentionDaysRequests", DEFAULT_RETENTION_DAYS, parse=_whole_days)
+    retention_days_notifications: int = _setting(
+        "RetentionDaysNotifications", DEFAULT_RETENTION_DAYS, parse=_whole_days
     )
-    retention_days_requests: Days = Field(DEFAULT_RETENTION_DAYS, alias="RetentionDaysRequests")
-    retention_days_notifications: Days = Field(DEFAULT_RETENTION_DAYS, alias="RetentionDaysNotifications")
-    retention_days_deliveries: Days = Field(DEFAULT_RETENTION_DAYS, alias="RetentionDaysDeliveries")
-    retention_days_failures: Days = Field(DEFAULT_RETENTION_DAYS, alias="RetentionDaysFailures")
-    recipient_cache_unused_days: Days = Field(DEFAULT_RETENTION_DAYS, alias="RecipientCacheUnusedDays")
+    retention_days_deliveries: int = _setting("RetentionDaysDeliveries", DEFAULT_RETENTION_DAYS, parse=_whole_days)
+    retention_days_failures: int = _setting("RetentionDaysFailures", DEFAULT_RETENTION_DAYS, parse=_whole_days)
+    recipient_cache_unused_days: int = _setting("RecipientCacheUnusedDays", DEFAULT_RETENTION_DAYS, parse=_whole_days)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _given(cls, source: Any) -> dict[str, str]:
-        """Only our settings, trimmed; an empty one counts as unset, so its default applies."""
-        values = {name: source.get(name) for name in SETTING_NAMES}
-        return {name: value.strip() for name, value in values.items() if value is not None and value.strip()}
+    def _shown(self) -> Iterator[tuple[str, Any]]:
+        """The fields repr and str show: every one but the secrets."""
+        for attribute in _SHOWN:
+            yield attribute, getattr(self, attribute)
 
-    @field_validator("app_password")
-    @classmethod
-    def _password_or_federated(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # A malformed ManagedIdentityClientId was given (and is reported itself).
-        mi_given = info.data.get("managed_identity_client_id", _FAILED) is not None
-        app_type = info.data.get("app_type", "SingleTenant")
-        if value is None and app_type != "UserAssignedMSI" and not mi_given:
-            raise _invalid(
-                "is missing: set it (local development) "
-                "or set ManagedIdentityClientId for the secretless federated credential"
-            )
-        return value
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in self._shown()) + ")"
 
-    @field_validator("web_jobs_storage")
-    @classmethod
-    def _storage(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if info.data.get("table_storage_connection", _FAILED) is not None:
-            return value  # TableStorageConnection holds the tables; AzureWebJobsStorage is the host's
-        if value is None and info.data.get("table_service_uri") is None:
-            raise _invalid(
-                "is missing: set a storage connection string, TableStorageConnection, "
-                "or AzureWebJobsStorage__tableServiceUri for an identity-based connection"
-            )
-        if value is not None and not _storage_connection_string(value):
-            raise _invalid(_NOT_A_CONNECTION_STRING)
-        return value
+    def __str__(self) -> str:
+        return " ".join(f"{name}={value!r}" for name, value in self._shown())
 
-    @field_validator("table_storage_connection")
-    @classmethod
-    def _table_storage(cls, value: str | None) -> str | None:
-        if value is not None and not _storage_connection_string(value):
-            raise _invalid(_NOT_A_CONNECTION_STRING)
-        return value
-
-    @field_validator("api_audience")
-    @classmethod
-    def _audience(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None and info.data.get("api_auth_mode") == "EntraId":
-            raise _invalid("is missing: ApiAuthMode EntraId needs the API's Application ID URI (api://...)")
-        if value is not None and not (_is_guid(value) or _URI_RE.fullmatch(value)):
-            raise _invalid("must be the API's Application ID URI (e.g. api://<client id>) or its client id")
-        return value
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return list(self._shown())
 
     @property
     def table_connection_string(self) -> str | None:
@@ -347,35 +369,59 @@ class Settings(BaseModel):
         return "federated"
 
 
+if tuple(_DECLARED) != Settings.__struct_encode_fields__:
+    raise TypeError("every field of Settings is declared once with _setting()")
+# (attribute, app-setting name, default, parse, rule) of every field, in declaration order.
+_FIELDS = tuple(
+    (attribute, name, *_DECLARED[name][:3])
+    for attribute, name in zip(Settings.__struct_fields__, Settings.__struct_encode_fields__, strict=True)
+)
+_SHOWN = tuple(
+    attribute
+    for attribute, name in zip(Settings.__struct_fields__, Settings.__struct_encode_fields__, strict=True)
+    if not _DECLARED[name][3]
+)
+
 # Every app setting the code reads. Settings written by the Functions platform itself
 # (IDENTITY_ENDPOINT, WEBSITE_*) are not ours and are not listed.
 SETTING_NAMES: tuple[str, ...] = (
-    *(str(field.alias) for field in Settings.model_fields.values()),
+    *Settings.__struct_encode_fields__,
     "ServiceBusConnection",  # read by the host's Service Bus trigger and output bindings (function_app.py)
 )
 
 
-def _problem_text(error: ErrorDetails) -> str:
-    if error["type"] == "setting":
-        return error["msg"]
-    return "is missing" if error["type"] == "missing" else "is malformed"
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting; raise one ConfigurationError naming all that are wrong."""
-    try:
-        return Settings.model_validate(os.environ if env is None else env)
-    except ValidationError as invalid:
-        # Our validators raise only "setting" errors; anything else is named without its value.
-        # A defaulted setting's error is located by its field name, a given one's by its setting name.
-        aliases = {name: str(field.alias) for name, field in Settings.model_fields.items()}
-        problems = [
-            (aliases.get(str(error["loc"][0]), str(error["loc"][0])), _problem_text(error))
-            for error in invalid.errors(include_input=False)
-        ]
-    # Raised outside the except block: pydantic's error (which holds the values) is not its context.
-    raise ConfigurationError(
-        "Invalid configuration: " + "; ".join(f"{name} {text}" for name, text in problems) + ".",
-        code="configuration_error",
-        target=", ".join(name for name, _ in problems),
-    )
+    """Read and validate every setting; raise one ConfigurationError naming all that are wrong.
+
+    Only our settings are read, trimmed; an empty one counts as unset, so its default applies."""
+    source = os.environ if env is None else env
+    valid: dict[str, Any] = {}  # by attribute; a setting that is wrong is left out
+    problems: list[tuple[str, str]] = []
+    for attribute, name, default, parse, rule in _FIELDS:
+        raw = source.get(name)
+        given = raw.strip() if raw is not None else ""
+        try:
+            if given:
+                value = given if parse is None else parse(given)
+            elif default is msgspec.NODEFAULT:
+                problems.append((name, "is missing"))
+                continue
+            else:
+                value = default
+            if rule is not None:
+                value = rule(value, valid)
+        except _Invalid as invalid:
+            problems.append((name, invalid.text))
+            continue
+        except ValueError:  # not one of ours: named without its value
+            problems.append((name, "is malformed"))
+            continue
+        valid[attribute] = value
+    if problems:
+        # Raised outside the except blocks: no exception (which might hold a value) is its context.
+        raise ConfigurationError(
+            "Invalid configuration: " + "; ".join(f"{name} {text}" for name, text in problems) + ".",
+            code="configuration_error",
+            target=", ".join(name for name, _ in problems),
+        )
+    return Settings(**valid)

@@ -252,7 +252,7 @@ def test_indexing_the_app_loads_no_library() -> None:
         "import sys\n"
         "from function_app import app\n"
         "names = [f.get_function_name() for f in app.get_functions()]\n"
-        "heavy = ('shared', 'httpx', 'pydantic', 'msal', 'botbuilder', 'botframework', 'aiohttp', 'azure.data')\n"
+        "heavy = ('shared', 'httpx', 'msgspec', 'msal', 'botbuilder', 'botframework', 'aiohttp', 'azure.data')\n"
         "light = {'shared', 'shared.authmode'}\n"
         "print(sorted({m for m in sys.modules if m.startswith(heavy)} - light), len(names))\n"
     )
