@@ -14,12 +14,20 @@ identity-based storage (AzureWebJobsStorage__tableServiceUri + __credential=mana
    imports), one imports ``botbuilder.core`` alone. Time is measured inside the child; memory is the
    child's own high-water mark (``VmHWM`` of /proc/self/status: per address space, so a forked child
    does not inherit its parent's peak the way ``ru_maxrss`` does).
+
+Bytecode: pip compiles every installed package (botbuilder included) when it installs it, and the
+deployment ships the app's own modules compiled too (azure.yaml's prepackage hook runs
+scripts/compile_bytecode.py; the Function App's package is read-only, so nothing compiled at a cold
+start is kept). So the app's modules are compiled first exactly so, whatever PYTHONDONTWRITEBYTECODE says.
+A third interpreter, interleaved with the other two, imports the same modules from a copy of the app
+without bytecode (a deployment that does not ship it), for information.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,11 +86,11 @@ print(json.dumps({"hwm_kb": hwm}))
 """
 
 
-def _run(code: str, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+def _run(code: str, *args: str, env: dict[str, str] | None = None, root: str = ROOT) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root, **(env or {})},
         capture_output=True,
         text=True,
         check=False,
@@ -117,23 +125,35 @@ def first_send(world: World, *, quick: bool) -> list[Line]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(modules, handle)
         path = handle.name
+    source = tempfile.mkdtemp(prefix="bench-nobytecode-")
     try:
-        if runs > 1:
-            _run(_IMPORT_PROBE, path), _run(_IMPORT_PROBE, "-")  # .pyc compilation is not a cold start
+        subprocess.run([sys.executable, os.path.join("scripts", "compile_bytecode.py")], cwd=ROOT, check=True)
+        # The app without its bytecode, read from source at every import (nothing written).
+        shutil.copy(os.path.join(ROOT, "function_app.py"), source)
+        shutil.copytree(os.path.join(ROOT, "shared"), os.path.join(source, "shared"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        from_source = {"PYTHONDONTWRITEBYTECODE": "1"}
         ours: list[dict[str, object]] = []
         botbuilder: list[dict[str, object]] = []
-        for i in range(runs):  # interleaved, alternating which goes first
-            pair = [(ours, path), (botbuilder, "-")]
-            for sink, arg in pair if i % 2 == 0 else reversed(pair):
-                sink.append(_run(_IMPORT_PROBE, arg))
+        uncompiled: list[dict[str, object]] = []
+        for i in range(runs):  # interleaved, rotating which goes first
+            trio = [
+                lambda: ours.append(_run(_IMPORT_PROBE, path)),
+                lambda: botbuilder.append(_run(_IMPORT_PROBE, "-")),
+                lambda: uncompiled.append(_run(_IMPORT_PROBE, path, env=from_source, root=source)),
+            ]
+            for run in trio[i % 3:] + trio[: i % 3]:
+                run()
         bare = statistics.median(float(_run(_BARE_PROBE)["hwm_kb"]) for _ in range(1 if quick else 3)) / 1024  # type: ignore[arg-type]
     finally:
         os.unlink(path)
+        shutil.rmtree(source, ignore_errors=True)
 
     def stats(samples: list[dict[str, object]], key: str, scale: float) -> tuple[float, float, float]:
         values = [float(s[key]) * scale for s in samples]  # type: ignore[arg-type]
         return statistics.median(values), min(values), max(values)
 
+    u_t, u_tlo, u_thi = stats(uncompiled, "seconds", 1e3)
     o_t, o_tlo, o_thi = stats(ours, "seconds", 1e3)
     b_t, b_tlo, b_thi = stats(botbuilder, "seconds", 1e3)
     o_m, o_mlo, o_mhi = stats(ours, "hwm_kb", 1 / 1024)
@@ -163,6 +183,13 @@ def first_send(world: World, *, quick: bool) -> list[Line]:
             f"bare python {bare:.1f} MB",
         ),
         Line("4b", "first send's modules / botbuilder.core: time", f"{t_ratio:.2f}x", "<= 0.8x", t_ratio <= 0.8),
+        Line(
+            "4b",
+            "the same modules without the app's bytecode (not shipped): import time, / botbuilder.core",
+            f"{u_t:.0f} ms ({u_tlo:.0f}-{u_thi:.0f}), {u_t / b_t:.2f}x"
+            + (f"; {int(uncompiled[-1]['failed'])} not importable" if uncompiled[-1]["failed"] else ""),  # type: ignore[call-overload]
+            "info",
+        ),
         Line("4b", "first send's modules / botbuilder.core: peak RSS", f"{m_ratio:.2f}x", "<= 1.0x", m_ratio <= 1.0),
         Line(
             "4b",
