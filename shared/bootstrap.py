@@ -11,10 +11,10 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
 
 from shared.botframework import ChannelAuthenticator
 from shared.callerauth import CallerAuthenticator
@@ -35,8 +35,7 @@ from shared.throttle import Throttle
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Waits:
+class Waits(msgspec.Struct, frozen=True):
     """How long the use cases wait on their own records; the deployed values (a test shortens them)."""
 
     # An HTTP repeat that finds the first attempt with its key still sending waits this long for its
@@ -55,8 +54,8 @@ class Waits:
     record_deadline: float = 100.0
 
 
-@dataclass
-class Services:
+# dict=True: a __dict__ for the cached properties below (aclose closes those that were built).
+class Services(msgspec.Struct, dict=True):
     settings: Settings
     http: httpx.AsyncClient
     tokens: Any
@@ -69,7 +68,7 @@ class Services:
     optouts: OptOutStore | None = None  # recipients who uninstalled the bot: {TableNamePrefix}optouts
     table_credential: Any = None  # the credential the tables client uses (closed with it)
     budget: TenantBudget | None = None  # the tenants' shared request budgets ({TableNamePrefix}budget)
-    waits: Waits = field(default_factory=Waits)
+    waits: Waits = msgspec.field(default_factory=Waits)
 
     @functools.cached_property
     def channel_auth(self) -> ChannelAuthenticator:

@@ -19,10 +19,10 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import msgspec
 
 from shared.errors import AuthenticationError, ConfigurationError, InvalidRequestError, NotifyError, TransientError
 from shared.message_content import MessageContent
@@ -32,8 +32,7 @@ logger = logging.getLogger(__name__)
 ADAPTIVE_CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(msgspec.Struct, frozen=True):
     """The recipient's ChannelAccount as the Bot Connector reports it."""
 
     account_id: str
@@ -113,8 +112,7 @@ CHANNEL_TOKEN_ISSUER = "https://api.botframework.com"
 TEAMS_CHANNEL_ID = "msteams"
 
 
-@dataclass(frozen=True)
-class InboundActivity:
+class InboundActivity(msgspec.Struct, frozen=True):
     """What the app reads from an authenticated inbound activity (the Activity wire schema)."""
 
     type: str
@@ -274,8 +272,7 @@ def _require_channel_token(authorization: str | None) -> None:
         raise _unauthorized()
 
 
-@dataclass(frozen=True)
-class _SigningKey:
+class _SigningKey(msgspec.Struct, frozen=True):
     """What the SDK's JwtTokenExtractor reads from its key source: the key and its endorsements."""
 
     public_key: Any

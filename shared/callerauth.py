@@ -23,10 +23,10 @@ import asyncio
 import contextvars
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+import msgspec
 
 from shared.errors import AuthenticationError, ConfigurationError, ForbiddenError, TransientError
 from shared.settings import Settings
@@ -40,8 +40,7 @@ UNKNOWN_KEY_REFETCH_INTERVAL = 300.0
 LEEWAY = 60
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(msgspec.Struct, frozen=True):
     """The authenticated caller of one request, as it appears in the log."""
 
     kind: Literal["function_key", "entra", "queue"]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from shared.callerauth import may_access, owner_id
 from shared.delivery import deliver, keep_trying
@@ -71,14 +72,17 @@ async def send_to_recipient(
         if pending.error_code is None:
             await note(
                 store,
-                replace(
+                msgspec.structs.replace(
                     pending, error_code="request_in_progress", error_message="A send is in progress.", error_status=409
                 ),
             )
         raise
     except TransientError as err:
         await note(
-            store, replace(pending, error_code=err.code, error_message=err.message, error_status=err.http_status)
+            store,
+            msgspec.structs.replace(
+                pending, error_code=err.code, error_message=err.message, error_status=err.http_status
+            ),
         )
         raise
     delivery = delivery_from_result(services, pending, result)
@@ -108,7 +112,7 @@ async def send_to_recipient(
 
 def delivery_from_result(services: Services, pending: Delivery, result: SendOutcome) -> Delivery:
     if isinstance(result, Sent):
-        return replace(
+        return msgspec.structs.replace(
             pending,
             state="sent",
             activity_id=result.activity_id or None,
@@ -118,7 +122,7 @@ def delivery_from_result(services: Services, pending: Delivery, result: SendOutc
             error_message=None,
             error_status=None,
         )
-    return replace(
+    return msgspec.structs.replace(
         pending,
         # Only the caller's fault is final; ours (configuration) or upstream's stays pending.
         state="failed" if result.status < 500 else "pending",
@@ -241,8 +245,8 @@ async def handle_fan_out_item(services: Services, item: FanOutItem, *, wait_seco
             http_status=404,
         )
     if header.recalled and row.state == "pending":
-        if await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
-            return replace(row, state="recalled")
+        if await services.notifications.record(msgspec.structs.replace(row, state="recalled"), if_match=row.etag):
+            return msgspec.structs.replace(row, state="recalled")
         row = await services.notifications.get(item.notification_id, item.recipient) or row
     if row.state != "pending":
         return row

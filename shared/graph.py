@@ -9,11 +9,11 @@ permission -> ConfigurationError naming the permission, throttling and 5xx -> re
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError, UpstreamError
 from shared.http import DEFAULT_RETRY_STATUSES, BearerAuth, RetryPolicy, request_with_retry
@@ -44,8 +44,7 @@ def path_segment(value: str) -> str:
     return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
-@dataclass(frozen=True)
-class Installation:
+class Installation(msgspec.Struct, frozen=True):
     installation_id: str
     catalog_id: str
 

@@ -14,11 +14,11 @@ import datetime
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 
 from shared.errors import TransientError
 from shared.settings import Settings
@@ -69,8 +69,7 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True):
     max_attempts: int = 4
     max_delay: float = 30.0
     base_delay: float = 0.5

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -173,20 +172,20 @@ async def update_notification(
         try:
             async with services.notifier.throttle.slot():
                 used = await _on_service_url(services, row, put)
-            row = replace(row, service_url=used)
+            row = msgspec.structs.replace(row, service_url=used)
         except StaleConversationError:
             # The message (or the conversation) is gone: it was deleted.
-            await note(services.notifications, replace(row, state="recalled"))
+            await note(services.notifications, msgspec.structs.replace(row, state="recalled"))
             return ChangeResult(recipient=row.recipient, outcome="recalled")
         # ETag match (insert-if-absent for a handle's first row): a recall that ran meanwhile must not
         # be turned back into "sent" by this write.
-        if not await note(services.notifications, replace(row, content_fingerprint=fingerprint)):
+        if not await note(services.notifications, msgspec.structs.replace(row, content_fingerprint=fingerprint)):
             current = await services.notifications.get(notification_id, row.recipient)
             if current is not None and current.state == "recalled":
                 return ChangeResult(recipient=row.recipient, outcome="recalled")
             if current is not None and current.state == "sent" and current.activity_id == row.activity_id:
                 await services.notifications.record(
-                    replace(current, content_fingerprint=fingerprint), if_match=current.etag
+                    msgspec.structs.replace(current, content_fingerprint=fingerprint), if_match=current.etag
                 )
         return ChangeResult(recipient=row.recipient, outcome="updated")
 
@@ -207,7 +206,7 @@ async def recall_notification(
         if row.state == "recalled":
             return ChangeResult(recipient=row.recipient, outcome="recalled")
         if row.state == "pending":
-            if await services.notifications.record(replace(row, state="recalled"), if_match=row.etag):
+            if await services.notifications.record(msgspec.structs.replace(row, state="recalled"), if_match=row.etag):
                 return ChangeResult(recipient=row.recipient, outcome="recalled")
             current = await services.notifications.get(notification_id, row.recipient)
             if current is None or current.state != "sent":
@@ -218,7 +217,7 @@ async def recall_notification(
         await delete_activity(services, row)
         # The message is deleted: "recalled" is right whatever changed meanwhile (an update's write),
         # so a lost ETag race is settled by writing it over the row as it is now.
-        while not await note(services.notifications, replace(row, state="recalled")):
+        while not await note(services.notifications, msgspec.structs.replace(row, state="recalled")):
             current = await services.notifications.get(notification_id, row.recipient)
             if current is None or current.state == "recalled":
                 break

@@ -21,8 +21,9 @@ import asyncio
 import datetime
 import hashlib
 import logging
-from dataclasses import dataclass, replace
 from typing import Any
+
+import msgspec
 
 from shared.botframework import message_activity
 from shared.connector import ConnectorClient
@@ -47,8 +48,7 @@ logger = logging.getLogger(__name__)
 CACHE_USE_RECORD_INTERVAL = datetime.timedelta(days=1)
 
 
-@dataclass(frozen=True)
-class SendResult:
+class SendResult(msgspec.Struct, frozen=True):
     recipient: str
     tenant_id: str
     activity_id: str | None
@@ -174,7 +174,7 @@ class Notifier:
             if entry.service_url.rstrip("/") == global_url.rstrip("/"):
                 raise
             logger.info("regional service URL is stale for %s; using ServiceUrl", recipient_hash(tenant, recipient))
-            entry = replace(entry, service_url=global_url, updated_at=None)
+            entry = msgspec.structs.replace(entry, service_url=global_url, updated_at=None)
             activity_id = await self._send(entry, tenant, recipient, activity)
             await self._store.put(entry, [recipient])
             return activity_id, entry
@@ -209,7 +209,7 @@ class Notifier:
         if entry.updated_at is not None and now - entry.updated_at < CACHE_USE_RECORD_INTERVAL:
             return
         try:
-            await self._store.put(replace(entry, updated_at=now), [recipient])
+            await self._store.put(msgspec.structs.replace(entry, updated_at=now), [recipient])
         except NotifyError as err:  # the send happened; the purge may drop the entry: resolved again
             logger.warning("could not record the use of a cache entry (%s)", err.code)
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from shared.bootstrap import Services, Waits, get_services
 from shared.callerauth import QUEUE_CALLER, act_as
@@ -42,8 +43,7 @@ QUEUE_WAIT_SECONDS = Waits().queue_in_flight
 QueueResult = Literal["sent", "duplicate", "kept", "delivered", "fanned_out"]
 
 
-@dataclass(frozen=True)
-class QueueDelivery:
+class QueueDelivery(msgspec.Struct, frozen=True):
     """What the Service Bus trigger hands over about one message."""
 
     body: bytes
@@ -53,15 +53,13 @@ class QueueDelivery:
     correlation_id: str | None = None
 
 
-@dataclass(frozen=True)
-class QueueOutcome:
+class QueueOutcome(msgspec.Struct, frozen=True):
     result: QueueResult
     # Fan-out: per-recipient message bodies for the trigger's Service Bus output binding.
     messages: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class QueueWork:
+class QueueWork(msgspec.Struct, frozen=True):
     """What one queue message body came to (``process_queue_body``): a result, the fan-out messages
     to emit, and, when it must be kept for an operator, why."""
 

@@ -7,15 +7,15 @@ and the idempotency record of a key-guarded send keeps their rendering (``record
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from shared.errors import NotifyError, TransientError
 from shared.response_models import NotificationStatus, NotifyResponse, to_body
 
 
-@dataclass(frozen=True)
-class Sent:
+class Sent(msgspec.Struct, frozen=True):
     """Teams accepted the message (or, ``replayed``, an earlier attempt with the same key did)."""
 
     recipient: str
@@ -39,8 +39,7 @@ class Sent:
         return body
 
 
-@dataclass(frozen=True)
-class Refused:
+class Refused(msgspec.Struct, frozen=True):
     """Not sent, for good: the caller's fault (4xx), or ours or upstream's (5xx) that a retry alone
     will not fix. ``retry_after``: when a retry may do better (a transient error reported to a caller)."""
 
@@ -102,8 +101,7 @@ def from_record(status: int, body: dict[str, Any]) -> SendOutcome:
     )
 
 
-@dataclass(frozen=True)
-class FanOut:
+class FanOut(msgspec.Struct, frozen=True):
     """A notification to ``recipients``: the status after sending up to SYNC_RECIPIENTS now, or, with
     ``queued``, after recording the rest as pending and returning one Service Bus message body each."""
 

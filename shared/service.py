@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
 from typing import Any
+
+import msgspec
 
 from shared.bootstrap import Services, get_services
 from shared.callerauth import act_as, owner_id
@@ -33,8 +34,7 @@ from shared.storage.notifications import Delivery
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """One HTTP answer, as function_app renders it."""
 
     status: int
@@ -127,7 +127,7 @@ async def handle_notify(
         return send_outcome(result)
 
     with correlation(cid):
-        return replace(await answer("notify", work), correlation_id=cid)
+        return msgspec.structs.replace(await answer("notify", work), correlation_id=cid)
 
 
 async def handle_notify_many(
@@ -152,13 +152,13 @@ async def handle_notify_many(
             try:  # an unauthenticated caller learns nothing about its body
                 await _authenticate(get_services(), authorization, "notify", cid)
             except NotifyError as auth_err:
-                return replace(error_outcome(auth_err), correlation_id=cid)
+                return msgspec.structs.replace(error_outcome(auth_err), correlation_id=cid)
         err = InvalidRequestError(
             "This operation sends to recipients (a list of users); use POST /api/notify for one recipient.",
             code="invalid_request",
             target="recipients",
         )
-        return replace(error_outcome(err), correlation_id=cid)
+        return msgspec.structs.replace(error_outcome(err), correlation_id=cid)
     outcome = await handle_notify(
         body,
         content_type=content_type,
@@ -167,7 +167,7 @@ async def handle_notify_many(
         authorization=authorization,
     )
     if outcome.status == 202:
-        return replace(outcome, status=200, location=None)
+        return msgspec.structs.replace(outcome, status=200, location=None)
     return outcome
 
 
@@ -205,7 +205,7 @@ async def _answer(
         return await work(services)
 
     with correlation(cid):
-        return replace(await answer("notification", authenticated), correlation_id=cid)
+        return msgspec.structs.replace(await answer("notification", authenticated), correlation_id=cid)
 
 
 def _int_param(value: str | None, name: str) -> int | None:

@@ -22,10 +22,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import msgspec
 
 from shared.errors import ConfigurationError, NotifyError, RecipientError, TransientError
 from shared.settings import Settings
@@ -86,8 +86,7 @@ class _MsalHttpBridge:
         return None
 
 
-@dataclass
-class _Token:
+class _Token(msgspec.Struct):
     value: str
     expires_at: float
 

@@ -21,12 +21,12 @@ from function_app import app
 def shorten_waits(**waits: float) -> None:
     """Make the process's waits (shared.bootstrap.Waits) short for this test, e.g. ``http_in_flight=0.2``:
     what would take minutes runs at once. Each test starts with fresh services (tests/conftest.py)."""
-    from dataclasses import replace
+    import msgspec
 
     from shared.bootstrap import get_services
 
     services = get_services()
-    services.waits = replace(services.waits, **waits)
+    services.waits = msgspec.structs.replace(services.waits, **waits)
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import logging
 import secrets
 from typing import Any
 
+import msgspec
 import pytest
 from azure.functions.servicebus import ServiceBusMessage
 
@@ -124,7 +125,7 @@ async def test_an_id_signed_by_another_deployment_is_not_found(world: World) -> 
     assert foreign is not None and foreign != handle
     await _all_methods_refuse(world, foreign)
 
-    elsewhere = genuine.__class__(**{**genuine.__dict__, "service_url": "https://smba.trafficmanager.net/emea/"})
+    elsewhere = msgspec.structs.replace(genuine, service_url="https://smba.trafficmanager.net/emea/")
     foreign_url = single_send_handle(elsewhere, services.settings.service_url, other)
     assert foreign_url is not None and "u" in _payload(foreign_url)
     await _all_methods_refuse(world, foreign_url)

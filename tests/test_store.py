@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
@@ -99,7 +100,7 @@ async def test_evict_removes_every_alias(store: RecipientStore) -> None:
 
 async def test_put_replaces_a_previous_resolution(store: RecipientStore) -> None:
     await store.put(entry(), [])
-    newer = ConversationReference(**{**entry().__dict__, "conversation_id": "a:newer", "updated_at": None})
+    newer = msgspec.structs.replace(entry(), conversation_id="a:newer", updated_at=None)
     await store.put(newer, [])
     found = await store.get(TENANT, "alice@contoso.com")
     assert found is not None and found.conversation_id == "a:newer"

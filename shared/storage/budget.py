@@ -35,8 +35,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from shared.errors import TransientError
 from shared.storage.tables import TableBacked, translate_storage_errors, update_if_unchanged
@@ -57,12 +58,11 @@ JITTER_RESERVE = 0.03
 _MAX_RACES = 20
 
 
-@dataclass
-class _Lease:
+class _Lease(msgspec.Struct):
     slice: int = -1
     next: int = 0  # next token index to use
     end: int = 0  # one past the last leased token
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = msgspec.field(default_factory=asyncio.Lock)
 
 
 def slice_capacity(rate: float) -> int:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass, replace
 from typing import Any, Protocol
+
+import msgspec
 
 from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
@@ -38,8 +39,7 @@ _MAX_CHUNKS = 11
 MAX_KEPT_BODY = _CHUNK * _MAX_CHUNKS
 
 
-@dataclass(frozen=True)
-class FailureRecord:
+class FailureRecord(msgspec.Struct, frozen=True):
     message_id: str
     code: str
     message: str
@@ -143,7 +143,7 @@ class _FailureRecords:
         return record
 
     async def note_replay_failed(self, record: FailureRecord, error: dict[str, Any], http_status: int) -> FailureRecord:
-        updated = replace(
+        updated = msgspec.structs.replace(
             record,
             code=str(error.get("code", record.code)),
             message=str(error.get("message", record.message)),

@@ -30,8 +30,9 @@ import datetime
 import json
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import msgspec
 
 from shared.errors import InvalidRequestError, TransientError
 from shared.storage.tables import TableBacked, escape_key, translate_storage_errors, update_if_unchanged
@@ -52,8 +53,7 @@ _IN_FLIGHT = "in_flight"
 _DONE = "done"
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(msgspec.Struct, frozen=True):
     """This attempt owns the key and must send, then ``complete`` or ``release``."""
 
     partition: str
@@ -61,16 +61,14 @@ class Claimed:
     etag: str
 
 
-@dataclass(frozen=True)
-class Recorded:
+class Recorded(msgspec.Struct, frozen=True):
     """The key already holds a result: return it, do not send."""
 
     status: int
     body: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class InFlight:
+class InFlight(msgspec.Struct, frozen=True):
     """Another attempt holds a live lease on the key."""
 
     retry_after: float
@@ -217,8 +215,7 @@ class TableIdempotencyStore(TableBacked):
             logger.warning("the in-flight marker was taken over before this attempt released it")
 
 
-@dataclass
-class _Row:
+class _Row(msgspec.Struct):
     etag: str
     fingerprint: str
     lease_until: datetime.datetime | None = None  # in flight

@@ -8,8 +8,9 @@ import base64
 import binascii
 import datetime
 import json
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from shared.errors import InvalidRequestError
 from shared.message_content import MessageContent
@@ -23,8 +24,7 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     notification_id: str
     recipient: str
     tenant_id: str
@@ -49,8 +49,7 @@ class Delivery:
         return DeliveryResult(recipient=self.recipient, state=self.state, activity_id=self.activity_id, error=error)
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(msgspec.Struct, frozen=True):
     notification_id: str
     tenant_id: str
     total: int

@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from shared.errors import TransientError
 from shared.message_content import MessageContent
@@ -335,7 +336,7 @@ class MemoryNotificationStore:
 
     async def create_header(self, header: Header) -> Header:
         if header.notification_id not in self._headers:
-            stored = replace(header, recalled=False)
+            stored = msgspec.structs.replace(header, recalled=False)
             self._headers[header.notification_id] = (
                 stored,
                 content_json(header.content),
@@ -350,12 +351,12 @@ class MemoryNotificationStore:
         if found is None:
             return None
         header, content = found
-        return replace(header, content=content_of(content))
+        return msgspec.structs.replace(header, content=content_of(content))
 
     async def mark_recalled(self, notification_id: str) -> None:
         if notification_id in self._headers:
             header, content = self._headers[notification_id]
-            self._headers[notification_id] = (replace(header, recalled=True), content)
+            self._headers[notification_id] = (msgspec.structs.replace(header, recalled=True), content)
 
     async def set_content(self, notification_id: str, content: MessageContent) -> None:
         if notification_id in self._headers:

@@ -16,8 +16,9 @@ import datetime
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from typing import Any, Protocol
+
+import msgspec
 
 from shared.storage.tables import TableBacked, escape_key, translate_storage_errors
 
@@ -29,8 +30,7 @@ def recipient_key(recipient: str) -> str:
     return recipient.strip().lower()
 
 
-@dataclass(frozen=True)
-class ConversationReference:
+class ConversationReference(msgspec.Struct, frozen=True):
     """The memoised conversation reference of one recipient: the user's ChannelAccount id
     (``account_id``), aadObjectId, userPrincipalName, the 1:1 conversation id, its service URL and tenant.
     ``account_id`` (``29:...``) is None when the entry came from the installation's chat id alone (the
@@ -75,7 +75,7 @@ class MemoryRecipientStore:
         return self._rows.get((tenant_id.lower(), recipient_key(recipient)))
 
     async def put(self, entry: ConversationReference, aliases: Iterable[str]) -> None:
-        stamped = replace(entry, updated_at=entry.updated_at or _now())
+        stamped = msgspec.structs.replace(entry, updated_at=entry.updated_at or _now())
         for alias in set(aliases) | entry.aliases():
             self._rows[(entry.tenant_id.lower(), recipient_key(alias))] = stamped
 
@@ -118,7 +118,7 @@ class TableRecipientStore(TableBacked):
         from azure.data.tables import UpdateMode
 
         await self._ensure_table()
-        stamped = replace(entry, updated_at=entry.updated_at or _now())
+        stamped = msgspec.structs.replace(entry, updated_at=entry.updated_at or _now())
         row = _to_entity(stamped)
         all_aliases = set(aliases) | entry.aliases()
         row["Aliases"] = "\n".join(sorted(all_aliases))
@@ -176,7 +176,7 @@ class CachedRecipientStore:
         return entry
 
     async def put(self, entry: ConversationReference, aliases: Iterable[str]) -> None:
-        stamped = replace(entry, updated_at=entry.updated_at or _now())
+        stamped = msgspec.structs.replace(entry, updated_at=entry.updated_at or _now())
         alias_set = set(aliases) | entry.aliases()
         await self._inner.put(stamped, alias_set)
         for alias in alias_set:
