@@ -6,13 +6,12 @@ the forking parent's peak into the child), with a bare interpreter for scale."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
 
 from bench.report import Line
-from bench.world import ROOT
+from bench.world import ROOT, machine_env
 
 _PROBE = r"""
 import json, sys, time, warnings
@@ -42,7 +41,7 @@ def _probe(mode: str) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1"},
+        env={**machine_env(), "PYTHONPATH": ROOT, "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
         text=True,
         check=True,

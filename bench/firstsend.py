@@ -34,7 +34,7 @@ import sys
 import tempfile
 
 from bench.report import Line
-from bench.world import ROOT, World
+from bench.world import ROOT, World, machine_env
 
 HEAVY = ("botbuilder", "botframework", "msrest", "requests", "msal", "azure.identity", "aiohttp", "pydantic")
 
@@ -86,11 +86,16 @@ print(json.dumps({"hwm_kb": hwm}))
 """
 
 
-def _run(code: str, *args: str, env: dict[str, str] | None = None, root: str = ROOT) -> dict[str, object]:
+def _run(
+    code: str, *args: str, env: dict[str, str] | None = None, root: str = ROOT, world: bool = False
+) -> dict[str, object]:
+    """``code`` in a fresh interpreter; with ``world``, in this process's environment (the fake's
+    settings and CA), otherwise in the machine's own (import timings: see ``machine_env``)."""
+    base = dict(os.environ) if world else machine_env()
     out = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=root,
-        env={**os.environ, "PYTHONPATH": root, **(env or {})},
+        env={**base, "PYTHONPATH": root, **(env or {})},
         capture_output=True,
         text=True,
         check=False,
@@ -114,11 +119,11 @@ def infra_env(world: World) -> dict[str, str]:
 
 
 def first_send(world: World, *, quick: bool) -> list[Line]:
-    runs = 1 if quick else 7
+    runs = 1 if quick else 11
     world.fresh_table_prefix()
     recipient = world.new_users("first", 1, installed=True)[0]
     world.fake.clear_log()
-    probe = _run(_SEND_PROBE, recipient, env=infra_env(world))
+    probe = _run(_SEND_PROBE, recipient, env=infra_env(world), world=True)
     calls = [e["route"] for e in world.fake.log() if e["route"].startswith(("graph.", "connector."))]
     modules = [str(m) for m in probe["modules"]]  # type: ignore[attr-defined]
     heavy = sorted({h for h in HEAVY for m in modules if m == h or m.startswith(h + ".")})

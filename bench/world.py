@@ -184,9 +184,22 @@ class World:
         return prefix
 
 
+_MACHINE_ENV: dict[str, str] = {}
+
+
+def machine_env() -> dict[str, str]:
+    """This machine's environment as it was before ``start_world`` pointed it at the fake: what import
+    timings run with. The fake's one-certificate CA bundle (SSL_CERT_FILE) would make any package that
+    builds a TLS context at import (aiohttp, which botbuilder imports, does) look cheaper than with the
+    system's CAs, which a real host has (144 certificates here)."""
+    return dict(_MACHINE_ENV or os.environ)
+
+
 def start_world() -> World:
     """Start Azurite and the fake; point this process's environment (app settings, CA) at them."""
     install_loopback_guard()
+    if not _MACHINE_ENV:
+        _MACHINE_ENV.update(os.environ)
     azurite = Azurite().start()
     fake = FakeProcess()
     try:
