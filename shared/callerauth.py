@@ -90,7 +90,9 @@ class CallerAuthenticator:
         self._settings = settings
         self._http = http
         self._keys: dict[str, Any] = {}
-        self._fetched_at = 0.0
+        # None until the first fetch: time.monotonic() counts from boot, so on a host up for less than
+        # the refetch interval any number standing for "never" would look recent.
+        self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
 
     async def authenticate(self, authorization: str | None) -> Caller:
@@ -147,12 +149,14 @@ class CallerAuthenticator:
         return Caller("entra", client_id=client_id, user_object_id=str(user) if user else None)
 
     async def _key(self, kid: str) -> Any:
-        now = time.monotonic()
-        stale = now - self._fetched_at > KEYS_MAX_AGE
-        unknown = kid not in self._keys and now - self._fetched_at > UNKNOWN_KEY_REFETCH_INTERVAL
+        fetched_at = self._fetched_at
+        age = None if fetched_at is None else time.monotonic() - fetched_at
+        stale = age is None or age > KEYS_MAX_AGE
+        unknown = kid not in self._keys and (age is None or age > UNKNOWN_KEY_REFETCH_INTERVAL)
         if stale or unknown:
             async with self._lock:
-                if self._fetched_at == 0.0 or time.monotonic() - self._fetched_at > UNKNOWN_KEY_REFETCH_INTERVAL:
+                fetched_at = self._fetched_at
+                if fetched_at is None or time.monotonic() - fetched_at > UNKNOWN_KEY_REFETCH_INTERVAL:
                     self._keys = await self._fetch_keys()
                     self._fetched_at = time.monotonic()
         return self._keys.get(kid)

@@ -212,6 +212,21 @@ async def test_the_tenant_keys_are_fetched_once_for_many_requests(entra: World) 
     assert entra.tenant.calls("jwks") == 1
 
 
+async def test_a_host_booted_moments_ago_fetches_the_keys(entra: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """time.monotonic() counts from the host's boot: a Functions instance started seconds ago must still
+    fetch the tenant's keys on its first bearer token (it once took "never fetched" for "fetched at boot"
+    and refused every token for the first five minutes of a fresh host)."""
+    import types
+
+    import shared.callerauth
+
+    booted_seconds_ago = types.SimpleNamespace(monotonic=lambda: 42.0)
+    monkeypatch.setattr(shared.callerauth, "time", booted_seconds_ago)
+    assert (await notify("Bearer " + token(entra))).status_code == 200
+    assert (await notify("Bearer " + token(entra))).status_code == 200
+    assert entra.tenant.calls("jwks") == 1
+
+
 async def test_queue_sends_name_their_caller(world: World, caplog: pytest.LogCaptureFixture) -> None:
     from azure.functions.servicebus import ServiceBusMessage
 
