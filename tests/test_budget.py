@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import subprocess
 import sys
@@ -112,3 +113,46 @@ async def test_tokens_leave_room_for_requests_that_arrive_late(azurite: Azurite)
     for i, token in enumerate(times):
         in_window = sum(1 for other in times[: i + 1] if other > token - 1.039)
         assert in_window <= rate, f"{in_window} tokens within 1.039 s before {token:.3f}"
+
+
+async def test_each_second_of_the_budget_is_used_from_its_start(azurite: Azurite) -> None:
+    """Under steady demand every one-second slice is used from its first token: none of it lapses while
+    the instance waits for the slice to begin (the broadcast's pace is the budget's, bench row 7)."""
+    import asyncio
+
+    from azure.data.tables.aio import TableClient
+
+    from shared.storage.budget import TenantBudget, slice_capacity
+
+    rate = 50
+    client = TableClient.from_connection_string(azurite.connection_string, "t" + uuid.uuid4().hex[:16] + "budget")
+    read = [0.0]
+
+    def clock() -> float:  # real time; remembers the reading the budget computed its last wait from
+        read[0] = time.time()
+        return read[0]
+
+    budget = TenantBudget(client, {"connector": rate, "graph": rate}, clock=clock)
+    granted: list[float] = []
+
+    async def sender(until: float) -> None:  # one of a worker's concurrent sends, one after another
+        while time.time() < until:
+            wait = await budget.take("connector", "tenant-a")
+            granted.append(read[0] + wait)  # the token's time as the budget granted it
+            await asyncio.sleep(wait)
+
+    try:
+        await budget.take("graph", "warm-up")
+        until = time.time() + 3.5
+        await asyncio.gather(*(sender(until) for _ in range(8)))
+    finally:
+        await budget.close()
+    # A token's time is its second + its place in it, computed in floating point: 1 us settles rounding.
+    second_of = [math.floor(t + 1e-6) for t in granted]
+    seconds = sorted(set(second_of))[1:-1]  # the whole seconds in between
+    assert seconds
+    for second in seconds:
+        in_second = sorted(t - second for t, s in zip(granted, second_of, strict=True) if s == second)
+        # Token 0 (the second's start) was handed out, and the second's whole capacity was used.
+        assert in_second[0] < 0.001, f"the second {second} was first used {in_second[0] * 1000:.0f} ms in"
+        assert len(in_second) == slice_capacity(rate)

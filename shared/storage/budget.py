@@ -20,7 +20,9 @@ leases a few consecutive tokens at a time (``chunk``) from the slice's row in Ta
 handed out), with an
 insert-if-absent or an ETag-matched update, so two instances never get the same token. A lease never
 hands out tokens whose time has passed (``Used`` is raised to "now" first): time not used is not
-saved up for a burst later. A send then waits for its token's time. Unused leased tokens lapse with
+saved up for a burst later. When the current slice is spent, an instance leases from the next one
+(never further), so each slice's first tokens are in hand at its start. A send then waits for its
+token's time. Unused leased tokens lapse with
 their slice: the waste is at most ``chunk`` per instance per second, and only when demand stops.
 
 Cost: one Table Storage request per lease (an insert for the first lease of a slice, else a read
@@ -112,23 +114,34 @@ class TenantBudget(TableBacked):
                     continue  # another task leased meanwhile
                 granted = await self._lease(service, tenant_id.lower(), now)
                 if granted is None:
-                    # This slice is spent: wait for the next one, then lease from it.
+                    # This slice is spent: lease from the next one now, so its first tokens are used at
+                    # their time rather than after a wake-up at the slice's start (by then token 0's time
+                    # has passed, and a token whose time has passed is not handed out).
+                    granted = await self._lease(service, tenant_id.lower(), now, ahead=True)
+                if granted is None:
+                    # The next slice is spent too (leased ahead by others): wait for it to begin.
                     await asyncio.sleep(max(0.0, int(now) + 1 - self._clock()))
                     continue
                 lease.slice, lease.next, lease.end = granted
+                # Nor a token whose time passed during the lease's round trip (after an idle spell the
+                # first tokens leased are due at once): used late, it would crowd the next second's.
+                passed = math.ceil((self._clock() - lease.slice) * rate)
+                lease.next = max(lease.next, min(lease.end, passed))
 
-    async def _lease(self, service: Service, tenant: str, now: float) -> tuple[int, int, int] | None:
-        """Lease up to ``chunk`` tokens of the current slice: (slice, first, end), or None when the
-        slice has none left."""
+    async def _lease(
+        self, service: Service, tenant: str, now: float, *, ahead: bool = False
+    ) -> tuple[int, int, int] | None:
+        """Lease up to ``chunk`` tokens of the current slice (``ahead``: of the next one): (slice,
+        first, end), or None when the slice has none left."""
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         await self._ensure_table()
         rate = self._rates[service]
         capacity = slice_capacity(rate)
-        current = int(now)
+        current = int(now) + (1 if ahead else 0)
         # Tokens whose time has passed are not handed out (no bursts from unused time, and no token
-        # used late, closer to the next one than the pacing allows).
-        due = min(capacity, math.ceil((now - current) * rate))
+        # used late, closer to the next one than the pacing allows). None of the next slice's has.
+        due = 0 if ahead else min(capacity, math.ceil((now - current) * rate))
         chunk = self.chunk(service)
         # A ring of rows: a row of an earlier slice is taken over (ETag-matched), so the table holds at
         # most _RING rows per (service, tenant).
