@@ -18,6 +18,9 @@ ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
+_START_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -61,6 +64,18 @@ class Azurite:
         )
 
     def start(self) -> Azurite:
+        # The ports were free when picked, but another process (another test worker's Azurite or fake)
+        # may bind one before Azurite does; Azurite then exits, and it is started again on new ports.
+        for _ in range(_START_ATTEMPTS - 1):
+            if self._start_once():
+                return self
+            self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
+        if self._start_once():
+            return self
+        raise RuntimeError(f"Azurite exited during start-up {_START_ATTEMPTS} times (ports in use?)")
+
+    def _start_once(self) -> bool:
+        """Start Azurite and wait until it serves; False when it exited during start-up."""
         self._proc = subprocess.Popen(
             [
                 azurite_binary(),
@@ -82,13 +97,21 @@ class Azurite:
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._proc = None
+                return False
             try:
                 with socket.create_connection(("127.0.0.1", self.table_port), timeout=0.5):
-                    return self
+                    pass
             except OSError:
-                if self._proc.poll() is not None:
-                    raise RuntimeError("Azurite exited during start-up") from None
                 time.sleep(0.1)
+                continue
+            # Something answers on the table port: Azurite, unless another process holds the port and
+            # Azurite is about to exit for it (it binds all three ports before it serves).
+            time.sleep(0.2)
+            if self._proc.poll() is None:
+                return True
+        self.stop()
         raise RuntimeError("Azurite did not start within 60 s")
 
     def stop(self) -> None:
