@@ -11,9 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.azurite import Azurite
+
+if TYPE_CHECKING:
+    from shared.storage.budget import TenantBudget
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 10  # tokens per second for the tenant
@@ -49,6 +54,27 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def _budget_on(azurite: Azurite, rate: float) -> tuple[TenantBudget, Callable[[float], float]]:
+    """A budget on a fresh table of ``azurite`` at ``rate`` per second, and a function that turns the wait
+    ``take`` just returned into the token's time as the budget granted it (the clock reading it computed
+    the wait from + the wait), not when a busy machine wakes the task up."""
+    from azure.data.tables.aio import TableClient
+
+    from shared.storage.budget import TenantBudget
+
+    client = TableClient.from_connection_string(azurite.connection_string, "t" + uuid.uuid4().hex[:16] + "budget")
+    read = [0.0]
+
+    def clock() -> float:  # real time; remembers the last reading
+        read[0] = time.time()
+        return read[0]
+
+    def token_time(wait: float) -> float:
+        return read[0] + wait
+
+    return TenantBudget(client, {"connector": rate, "graph": rate}, clock=clock), token_time
 
 
 def test_two_processes_share_one_tenant_budget(azurite: Azurite) -> None:
@@ -87,26 +113,14 @@ async def test_tokens_leave_room_for_requests_that_arrive_late(azurite: Azurite)
     some milliseconds after its token's time. Even with (nearly) 40 ms of difference between two requests' delays
     (a late one followed by a punctual one a second later), no one-second window of arrivals may
     hold more than the rate: for every token time T, the tokens in (T - 1.039 s, T] are at most the rate."""
-    from azure.data.tables.aio import TableClient
-
-    from shared.storage.budget import TenantBudget
-
     rate = 50
-    client = TableClient.from_connection_string(azurite.connection_string, "t" + uuid.uuid4().hex[:16] + "budget")
-    read = [0.0]
-
-    def clock() -> float:  # real time; remembers the reading the budget computed its last wait from
-        read[0] = time.time()
-        return read[0]
-
-    budget = TenantBudget(client, {"connector": rate, "graph": rate}, clock=clock)
+    budget, token_time = _budget_on(azurite, rate)
     try:
         await budget.take("graph", "warm-up")
         times: list[float] = []
         end = time.time() + 3.0
         while time.time() < end:
-            wait = await budget.take("connector", "tenant-a")
-            times.append(read[0] + wait)
+            times.append(token_time(await budget.take("connector", "tenant-a")))
     finally:
         await budget.close()
     assert len(times) >= 2 * (rate - 2)  # the budget was used (about 48 a second), not starved
@@ -120,25 +134,16 @@ async def test_each_second_of_the_budget_is_used_from_its_start(azurite: Azurite
     the instance waits for the slice to begin (the broadcast's pace is the budget's, bench row 7)."""
     import asyncio
 
-    from azure.data.tables.aio import TableClient
-
-    from shared.storage.budget import TenantBudget, slice_capacity
+    from shared.storage.budget import slice_capacity
 
     rate = 50
-    client = TableClient.from_connection_string(azurite.connection_string, "t" + uuid.uuid4().hex[:16] + "budget")
-    read = [0.0]
-
-    def clock() -> float:  # real time; remembers the reading the budget computed its last wait from
-        read[0] = time.time()
-        return read[0]
-
-    budget = TenantBudget(client, {"connector": rate, "graph": rate}, clock=clock)
+    budget, token_time = _budget_on(azurite, rate)
     granted: list[float] = []
 
     async def sender(until: float) -> None:  # one of a worker's concurrent sends, one after another
         while time.time() < until:
             wait = await budget.take("connector", "tenant-a")
-            granted.append(read[0] + wait)  # the token's time as the budget granted it
+            granted.append(token_time(wait))
             await asyncio.sleep(wait)
 
     try:
