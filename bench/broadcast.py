@@ -81,7 +81,6 @@ asyncio.run(main())
 """.replace("MAX_DELIVERIES", str(MAX_DELIVERIES))
 
 
-
 async def _prepare(world: World, total: int) -> tuple[list[str], list[str], list[bytes]]:
     """Users, warm resolutions, and the notification's queue messages (created in this process)."""
     import asyncio

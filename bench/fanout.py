@@ -44,7 +44,6 @@ QUEUE_CONCURRENCY = INSTANCES * 4  # host.json maxConcurrentCalls per instance
 MAX_DELIVERIES = 10  # the queue's maxDeliveryCount
 
 
-
 async def _feed(messages: list[bytes]) -> tuple[list[str], int]:
     """Every message to notify_queue, QUEUE_CONCURRENCY at a time; a raise is a redelivery.
     Returns the error codes of messages that ran out of deliveries, and the number of redeliveries."""

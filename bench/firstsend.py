@@ -135,8 +135,9 @@ def first_send(world: World, *, quick: bool) -> list[Line]:
         subprocess.run([sys.executable, os.path.join("scripts", "compile_bytecode.py")], cwd=ROOT, check=True)
         # The app without its bytecode, read from source at every import (nothing written).
         shutil.copy(os.path.join(ROOT, "function_app.py"), source)
-        shutil.copytree(os.path.join(ROOT, "shared"), os.path.join(source, "shared"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            os.path.join(ROOT, "shared"), os.path.join(source, "shared"), ignore=shutil.ignore_patterns("__pycache__")
+        )
         from_source = {"PYTHONDONTWRITEBYTECODE": "1"}
         ours: list[dict[str, object]] = []
         botbuilder: list[dict[str, object]] = []
@@ -147,7 +148,7 @@ def first_send(world: World, *, quick: bool) -> list[Line]:
                 lambda: botbuilder.append(_run(_IMPORT_PROBE, "-")),
                 lambda: uncompiled.append(_run(_IMPORT_PROBE, path, env=from_source, root=source)),
             ]
-            for run in trio[i % 3:] + trio[: i % 3]:
+            for run in trio[i % 3 :] + trio[: i % 3]:
                 run()
         bare = statistics.median(float(_run(_BARE_PROBE)["hwm_kb"]) for _ in range(1 if quick else 3)) / 1024  # type: ignore[arg-type]
     finally:

@@ -111,9 +111,9 @@ class DeliveryCounts(_Answer):
 class NotificationStatus(_Answer):
     """``GET /api/notifications/{id}``, and the answer of ``POST /api/notify`` with ``recipients``."""
 
-    notification_id: Annotated[
-        str, Meta(title="Notification id", description="The id of this notification.")
-    ] = msgspec.field(name="notificationId")
+    notification_id: Annotated[str, Meta(title="Notification id", description="The id of this notification.")] = (
+        msgspec.field(name="notificationId")
+    )
     finished: Annotated[
         bool,
         Meta(title="Finished", description="True when every recipient is sent, failed permanently, or recalled."),
@@ -154,7 +154,7 @@ class ChangeResult(_Answer):
 class ChangeResponse(_Answer):
     """The answer of ``PUT`` and ``DELETE /api/notifications/{id}``."""
 
-    notification_id: Annotated[
-        str, Meta(title="Notification id", description="The id of the notification.")
-    ] = msgspec.field(name="notificationId")
+    notification_id: Annotated[str, Meta(title="Notification id", description="The id of the notification.")] = (
+        msgspec.field(name="notificationId")
+    )
     results: Annotated[list[ChangeResult], Meta(title="Results", description="One result per recipient.")]

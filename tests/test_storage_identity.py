@@ -50,8 +50,14 @@ asyncio.run(main())
 async def _send(env: dict[str, str], *recipients: str) -> dict[str, object]:
     """The app's services built from ``env`` in a fresh interpreter, sending to ``recipients``."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _SEND, json.dumps(env), *recipients,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        _SEND,
+        json.dumps(env),
+        *recipients,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await asyncio.wait_for(child.communicate(), timeout=120)
     assert child.returncode == 0
