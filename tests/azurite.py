@@ -66,12 +66,11 @@ class Azurite:
     def start(self) -> Azurite:
         # The ports were free when picked, but another process (another test worker's Azurite or fake)
         # may bind one before Azurite does; Azurite then exits, and it is started again on new ports.
-        for _ in range(_START_ATTEMPTS - 1):
+        for attempt in range(_START_ATTEMPTS):
+            if attempt:
+                self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
             if self._start_once():
                 return self
-            self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
-        if self._start_once():
-            return self
         raise RuntimeError(f"Azurite exited during start-up {_START_ATTEMPTS} times (ports in use?)")
 
     def _start_once(self) -> bool:

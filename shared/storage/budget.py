@@ -22,8 +22,8 @@ insert-if-absent or an ETag-matched update, so two instances never get the same 
 hands out tokens whose time has passed (``Used`` is raised to "now" first): time not used is not
 saved up for a burst later. When the current slice is spent, an instance leases from the next one
 (never further), so each slice's first tokens are in hand at its start. A send then waits for its
-token's time. Unused leased tokens lapse with
-their slice: the waste is at most ``chunk`` per instance per second, and only when demand stops.
+token's time. Unused leased tokens lapse with their slice: the waste is at most ``chunk`` per
+instance per second, and only when demand stops.
 
 Cost: one Table Storage request per lease (an insert for the first lease of a slice, else a read
 and a conditional update), i.e. about 2 requests per ``chunk`` sends. Instances' clocks are NTP-synced
