@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
@@ -86,9 +87,12 @@ def may_access(owner: str) -> bool:
 class CallerAuthenticator:
     """Validates the API's bearer tokens in ``EntraId`` mode (see the module docstring)."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: Settings, http: httpx.AsyncClient, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
         self._http = http
+        self._clock = clock
         self._keys: dict[str, Any] = {}
         # None until the first fetch: time.monotonic() counts from boot, so on a host up for less than
         # the refetch interval any number standing for "never" would look recent.
@@ -148,17 +152,18 @@ class CallerAuthenticator:
         user = claims.get("oid") if "scp" in claims else None
         return Caller("entra", client_id=client_id, user_object_id=str(user) if user else None)
 
+    def _keys_age(self) -> float | None:
+        """Seconds since the keys were fetched; None before the first fetch."""
+        return None if self._fetched_at is None else self._clock() - self._fetched_at
+
     async def _key(self, kid: str) -> Any:
-        fetched_at = self._fetched_at
-        age = None if fetched_at is None else time.monotonic() - fetched_at
-        stale = age is None or age > KEYS_MAX_AGE
-        unknown = kid not in self._keys and (age is None or age > UNKNOWN_KEY_REFETCH_INTERVAL)
-        if stale or unknown:
+        age = self._keys_age()
+        if age is None or age > KEYS_MAX_AGE or (kid not in self._keys and age > UNKNOWN_KEY_REFETCH_INTERVAL):
             async with self._lock:
-                fetched_at = self._fetched_at
-                if fetched_at is None or time.monotonic() - fetched_at > UNKNOWN_KEY_REFETCH_INTERVAL:
+                age = self._keys_age()  # another task may have fetched them meanwhile
+                if age is None or age > UNKNOWN_KEY_REFETCH_INTERVAL:
                     self._keys = await self._fetch_keys()
-                    self._fetched_at = time.monotonic()
+                    self._fetched_at = self._clock()
         return self._keys.get(kid)
 
     async def _fetch_keys(self) -> dict[str, Any]:

@@ -212,18 +212,18 @@ async def test_the_tenant_keys_are_fetched_once_for_many_requests(entra: World) 
     assert entra.tenant.calls("jwks") == 1
 
 
-async def test_a_host_booted_moments_ago_fetches_the_keys(entra: World, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_host_booted_moments_ago_fetches_the_keys(entra: World) -> None:
     """time.monotonic() counts from the host's boot: a Functions instance started seconds ago must still
     fetch the tenant's keys on its first bearer token (it once took "never fetched" for "fetched at boot"
     and refused every token for the first five minutes of a fresh host)."""
-    import types
+    from shared.bootstrap import get_services
+    from shared.callerauth import CallerAuthenticator
 
-    import shared.callerauth
-
-    booted_seconds_ago = types.SimpleNamespace(monotonic=lambda: 42.0)
-    monkeypatch.setattr(shared.callerauth, "time", booted_seconds_ago)
-    assert (await notify("Bearer " + token(entra))).status_code == 200
-    assert (await notify("Bearer " + token(entra))).status_code == 200
+    services = get_services()
+    booted_seconds_ago = CallerAuthenticator(services.settings, services.http, clock=lambda: 42.0)
+    for _ in range(2):
+        caller = await booted_seconds_ago.authenticate("Bearer " + token(entra))
+        assert caller.kind == "entra" and caller.client_id == CLIENT
     assert entra.tenant.calls("jwks") == 1
 
 
